@@ -1,0 +1,1 @@
+//! DNS: step 5 (switch A/AAAA), propagation wait, TTL management.

@@ -1,0 +1,1 @@
+//! The inventory: the operator's description of the fleet.
