@@ -1,0 +1,5 @@
+//! Shared test support: the lab harness (real sshd hosts) and a real BIND server.
+#![allow(dead_code)]
+
+pub mod bind;
+pub mod lab;
