@@ -3,6 +3,11 @@
 //! Data flows one way (see `docs/how-it-works.md`):
 //! inventory -> plan -> scheduler -> steps -> events -> reporter / journal.
 
+pub mod cli;
 pub mod dns;
+pub mod exit;
 pub mod inventory;
 pub mod lab;
+pub mod plan;
+pub mod shell;
+pub mod steps;

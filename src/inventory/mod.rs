@@ -1,1 +1,82 @@
-//! The inventory: the operator's description of the fleet.
+//! The inventory: the operator's single description of the fleet (a TOML file).
+//!
+//! `raw` is the file's shape, `resolve` applies inheritance and validation,
+//! `model` is the checked result, `select` implements `--limit`.
+
+mod error;
+mod model;
+mod raw;
+mod resolve;
+mod select;
+
+use std::path::Path;
+
+pub use error::{InventoryError, Problem};
+pub use model::*;
+pub use select::{select, SelectError};
+
+use error::Positions;
+use resolve::Checker;
+
+impl Inventory {
+    /// Reads, parses and validates an inventory file.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let src = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &src)
+    }
+
+    /// Parses inventory text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, src: &str) -> Result<Inventory, InventoryError> {
+        let raw = parse_raw(path, src)?;
+        let mut checker = Checker::new(path, src);
+        let inventory = resolve::resolve(path, raw, &mut checker);
+        if !checker.problems.is_empty() {
+            return Err(InventoryError::Invalid {
+                problems: checker.problems,
+            });
+        }
+        if inventory.relays.is_empty() {
+            return Err(InventoryError::Empty {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(inventory)
+    }
+}
+
+/// TOML syntax and type errors: the first one, with its position and key path.
+fn parse_raw(path: &Path, src: &str) -> Result<raw::RawInventory, InventoryError> {
+    let file = path.display().to_string();
+    let problem = |offset: Option<usize>, field: String, message: String| {
+        let (line, column) = offset.map_or((1, 1), |o| Positions::new(src).line_col(o));
+        InventoryError::Invalid {
+            problems: vec![Problem {
+                file: file.clone(),
+                line,
+                column,
+                field,
+                message,
+            }],
+        }
+    };
+    let de = toml::de::Deserializer::parse(src).map_err(|e| {
+        problem(
+            e.span().map(|s| s.start),
+            String::new(),
+            e.message().trim().to_string(),
+        )
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.inner();
+        let field = if field == "." { String::new() } else { field };
+        problem(
+            inner.span().map(|s| s.start),
+            field,
+            inner.message().trim().to_string(),
+        )
+    })
+}

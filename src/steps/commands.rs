@@ -1,0 +1,215 @@
+//! The exact commands of each step, rendered from a relay's settings.
+//!
+//! Pure functions: `cmfleet plan` prints these and the executors run these, so the
+//! plan can never differ from what runs. Every inventory value is shell-quoted.
+
+use std::path::{Path, PathBuf};
+
+use crate::inventory::{Host, Relay};
+use crate::shell::{join, quote};
+
+/// The maildir tree, mirrored exactly at the final sync.
+pub const MAIL_DIR: &str = "/home/vmail/mail";
+/// State moved at the final sync besides the mailboxes (the guide's tar list).
+pub const STATE_DIRS: [&str; 3] = ["/var/lib/acme", "/etc/dkimkeys", "/var/spool/postfix"];
+/// Moved when present: marks a relay that refuses new accounts.
+pub const OPTIONAL_FILES: [&str; 1] = ["/etc/chatmail-nocreate"];
+/// Legacy password database that must be gone before a move.
+pub const LEGACY_PASSDB: &str = "/home/vmail/passdb.sqlite";
+/// Where OLD keeps the one NEW host key cmfleet vouches for (inside root's .ssh,
+/// which the guide already uses, so nothing else on OLD is touched).
+pub const OLD_KNOWN_HOSTS: &str = "/root/.ssh/cmfleet_known_hosts";
+
+/// The ssh command OLD uses to reach NEW: batch mode, and strict checking against
+/// the single key cmfleet installed — never the host's own known_hosts.
+pub fn inner_ssh(new: &Host, cipher: Option<&str>) -> String {
+    let mut words = vec![
+        "ssh".to_string(),
+        "-p".into(),
+        new.port.to_string(),
+        "-l".into(),
+        new.user.clone(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={OLD_KNOWN_HOSTS}"),
+    ];
+    if let Some(c) = cipher {
+        words.push("-c".into());
+        words.push(c.to_string());
+    }
+    join(&words)
+}
+
+/// On OLD: install NEW's host key (as cmfleet verified it) for the inner ssh.
+pub fn install_known_host(known_hosts_line: &str) -> String {
+    format!(
+        "umask 077 && printf '%s\\n' {} > {OLD_KNOWN_HOSTS}",
+        quote(known_hosts_line)
+    )
+}
+
+fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
+    format!(
+        "rsync {flags} --info=progress2 -e {} {sources} {}",
+        quote(&inner_ssh(&relay.new, relay.settings.cipher.as_deref())),
+        quote(&format!("{}:{dest}", relay.new.ssh)),
+    )
+}
+
+/// Step 1 on OLD: mirror the mailboxes to NEW. Repeatable and resumable (rsync, not
+/// the guide's one-shot tar); `--delete` is safe because NEW is inactive until step 6.
+pub fn initial_sync(relay: &Relay) -> String {
+    rsync_push(
+        relay,
+        "-aH --delete",
+        &format!("{MAIL_DIR}/"),
+        &format!("{MAIL_DIR}/"),
+    )
+}
+
+/// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
+/// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
+/// a message renamed or expired since step 1 must not survive on NEW.
+/// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
+pub fn final_sync(relay: &Relay) -> String {
+    let required = STATE_DIRS
+        .iter()
+        .chain([&MAIL_DIR])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let optional = OPTIONAL_FILES.join(" ");
+    format!(
+        "for p in {required}; do [ -e \"$p\" ] || {{ echo \"missing $p on old host\" >&2; exit 3; }}; done; \
+         set -- {required}; for p in {optional}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; done; {}",
+        rsync_push(relay, "-aHR --delete --no-implied-dirs", "\"$@\"", "/")
+    )
+}
+
+/// Step 4 on NEW: the ownerships of the guide, then Postfix's queue repair (queue
+/// file names follow inode numbers, which changed).
+pub fn fix_ownership() -> String {
+    "chown root: -R /var/lib/acme && chown opendkim: -R /etc/dkimkeys && \
+     chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s"
+        .to_string()
+}
+
+/// On OLD or NEW: one line per entry of the mailbox tree, sorted the same way on
+/// both sides (bytewise): relative path, type, size, mtime, owner. Directory sizes
+/// and times depend on the filesystem and are left out.
+pub fn manifest() -> String {
+    format!(
+        "cd {MAIL_DIR} && find . -mindepth 1 \\( -type d -printf '%P\\td\\t0\\t0\\t%u:%g\\n' \\) \
+         -o -printf '%P\\t%y\\t%s\\t%T@\\t%u:%g\\n' | LC_ALL=C sort"
+    )
+}
+
+/// On OLD before a staged transfer: bytes the relay will occupy in staging.
+pub fn disk_usage() -> String {
+    let mut paths = STATE_DIRS.to_vec();
+    paths.push(MAIL_DIR);
+    format!("du -sbc {} | tail -n 1 | cut -f1", paths.join(" "))
+}
+
+/// One cmdeploy invocation on the controller (argv and the stages it must see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdeployRun {
+    /// Value for `CMDEPLOY_STAGES`; `None` means the variable is removed so the
+    /// default (all stages) applies and nothing stale from the operator's shell leaks in.
+    pub stages: Option<&'static str>,
+    pub args: Vec<String>,
+}
+
+impl CmdeployRun {
+    pub fn render(&self, cmdeploy: &Path) -> String {
+        let env = match self.stages {
+            Some(s) => format!("CMDEPLOY_STAGES={s}"),
+            None => "env -u CMDEPLOY_STAGES".to_string(),
+        };
+        let mut words = vec![cmdeploy.display().to_string()];
+        words.extend(self.args.iter().cloned());
+        format!("{env} {}", join(&words))
+    }
+}
+
+fn cmdeploy(
+    config: &Path,
+    host: &Host,
+    stages: Option<&'static str>,
+    disable: bool,
+) -> CmdeployRun {
+    let mut args = vec![
+        "run".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    if disable {
+        args.push("--disable-mail".into());
+    }
+    args.extend(["--ssh-host".to_string(), host.ssh.clone()]);
+    CmdeployRun { stages, args }
+}
+
+/// Step 2: install and configure NEW, keep it inactive.
+pub fn preconfigure(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.new, Some("install,configure"), false)
+}
+
+/// Step 3: stop and disable postfix and dovecot on OLD.
+pub fn disable_old(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.old, None, true)
+}
+
+/// Step 6: activate NEW.
+pub fn activate(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.new, Some("activate"), false)
+}
+
+/// Rollback: a full run against OLD without `--disable-mail` re-enables mail there.
+pub fn reenable_old(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.old, None, false)
+}
+
+/// Staged mode: where a relay's data waits on the controller between the two hops.
+pub fn staging_dir(staging_root: &Path, relay: &Relay) -> PathBuf {
+    staging_root.join(&relay.name)
+}
+
+/// Staged mode, one hop: rsync on the controller between a host and the staging
+/// directory, with `-R` so each source keeps its absolute path under the staging
+/// directory (and `--delete` only ever reaches into the listed trees, never `/`).
+/// `ssh` is the remote shell (reusing the host's master connection);
+/// `--numeric-ids` because the controller has no vmail or opendkim users —
+/// ownership is set on NEW afterwards anyway.
+pub fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "rsync",
+        "-aHR",
+        "--numeric-ids",
+        "--no-implied-dirs",
+        "--delete",
+        "--info=progress2",
+        "-e",
+        ssh,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(sources.iter().cloned());
+    argv.push(dest.to_string());
+    argv
+}
+
+/// The trees a sync moves: the mailboxes, and at the final sync the state too.
+pub fn sync_trees(last: bool) -> Vec<&'static str> {
+    let mut trees = if last {
+        STATE_DIRS.to_vec()
+    } else {
+        Vec::new()
+    };
+    trees.push(MAIL_DIR);
+    trees
+}
