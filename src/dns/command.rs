@@ -1,0 +1,154 @@
+//! The `command` provider: an operator program that talks to its DNS provider's
+//! API, given the relay's facts in environment variables.
+//!
+//! The program runs directly (argv split with shell-word rules, no `sh -c`): the
+//! relay's facts travel only in the environment, so nothing from the inventory is
+//! ever parsed by a shell. An operator who wants a pipeline writes a script.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::error::DnsError;
+use super::records::Addrs;
+
+/// Why the program is run; passed as `CMFLEET_ACTION`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsAction {
+    /// Point the records at the new site.
+    Switch,
+    /// Lower the TTL ahead of a migration.
+    LowerTtl,
+    /// Put the TTL back after a migration.
+    RestoreTtl,
+    /// Point the records back at the old site.
+    Rollback,
+}
+
+impl DnsAction {
+    /// The value of `CMFLEET_ACTION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsAction::Switch => "switch",
+            DnsAction::LowerTtl => "lower-ttl",
+            DnsAction::RestoreTtl => "restore-ttl",
+            DnsAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Exit code by which a program asks for a retry (sysexits EX_TEMPFAIL).
+pub const EXIT_TEMPFAIL: i32 = 75;
+/// How much of the program's stderr ends up in the error.
+const STDERR_TAIL_LINES: usize = 10;
+const STDERR_TAIL_CHARS: usize = 2000;
+
+/// An operator-supplied program.
+#[derive(Debug, Clone)]
+pub struct CommandProvider {
+    /// Program and fixed arguments.
+    argv: Vec<String>,
+    /// The program is killed after this long (and the failure is transient).
+    timeout: Duration,
+}
+
+impl CommandProvider {
+    /// `command` is split like a shell would split words (quotes allowed), but
+    /// never run by a shell.
+    pub fn new(command: &str, timeout: Duration) -> Result<Self, DnsError> {
+        let argv = shlex::split(command)
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                DnsError::Config(format!(
+                    "dns command {command:?} is empty or has unbalanced quotes"
+                ))
+            })?;
+        Ok(CommandProvider { argv, timeout })
+    }
+
+    fn program(&self) -> String {
+        self.argv.first().cloned().unwrap_or_default()
+    }
+
+    /// Run the program once for `domain`; `Ok` iff it exits 0.
+    pub async fn run(
+        &self,
+        action: DnsAction,
+        domain: &str,
+        old: &Addrs,
+        new: &Addrs,
+        ttl: u32,
+    ) -> Result<(), DnsError> {
+        let program = self.program();
+        let opt = |ip: Option<std::net::Ipv6Addr>| ip.map(|i| i.to_string()).unwrap_or_default();
+        let mut cmd = Command::new(&program);
+        cmd.args(&self.argv[1..])
+            .env("CMFLEET_ACTION", action.as_str())
+            .env("CMFLEET_DOMAIN", domain)
+            .env("CMFLEET_OLD_IP4", old.ip4.to_string())
+            .env("CMFLEET_OLD_IP6", opt(old.ip6))
+            .env("CMFLEET_NEW_IP4", new.ip4.to_string())
+            .env("CMFLEET_NEW_IP6", opt(new.ip6))
+            .env("CMFLEET_TTL", ttl.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // A timed-out program must not linger after we give up on it.
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|source| DnsError::CommandSpawn {
+            domain: domain.to_string(),
+            program: program.clone(),
+            source,
+        })?;
+        let failed = |status: String, stderr: &[u8], transient: bool| DnsError::CommandFailed {
+            domain: domain.to_string(),
+            program: program.clone(),
+            status,
+            stderr_tail: tail(stderr),
+            transient,
+        };
+        let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+            Err(_) => {
+                return Err(failed(
+                    format!("killed after {}", humantime::format_duration(self.timeout)),
+                    b"",
+                    true,
+                ))
+            }
+            Ok(Err(source)) => {
+                return Err(DnsError::CommandSpawn {
+                    domain: domain.to_string(),
+                    program,
+                    source,
+                })
+            }
+            Ok(Ok(output)) => output,
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        let code = output.status.code();
+        let status = match code {
+            Some(c) => format!("exit code {c}"),
+            None => output.status.to_string(),
+        };
+        Err(failed(status, &output.stderr, code == Some(EXIT_TEMPFAIL)))
+    }
+}
+
+/// The last lines of the program's stderr, bounded, for the error message.
+fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
+    let joined = lines[start..].join(" | ");
+    let chars: Vec<char> = joined.chars().collect();
+    let from = chars.len().saturating_sub(STDERR_TAIL_CHARS);
+    let s: String = chars[from..].iter().collect();
+    if s.is_empty() {
+        "no output on stderr".to_string()
+    } else {
+        s
+    }
+}
