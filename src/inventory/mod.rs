@@ -34,9 +34,9 @@ impl Inventory {
         let mut checker = Checker::new(path, src);
         let inventory = resolve::resolve(path, raw, &mut checker);
         if !checker.problems.is_empty() {
-            return Err(InventoryError::Invalid {
-                problems: checker.problems,
-            });
+            let mut problems = checker.problems;
+            problems.sort_by_key(|p| (p.line, p.column));
+            return Err(InventoryError::Invalid { problems });
         }
         if inventory.relays.is_empty() {
             return Err(InventoryError::Empty {
@@ -70,7 +70,11 @@ fn parse_raw(path: &Path, src: &str) -> Result<raw::RawInventory, InventoryError
         )
     })?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
+        // Spanned<T> shows up as a private key in the path: hide it.
+        let field = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         let inner = e.inner();
         let field = if field == "." { String::new() } else { field };
         problem(

@@ -226,13 +226,11 @@ fn relay(i: usize, r: &RawRelay, raw: &RawInventory, c: &mut Checker) -> Option<
             format!("chatmail.ini {} does not exist", config.display()),
         );
     }
+    if r.old.ssh.get_ref() == r.new.ssh.get_ref() && r.old.port == r.new.port {
+        c.problem(&r.new.ssh, &at("new.ssh"), "old and new are the same host");
+    }
     let old = host(&r.old, &at("old"), &hosts, c);
     let new = host(&r.new, &at("new"), &hosts, c);
-    if let (Some(o), Some(n)) = (&old, &new) {
-        if o.ssh == n.ssh && o.port == n.port {
-            c.problem(&r.new.ssh, &at("new.ssh"), "old and new are the same host");
-        }
-    }
     let settings = settings(&at(""), r, group, d, c);
     let mail_domain = mail_domain?;
     Some(Relay {
@@ -258,22 +256,22 @@ fn host(h: &RawHost, at: &str, d: &HostDefaults, c: &mut Checker) -> Option<Host
         s.parse::<Ipv4Addr>()
             .map_err(|_| format!("{s:?} is not an IPv4 address"))
     });
-    let ip6 = match &h.ip6 {
-        Some(t) => Some(c.parse(t, &format!("{at}.ip6"), |s| {
+    // Every field is checked before giving up, so all problems are reported.
+    let ip6 = h.ip6.as_ref().map(|t| {
+        c.parse(t, &format!("{at}.ip6"), |s| {
             s.parse::<Ipv6Addr>()
                 .map_err(|_| format!("{s:?} is not an IPv6 address"))
-        })?),
-        None => None,
-    };
+        })
+    });
     let user = match &h.user {
-        Some(u) => c.parse(u, &format!("{at}.user"), parse_user)?,
-        None => d.user.clone(),
+        Some(u) => c.parse(u, &format!("{at}.user"), parse_user),
+        None => Some(d.user.clone()),
     };
     Some(Host {
         ssh: ssh?,
         ip4: ip4?,
-        ip6,
-        user,
+        ip6: ip6.map_or(Some(None), |v| v.map(Some))?,
+        user: user?,
         port: h.port.as_ref().map_or(d.port, |p| *p.get_ref()),
         key: h
             .key
@@ -406,18 +404,29 @@ fn dns_config(d: &RawDns, at: &str, c: &mut Checker) -> Option<DnsConfig> {
         })?,
         None => DnsProviderKind::Manual,
     };
-    let server = match &d.server {
-        Some(s) => Some(c.parse(s, &format!("{at}.server"), parse_socket_addr)?),
-        None => None,
-    };
+    let server = d
+        .server
+        .as_ref()
+        .map(|s| c.parse(s, &format!("{at}.server"), parse_socket_addr));
     let mut nameservers = BTreeMap::new();
+    let mut ok = true;
     for (name, addr) in d.nameservers.iter().flatten() {
-        let a = c.parse(addr, &format!("{at}.nameservers.{name}"), parse_socket_addr)?;
-        nameservers.insert(name.trim_end_matches('.').to_string(), a);
+        match c.parse(addr, &format!("{at}.nameservers.{name}"), parse_socket_addr) {
+            Some(a) => {
+                nameservers.insert(name.trim_end_matches('.').to_string(), a);
+            }
+            None => ok = false,
+        }
     }
+    let propagation_timeout = duration(
+        d.propagation_timeout.as_ref(),
+        &format!("{at}.propagation_timeout"),
+        600,
+        c,
+    );
     let config = DnsConfig {
         provider,
-        server,
+        server: server.flatten(),
         zone: d
             .zone
             .as_ref()
@@ -425,16 +434,12 @@ fn dns_config(d: &RawDns, at: &str, c: &mut Checker) -> Option<DnsConfig> {
         tsig_key_file: d.tsig_key_file.as_ref().map(|k| c.path(k.get_ref())),
         command: d.command.as_ref().map(|k| c.path(k.get_ref())),
         ttl: d.ttl.as_ref().map_or(300, |t| *t.get_ref()),
-        propagation_timeout: duration(
-            d.propagation_timeout.as_ref(),
-            &format!("{at}.propagation_timeout"),
-            600,
-            c,
-        )?,
+        propagation_timeout: propagation_timeout.unwrap_or_default(),
         nameservers,
     };
-    require_for_provider(&config, d, at, c)?;
-    Some(config)
+    let complete = require_for_provider(&config, d, at, c);
+    let parsed = ok && propagation_timeout.is_some() && server.is_none_or(|s| s.is_some());
+    (complete.is_some() && parsed).then_some(config)
 }
 
 /// Each provider needs some keys; say which one is missing, at the provider key.

@@ -1,0 +1,269 @@
+//! The inventory: inheritance, validation errors with positions, `--limit`.
+
+use std::path::{Path, PathBuf};
+
+use cmfleet::inventory::{self, DnsProviderKind, Inventory, InventoryError, TransferMode};
+
+/// Writes `toml` as an inventory next to chatmail.ini files for c1..c9.
+fn load(toml: &str) -> Result<Inventory, InventoryError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for i in 1..=9 {
+        let d = dir.path().join(format!("c{i}"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(
+            d.join("chatmail.ini"),
+            format!("mail_domain = c{i}.example.org\n"),
+        )
+        .expect("write");
+    }
+    let path = dir.path().join("fleet.toml");
+    std::fs::write(&path, toml).expect("write inventory");
+    let result = Inventory::load(&path);
+    // Keep paths stable in messages: report the file as "fleet.toml".
+    result.map_err(|e| match e {
+        InventoryError::Invalid { problems } => InventoryError::Invalid {
+            problems: problems
+                .into_iter()
+                .map(|mut p| {
+                    p.file = "fleet.toml".into();
+                    p
+                })
+                .collect(),
+        },
+        other => other,
+    })
+}
+
+fn errors(toml: &str) -> String {
+    match load(toml) {
+        Ok(_) => panic!("expected the inventory to be refused:\n{toml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const FLEET: &str = "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\n";
+
+fn relay(i: u32, extra: &str) -> String {
+    format!(
+        "\n[[relay]]\nmail_domain = \"c{i}.example.org\"\nconfig = \"c{i}/chatmail.ini\"\n\
+         old = {{ ssh = \"10.0.0.{i}\", ip4 = \"10.0.0.{i}\" }}\n\
+         new = {{ ssh = \"10.0.1.{i}\", ip4 = \"10.0.1.{i}\" }}\n{extra}"
+    )
+}
+
+#[test]
+fn settings_inherit_relay_over_group_over_defaults_over_builtin() {
+    let toml = format!(
+        "{FLEET}
+[defaults]
+ssh_port = 2200
+transfer = \"staged\"
+connect_timeout = \"30s\"
+[defaults.dns]
+provider = \"rfc2136\"
+server = \"192.0.2.53\"
+tsig_key_file = \"k.key\"
+ttl = 600
+[groups.a]
+ssh_port = 2201
+[groups.a.dns]
+ttl = 120
+{}{}{}",
+        relay(1, "group = \"a\"\nssh_port = 2202\n"),
+        relay(2, "group = \"a\"\n"),
+        relay(3, "transfer = \"direct\"\n"),
+    );
+    let inv = load(&toml).expect("valid inventory");
+    let [r1, r2, r3] = [&inv.relays[0], &inv.relays[1], &inv.relays[2]];
+    assert_eq!((r1.old.port, r2.old.port, r3.old.port), (2202, 2201, 2200));
+    assert_eq!(r1.settings.transfer, TransferMode::Staged);
+    assert_eq!(r3.settings.transfer, TransferMode::Direct);
+    // Nested tables merge key by key: the group sets only the TTL.
+    assert_eq!(r2.settings.dns.ttl, 120);
+    assert_eq!(r2.settings.dns.provider, DnsProviderKind::Rfc2136);
+    assert_eq!(r3.settings.dns.ttl, 600);
+    assert_eq!(r3.settings.connect_timeout.as_secs(), 30);
+    // Built-in defaults.
+    assert_eq!(r3.old.user, "root");
+    assert_eq!(r3.settings.retry.attempts, 3);
+    assert_eq!(inv.fleet.limits.forks, 20);
+    // Relative paths are anchored at the inventory's folder, absolutely.
+    assert!(r1.config.is_absolute() && r1.config.ends_with("c1/chatmail.ini"));
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let msg = errors(&format!("{FLEET}forks = = 3\n"));
+    assert!(msg.contains("fleet.toml:3:"), "{msg}");
+}
+
+#[test]
+fn unknown_key_names_field_line_and_column() {
+    let msg = errors(&format!("{FLEET}{}", relay(1, "colour = \"red\"\n")));
+    assert!(msg.contains("fleet.toml:"), "{msg}");
+    assert!(msg.contains("unknown field `colour`"), "{msg}");
+    assert!(msg.contains("relay[0]"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_field() {
+    let msg = errors(&format!(
+        "[fleet]\ncmdeploy = \"x\"\nforks = \"many\"\n{}",
+        relay(1, "")
+    ));
+    assert!(msg.contains("fleet.toml:3:9: fleet.forks:"), "{msg}");
+}
+
+#[test]
+fn many_problems_are_reported_at_once_with_positions() {
+    let bad = "
+[[relay]]
+mail_domain = \"not a domain\"
+config = \"missing/chatmail.ini\"
+group = \"nope\"
+old = { ssh = \"10.0.0.1\", ip4 = \"10.0.0.256\" }
+new = { ssh = \"10.0.0.1\", ip4 = \"10.0.1.1\", ip6 = \"zz::1\" }
+transfer = \"carrier-pigeon\"
+";
+    let msg = errors(&format!("{FLEET}{bad}{}{}", relay(1, ""), relay(1, "")));
+    let expected = [
+        "fleet.toml:5:15: relay[0].mail_domain: \"not a domain\" is not a valid domain name",
+        "fleet.toml:6:10: relay[0].config: chatmail.ini",
+        "fleet.toml:7:9: relay[0].group: no group \"nope\" is defined",
+        "fleet.toml:8:33: relay[0].old.ip4: \"10.0.0.256\" is not an IPv4 address",
+        "fleet.toml:9:51: relay[0].new.ip6: \"zz::1\" is not an IPv6 address",
+        "relay[0].new.ssh: old and new are the same host",
+        "fleet.toml:10:12: relay[0].transfer: \"carrier-pigeon\" is not a transfer mode",
+        "relay[2].mail_domain: \"c1.example.org\" is already the mail_domain of relay[1]",
+        "relay[2].new.ssh: \"10.0.1.1\" is already the new host of relay[1]",
+    ];
+    for e in expected {
+        assert!(msg.contains(e), "missing {e:?} in:\n{msg}");
+    }
+}
+
+#[test]
+fn dns_provider_requirements_and_bad_values() {
+    let msg = errors(&format!(
+        "{FLEET}{}",
+        relay(
+            1,
+            "dns = { provider = \"rfc2136\", propagation_timeout = \"soon\" }\n"
+        )
+    ));
+    assert!(
+        msg.contains("relay[0].dns.server: the \"rfc2136\" DNS provider needs `server`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("relay[0].dns.propagation_timeout: \"soon\" is not a duration"),
+        "{msg}"
+    );
+    let msg = errors(&format!("{FLEET}waves = [0, \"150%\"]\n{}", relay(1, "")));
+    assert!(msg.contains("fleet.waves: 0 is not valid"), "{msg}");
+    assert!(msg.contains("fleet.waves: \"150%\" is not valid"), "{msg}");
+}
+
+#[test]
+fn hostile_ssh_address_and_user_are_refused() {
+    let msg = errors(&format!(
+        "{FLEET}{}",
+        relay(1, "").replace(
+            "ssh = \"10.0.1.1\"",
+            "ssh = \"-oProxyCommand=touch /tmp/x\", user = \"r;oot\""
+        )
+    ));
+    assert!(msg.contains("is not an IP address or host name"), "{msg}");
+    assert!(msg.contains("\"r;oot\" is not a valid user name"), "{msg}");
+}
+
+#[test]
+fn empty_fleet_is_refused() {
+    let msg = errors(FLEET);
+    assert!(msg.contains("no [[relay]] entries"), "{msg}");
+}
+
+#[test]
+fn ip_mail_domain_is_accepted() {
+    let toml = format!(
+        "{FLEET}{}",
+        relay(1, "").replace("c1.example.org", "192.0.2.7")
+    );
+    let inv = load(&toml).expect("valid");
+    assert_eq!(inv.relays[0].name, "192.0.2.7");
+}
+
+fn names(inv: &Inventory, limit: &str) -> Result<Vec<String>, String> {
+    inventory::select(inv, Some(limit))
+        .map(|rs| rs.iter().map(|r| r.name.clone()).collect())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn limit_by_name_glob_group_file_and_exclusion() {
+    let toml = format!(
+        "{FLEET}[groups.a]\n[groups.b]\n{}{}{}{}",
+        relay(1, "group = \"a\"\n"),
+        relay(2, "group = \"a\"\n"),
+        relay(3, "group = \"b\"\n"),
+        relay(4, ""),
+    );
+    let inv = load(&toml).expect("valid");
+    assert_eq!(names(&inv, "c3.example.org").unwrap(), ["c3.example.org"]);
+    assert_eq!(
+        names(&inv, "c[12].*").unwrap(),
+        ["c1.example.org", "c2.example.org"]
+    );
+    assert_eq!(
+        names(&inv, "a").unwrap(),
+        ["c1.example.org", "c2.example.org"]
+    );
+    assert_eq!(
+        names(&inv, "a,!c1.example.org").unwrap(),
+        ["c2.example.org"]
+    );
+    assert_eq!(names(&inv, "!b").unwrap().len(), 3);
+    let file = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(file.path(), "c4.example.org\n\n# comment\nc2.example.org\n").expect("write");
+    let at = format!("@{}", file.path().display());
+    assert_eq!(
+        names(&inv, &at).unwrap(),
+        ["c2.example.org", "c4.example.org"]
+    );
+    let err = names(&inv, "c1.example.org,typo.example.org").unwrap_err();
+    assert!(
+        err.contains("\"typo.example.org\" matches no relay"),
+        "{err}"
+    );
+    let err = names(&inv, "@/nonexistent/failed.txt").unwrap_err();
+    assert!(err.contains("cannot read /nonexistent/failed.txt"), "{err}");
+}
+
+fn example() -> Inventory {
+    Inventory::load(Path::new("inventory/example.toml")).expect("example inventory loads")
+}
+
+#[test]
+fn example_plan_snapshot() {
+    let inv = example();
+    let relays = inventory::select(&inv, Some("c1.example.org,c6.example.org,203.0.113.99"))
+        .expect("select");
+    let text = cmfleet::plan::render_text(&cmfleet::plan::plan(&inv.fleet, &relays));
+    let root: PathBuf = std::env::current_dir().expect("cwd");
+    let text = text.replace(&root.display().to_string(), "<checkout>");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn example_plan_json_parses_and_has_six_steps_per_relay() {
+    let inv = example();
+    let relays = inventory::select(&inv, None).expect("select");
+    let plan = cmfleet::plan::plan(&inv.fleet, &relays);
+    let json = serde_json::to_string(&plan).expect("json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
+    let rs = v["relays"].as_array().expect("relays");
+    assert_eq!(rs.len(), 10);
+    for r in rs {
+        assert_eq!(r["steps"].as_array().map(Vec::len), Some(6));
+    }
+}
