@@ -351,7 +351,7 @@ mod tests {
             format!("key k {{ algorithm hmac-md5; secret \"{SECRET}\"; }};"),
             format!("key k {{ algorithm hmac-sha256; {SECRET}; }};"),
             format!("key k {{ algorithm hmac-sha256; secret \"{SECRET}!\"; }};"),
-            format!("{SECRET}"),
+            SECRET.to_string(),
             format!("key k {{ secret \"{SECRET}\"; }};"),
             "key k { algorithm hmac-sha256; };".to_string(),
             format!("key a {{ algorithm hmac-sha256; secret \"{SECRET}\"; }}; key b {{ algorithm hmac-sha256; secret \"{SECRET}\"; }};"),
