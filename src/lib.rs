@@ -5,8 +5,10 @@
 
 pub mod cli;
 pub mod dns;
+pub mod events;
 pub mod exit;
 pub mod inventory;
+pub mod journal;
 pub mod lab;
 pub mod plan;
 pub mod shell;

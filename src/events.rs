@@ -1,0 +1,147 @@
+//! Events: what the engine tells the world. Executors and the scheduler send
+//! these; the reporter draws them and the journal records them. Nobody else prints.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::steps::Step;
+
+/// Why a step failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Worth retrying: connection refused or reset, timeouts, rsync partial transfers.
+    Transient,
+    /// Retrying will not help: auth failure, host key mismatch, a command that failed.
+    Permanent,
+    /// Stopped by the operator (second Ctrl-C).
+    Interrupted,
+}
+
+/// Why a relay is not running right now although it could.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WaitReason {
+    Forks,
+    TransferLimit,
+    GroupTransferLimit(String),
+    CmdeployLimit,
+    CutoverLimit,
+    StagingBudget,
+    ConnectRate,
+    DnsRate,
+    Backoff(Duration),
+    Wave(usize),
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitReason::Forks => f.write_str("fork limit"),
+            WaitReason::TransferLimit => f.write_str("transfer limit"),
+            WaitReason::GroupTransferLimit(g) => write!(f, "transfer limit of group {g}"),
+            WaitReason::CmdeployLimit => f.write_str("cmdeploy limit"),
+            WaitReason::CutoverLimit => f.write_str("cutover limit"),
+            WaitReason::StagingBudget => f.write_str("staging budget"),
+            WaitReason::ConnectRate => f.write_str("ssh connection rate"),
+            WaitReason::DnsRate => f.write_str("DNS update rate"),
+            WaitReason::Backoff(d) => write!(f, "retry in {}s", d.as_secs()),
+            WaitReason::Wave(n) => write!(f, "wave {n}"),
+        }
+    }
+}
+
+/// One thing that happened during a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    RunStarted {
+        relays: usize,
+    },
+    Waiting {
+        relay: String,
+        reason: WaitReason,
+    },
+    StepStarted {
+        relay: String,
+        step: Step,
+        attempt: u32,
+    },
+    /// A line of a command's output (stdout or stderr; rsync's `\r` updates split).
+    Output {
+        relay: String,
+        step: Step,
+        line: String,
+    },
+    /// Transfer progress parsed from rsync's `--info=progress2`.
+    Progress {
+        relay: String,
+        step: Step,
+        bytes: u64,
+        percent: u8,
+        rate: String,
+    },
+    StepDone {
+        relay: String,
+        step: Step,
+        elapsed: Duration,
+        /// Set when the step did nothing, with the reason (e.g. DNS not applicable).
+        note: Option<String>,
+    },
+    StepFailed {
+        relay: String,
+        step: Step,
+        attempt: u32,
+        kind: ErrorKind,
+        error: String,
+        /// Whether the scheduler will try again after a backoff.
+        will_retry: bool,
+    },
+    /// The run stopped starting relays (max_fail_percent, Ctrl-C), and why.
+    Halted {
+        reason: String,
+    },
+    RunFinished {
+        elapsed: Duration,
+    },
+}
+
+impl Event {
+    pub fn relay(&self) -> Option<&str> {
+        match self {
+            Event::Waiting { relay, .. }
+            | Event::StepStarted { relay, .. }
+            | Event::Output { relay, .. }
+            | Event::Progress { relay, .. }
+            | Event::StepDone { relay, .. }
+            | Event::StepFailed { relay, .. } => Some(relay),
+            _ => None,
+        }
+    }
+}
+
+/// Where events go. Cloned freely; sending never blocks the engine on the display.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl EventSink {
+    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (EventSink { tx }, rx)
+    }
+
+    /// A sink that drops everything (for commands that do not report progress).
+    pub fn discard() -> EventSink {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        EventSink { tx }
+    }
+
+    pub fn send(&self, event: Event) {
+        // The receiver only goes away when the run is over; late events are moot then.
+        let _ = self.tx.send(event);
+    }
+}

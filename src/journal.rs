@@ -1,0 +1,398 @@
+//! The journal: the single source of truth for where every relay stands.
+//!
+//! One JSON file per inventory in the state directory, rewritten atomically (temp
+//! file, fsync, rename, fsync of the directory) after every change, and guarded by
+//! an advisory lock so two runs cannot drive one fleet.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::events::{ErrorKind, Event};
+use crate::steps::Step;
+
+const VERSION: u32 = 1;
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another cmfleet run holds the journal lock {} (hint: wait for it to finish; if none is running, the lock is released automatically)", path.display())]
+    Locked { path: PathBuf },
+    #[error("cannot read the journal {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the journal {} is corrupt: {reason} (hint: it is never reset silently; move it away to start over, losing the record of what was done)", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("the journal {} belongs to the inventory {}, not {} (hint: use that inventory, or another state_dir)", path.display(), recorded.display(), given.display())]
+    Foreign {
+        path: PathBuf,
+        recorded: PathBuf,
+        given: PathBuf,
+    },
+    #[error("cannot write the journal {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Status of one step of one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub status: StepStatus,
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch.
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub error: Option<String>,
+    pub error_kind: Option<ErrorKind>,
+    pub note: Option<String>,
+}
+
+/// Everything known about one relay.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RelayRecord {
+    /// Steps 1 to 6, in order.
+    pub steps: Vec<StepRecord>,
+    /// Step 3 start: the relay went down.
+    pub down_since_ms: Option<u64>,
+    /// Step 6 end: the relay is back, on NEW.
+    pub up_again_ms: Option<u64>,
+    /// Rollbacks done by `cmfleet rollback`.
+    #[serde(default)]
+    pub rollbacks: Vec<u64>,
+}
+
+/// Where a relay stands, derived from its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayState {
+    NotStarted,
+    /// Some steps done, not yet down (pre-staged).
+    Staged,
+    /// Old disabled, new not active: users cannot get mail.
+    Down,
+    Done,
+}
+
+impl RelayRecord {
+    pub fn new() -> Self {
+        RelayRecord {
+            steps: vec![StepRecord::default(); 6],
+            ..Default::default()
+        }
+    }
+
+    pub fn step(&self, step: Step) -> &StepRecord {
+        &self.steps[usize::from(step.number() - 1)]
+    }
+
+    pub fn step_mut(&mut self, step: Step) -> &mut StepRecord {
+        &mut self.steps[usize::from(step.number() - 1)]
+    }
+
+    fn finished(&self, step: Step) -> bool {
+        matches!(
+            self.step(step).status,
+            StepStatus::Done | StepStatus::Skipped
+        )
+    }
+
+    /// The first step not yet done, or `None` when the relay is migrated.
+    pub fn next_step(&self) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| !self.finished(*s))
+    }
+
+    pub fn state(&self) -> RelayState {
+        let touched =
+            |s: Step| self.step(s).status != StepStatus::Pending || self.step(s).attempts > 0;
+        if self.finished(Step::Activate) {
+            RelayState::Done
+        } else if touched(Step::DisableOld) {
+            RelayState::Down
+        } else if Step::ALL.iter().any(|s| touched(*s)) {
+            RelayState::Staged
+        } else {
+            RelayState::NotStarted
+        }
+    }
+
+    /// The failed step, if the relay's last attempt failed.
+    pub fn failed_step(&self) -> Option<Step> {
+        Step::ALL
+            .into_iter()
+            .find(|s| self.step(*s).status == StepStatus::Failed)
+    }
+
+    pub fn downtime(&self) -> Option<Duration> {
+        let start = self.down_since_ms?;
+        let end = self.up_again_ms.unwrap_or_else(now_ms);
+        Some(Duration::from_millis(end.saturating_sub(start)))
+    }
+}
+
+/// The journal's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalData {
+    pub version: u32,
+    /// The inventory this journal belongs to (absolute).
+    pub inventory: PathBuf,
+    pub relays: BTreeMap<String, RelayRecord>,
+}
+
+/// An open, locked journal. Only one exists per fleet at a time.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    pub data: JournalData,
+    /// Held for the journal's lifetime: the advisory lock.
+    _lock: File,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the journal of `inventory` lives inside `state_dir`.
+pub fn journal_path(state_dir: &Path, inventory: &Path) -> PathBuf {
+    let stem = inventory
+        .file_stem()
+        .map_or("fleet".into(), |s| s.to_string_lossy());
+    state_dir.join(format!("{stem}.journal.json"))
+}
+
+/// Creates the state directory 0700: logs and the journal are nobody else's business.
+pub fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| JournalError::StateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+impl Journal {
+    /// Opens (or creates) and locks the journal for `inventory`.
+    pub fn open(state_dir: &Path, inventory: &Path) -> Result<Journal, JournalError> {
+        ensure_state_dir(state_dir)?;
+        let path = journal_path(state_dir, inventory);
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| JournalError::Write {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::Locked { path: lock_path });
+        }
+        let inventory = std::path::absolute(inventory).unwrap_or_else(|_| inventory.to_path_buf());
+        let data = Self::read(&path, &inventory)?;
+        Ok(Journal {
+            path,
+            data,
+            _lock: lock,
+        })
+    }
+
+    /// Reads the journal without locking it (for `status`).
+    pub fn peek(state_dir: &Path, inventory: &Path) -> Result<JournalData, JournalError> {
+        let path = journal_path(state_dir, inventory);
+        let inventory = std::path::absolute(inventory).unwrap_or_else(|_| inventory.to_path_buf());
+        Self::read(&path, &inventory)
+    }
+
+    fn read(path: &Path, inventory: &Path) -> Result<JournalData, JournalError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(JournalData {
+                    version: VERSION,
+                    inventory: inventory.to_path_buf(),
+                    relays: BTreeMap::new(),
+                })
+            }
+            Err(source) => {
+                return Err(JournalError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let data: JournalData = serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if data.version != VERSION {
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "version {} is not the supported version {VERSION}",
+                    data.version
+                ),
+            });
+        }
+        if data.relays.values().any(|r| r.steps.len() != 6) {
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                reason: "a relay does not have six steps".into(),
+            });
+        }
+        if data.inventory != inventory {
+            return Err(JournalError::Foreign {
+                path: path.to_path_buf(),
+                recorded: data.inventory,
+                given: inventory.to_path_buf(),
+            });
+        }
+        Ok(data)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn relay(&mut self, name: &str) -> &mut RelayRecord {
+        self.data
+            .relays
+            .entry(name.to_string())
+            .or_insert_with(RelayRecord::new)
+    }
+
+    /// A step marked running when a run starts was interrupted by a dead controller:
+    /// it goes back to pending and is re-run (every step is idempotent).
+    pub fn recover_interrupted(&mut self) -> Vec<(String, Step)> {
+        let mut found = Vec::new();
+        for (name, r) in &mut self.data.relays {
+            for step in Step::ALL {
+                let s = r.step_mut(step);
+                if s.status == StepStatus::Running {
+                    s.status = StepStatus::Pending;
+                    s.note = Some("interrupted (the controller stopped); re-run".into());
+                    found.push((name.clone(), step));
+                }
+            }
+        }
+        found
+    }
+
+    /// Records an event; returns whether the journal changed (and must be saved).
+    pub fn apply(&mut self, event: &Event) -> bool {
+        let now = now_ms();
+        match event {
+            Event::StepStarted {
+                relay,
+                step,
+                attempt,
+            } => {
+                let r = self.relay(relay);
+                if *step == Step::DisableOld && r.down_since_ms.is_none() {
+                    r.down_since_ms = Some(now);
+                }
+                let s = r.step_mut(*step);
+                s.status = StepStatus::Running;
+                s.attempts = s.attempts.max(*attempt);
+                s.started_ms = Some(now);
+                s.finished_ms = None;
+                true
+            }
+            Event::StepDone {
+                relay, step, note, ..
+            } => {
+                let r = self.relay(relay);
+                if *step == Step::Activate {
+                    r.up_again_ms = Some(now);
+                }
+                let s = r.step_mut(*step);
+                s.status = if note.is_some() && *step == Step::Dns {
+                    StepStatus::Skipped
+                } else {
+                    StepStatus::Done
+                };
+                s.finished_ms = Some(now);
+                s.error = None;
+                s.error_kind = None;
+                s.note = note.clone();
+                true
+            }
+            Event::StepFailed {
+                relay,
+                step,
+                kind,
+                error,
+                ..
+            } => {
+                let s = self.relay(relay).step_mut(*step);
+                s.status = StepStatus::Failed;
+                s.finished_ms = Some(now);
+                s.error = Some(error.clone());
+                s.error_kind = Some(*kind);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the selected relays (for `--restart`).
+    pub fn forget(&mut self, names: &[String]) {
+        for n in names {
+            self.data.relays.remove(n);
+        }
+    }
+
+    /// Writes the journal atomically: readers see the old or the new file, never half.
+    pub fn save(&self) -> Result<(), JournalError> {
+        let err = |source| JournalError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let json =
+            serde_json::to_vec_pretty(&self.data).map_err(|e| err(std::io::Error::other(e)))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        f.write_all(&json).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        std::fs::rename(&tmp, &self.path).map_err(err)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        }
+        Ok(())
+    }
+}
