@@ -11,5 +11,6 @@ pub mod inventory;
 pub mod journal;
 pub mod lab;
 pub mod plan;
+pub mod report;
 pub mod shell;
 pub mod steps;

@@ -1,0 +1,1 @@
+//! The reporter: the only part of cmfleet that prints while a run is going on.
