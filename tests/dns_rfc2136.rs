@@ -310,3 +310,21 @@ fn assert_no_secret(key_file: &std::path::Path, texts: &[String]) {
         assert!(!t.contains(&secret[..16]), "secret prefix leaked: {t}");
     }
 }
+
+#[tokio::test]
+async fn a_zone_the_server_does_not_serve_is_notauth_in_words() {
+    let bind = Bind::primary(ZONE, &old_records());
+    let settings = DnsSettings {
+        zone: Some("nope.org".into()),
+        ..bind.settings()
+    };
+    let dns = Dns::from_settings(&settings).expect("settings");
+    let req = SwitchRequest {
+        domain: "c1.nope.org".into(),
+        ..request(old(), new())
+    };
+    let err = dns.switch(&req).await.expect_err("not our zone");
+    let msg = err.to_string();
+    assert!(msg.contains("NOTAUTH") && msg.contains("nope.org"), "{msg}");
+    assert!(!err.is_transient());
+}

@@ -57,7 +57,7 @@ pub enum DnsError {
     },
     /// The prerequisite failed: somebody else changed the records. Nothing was changed.
     #[error(
-        "{domain} on {server} has {found}, expected {expected}: records changed outside cmfleet, nothing was overwritten (hint: fix the records or the inventory, then retry)"
+        "{domain} on {server} serves [{found}] but cmfleet expected [{expected}]: records changed outside cmfleet, nothing was overwritten (hint: fix the records or the inventory, then retry)"
     )]
     UnexpectedRecords {
         domain: String,

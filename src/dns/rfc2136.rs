@@ -111,7 +111,7 @@ impl Rfc2136 {
         let name = parse_name(domain)?;
         let zone = self.zone_for(&name)?;
         let msg = build_update(&zone, &name, current, target, ttl);
-        match self.send_signed(ctx, msg).await? {
+        match self.send_signed(ctx, &zone, msg).await? {
             ResponseCode::NoError => Ok(SwitchOutcome::Switched),
             // The prerequisite failed: find out whether we already did this (a
             // retry after a lost answer) or somebody else changed the records.
@@ -134,7 +134,12 @@ impl Rfc2136 {
 
     /// Sign, send over TCP, and check the answer's TSIG before its rcode: a TSIG
     /// failure is reported in plain words instead of hickory's verifier error.
-    async fn send_signed(&self, ctx: Ctx<'_>, mut msg: Message) -> Result<ResponseCode, DnsError> {
+    async fn send_signed(
+        &self,
+        ctx: Ctx<'_>,
+        zone: &Name,
+        mut msg: Message,
+    ) -> Result<ResponseCode, DnsError> {
         let signer = self.key.signer()?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -174,9 +179,9 @@ impl Rfc2136 {
             }
             None if rcode == ResponseCode::NotAuth => {
                 return Err(auth(format!(
-                    "NOTAUTH: the server is not authoritative for the zone or does not accept {}",
-                    self.key
-                )))
+                "NOTAUTH: the server is not authoritative for zone {zone} or does not accept {}",
+                self.key
+            )))
             }
             None if rcode == ResponseCode::NoError => {
                 return Err(auth(
@@ -188,7 +193,7 @@ impl Rfc2136 {
         }
         if rcode == ResponseCode::NotAuth {
             return Err(auth(format!(
-                "NOTAUTH: the server is not the primary of the zone or {} may not update it",
+                "NOTAUTH: the server is not the primary of zone {zone} or {} may not update it",
                 self.key
             )));
         }
