@@ -1,0 +1,171 @@
+//! `cmfleet lab up|down|status`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::addr::Subnet;
+use super::data::DataOptions;
+use super::error::Result;
+use super::fleet::{Lab, LabOptions, LabStatus, DEFAULT_DIR};
+
+/// `cmfleet lab ...`: a real fleet of relay hosts on this machine (needs root).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LabCommand {
+    /// Start a lab: 2 sshd hosts per relay (OLD with data, NEW empty), an ssh-agent, a
+    /// chatmail relay checkout with a stand-in cmdeploy, and DIR/inventory.toml.
+    Up {
+        /// Number of relays (1 to 127).
+        #[arg(long, default_value_t = 3, env = "CMFLEET_LAB_RELAYS")]
+        relays: usize,
+        /// The lab directory (replaced if it holds a stopped lab).
+        #[arg(long, default_value = DEFAULT_DIR, env = "CMFLEET_LAB_DIR")]
+        dir: PathBuf,
+        /// The lab's loopback /24, as 127.X.Y.
+        #[arg(long, default_value = "127.77.0", env = "CMFLEET_LAB_SUBNET")]
+        subnet: Subnet,
+        /// Mailboxes per relay.
+        #[arg(long, default_value_t = DataOptions::default().users)]
+        users: usize,
+        /// Messages per mailbox.
+        #[arg(long, default_value_t = DataOptions::default().messages)]
+        messages: usize,
+        /// Bytes per message.
+        #[arg(long, default_value_t = DataOptions::default().message_size)]
+        message_size: usize,
+        /// Seed of the generated mail.
+        #[arg(long, default_value_t = DataOptions::default().seed)]
+        seed: u64,
+    },
+    /// Stop every process of the lab (by recorded PID, then anything left in its hosts).
+    Down {
+        /// The lab directory.
+        #[arg(long, default_value = DEFAULT_DIR, env = "CMFLEET_LAB_DIR")]
+        dir: PathBuf,
+        /// Also delete the lab directory.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show the lab's hosts and what the stand-in cmdeploy did to them.
+    Status {
+        /// The lab directory.
+        #[arg(long, default_value = DEFAULT_DIR, env = "CMFLEET_LAB_DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs a lab command, printing what it did and what to run next.
+pub fn run(cmd: LabCommand) -> Result<()> {
+    match cmd {
+        LabCommand::Up {
+            relays,
+            dir,
+            subnet,
+            users,
+            messages,
+            message_size,
+            seed,
+        } => {
+            let started = Instant::now();
+            let mut opts = LabOptions::new(dir, relays, subnet);
+            opts.data = DataOptions {
+                users,
+                messages,
+                message_size,
+                seed,
+            };
+            let lab = Lab::up(opts)?;
+            let took = started.elapsed();
+            let hosts = lab.hosts();
+            let (first, last) = (hosts.first().map(|h| h.addr), hosts.last().map(|h| h.addr));
+            println!(
+                "lab up: {relays} relays, {} hosts ({} .. {}) in {:.2}s",
+                hosts.len(),
+                first.map(|a| a.to_string()).unwrap_or_default(),
+                last.map(|a| a.to_string()).unwrap_or_default(),
+                took.as_secs_f64()
+            );
+            println!("  data       {users} users x {messages} messages x {message_size} bytes per old host");
+            println!("  dir        {}", lab.dir().display());
+            println!("  inventory  {}", lab.inventory().display());
+            println!(
+                "  ssh        ssh -F {} relay1-old",
+                lab.ssh_config().display()
+            );
+            println!(
+                "  cmdeploy   cd {} && scripts/cmdeploy run --config ... --ssh-host ...",
+                lab.checkout().display()
+            );
+            println!("next: cmfleet plan -i {}", lab.inventory().display());
+            println!("stop: cmfleet lab down --dir {}", lab.dir().display());
+            Ok(())
+        }
+        LabCommand::Down { dir, purge } => {
+            let stopped = Lab::down(&dir)?;
+            println!(
+                "lab down: stopped {} processes of the lab in {}",
+                stopped.len(),
+                dir.display()
+            );
+            for s in &stopped {
+                println!("  {:>7}  {}", s.pid, s.what);
+            }
+            if purge && dir.join(super::state::STATE_FILE).exists() {
+                std::fs::remove_dir_all(&dir).map_err(super::error::LabError::io(format!(
+                    "remove {}",
+                    dir.display()
+                )))?;
+                println!("removed {}", dir.display());
+            }
+            println!("next: cmfleet lab up --dir {}", dir.display());
+            Ok(())
+        }
+        LabCommand::Status { dir } => {
+            let status = Lab::status(&dir)?;
+            print!("{status}");
+            Ok(())
+        }
+    }
+}
+
+impl fmt::Display for LabStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let up = self.hosts.iter().filter(|h| h.sshd_running).count();
+        writeln!(
+            f,
+            "lab {}: {up}/{} hosts up, agent {}",
+            self.dir.display(),
+            self.hosts.len(),
+            if self.agent_running {
+                "running"
+            } else {
+                "stopped"
+            }
+        )?;
+        writeln!(
+            f,
+            "  {:<12} {:<16} {:<6} {:<10} {:<6} {:<8} runs",
+            "host", "address", "sshd", "configured", "mail", "active"
+        )?;
+        for h in &self.hosts {
+            let sshd = match (h.sshd_running, h.ssh_open) {
+                (true, true) => "up",
+                (true, false) => "noport",
+                (false, _) => "down",
+            };
+            let yn = |b: bool| if b { "yes" } else { "no" };
+            writeln!(
+                f,
+                "  {:<12} {:<16} {:<6} {:<10} {:<6} {:<8} {}",
+                h.host.name,
+                h.host.addr.to_string(),
+                sshd,
+                yn(h.state.configured),
+                if h.state.mail_disabled { "off" } else { "on" },
+                yn(h.state.active),
+                h.state.invocations.len()
+            )?;
+        }
+        Ok(())
+    }
+}

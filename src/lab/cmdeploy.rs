@@ -1,0 +1,102 @@
+//! The lab's chatmail relay checkout with its stand-in `cmdeploy`, and the stand-in
+//! programs lab hosts find in /usr/local/sbin (postfix, postsuper, the mail listener).
+//!
+//! The real cmdeploy deploys a whole relay with pyinfra (packages, systemd units, nginx,
+//! acme, ...) and needs a full Debian 12 machine per host; lab hosts are sshds in mount
+//! namespaces on one machine. The stand-in keeps what cmfleet depends on: the CLI and
+//! its errors, `CMDEPLOY_STAGES`, the target host, the working-directory hazards (venv/,
+//! ./chatmaild/dist, www/build) and an observable effect on the host.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use super::error::{LabError, Result};
+use super::process::run;
+
+const SCRIPTS_CMDEPLOY: &str = include_str!("assets/scripts-cmdeploy");
+const VENV_ACTIVATE: &str = include_str!("assets/venv-activate");
+const VENV_CMDEPLOY: &str = include_str!("assets/venv-cmdeploy");
+const REMOTE: &str = include_str!("assets/remote.sh");
+const LISTENER: &str = include_str!("assets/listener.py");
+const POSTFIX: &str = include_str!("assets/postfix");
+const POSTSUPER: &str = include_str!("assets/postsuper");
+
+/// Writes `text` to `path` with `mode`.
+fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(LabError::io(format!("create {}", parent.display())))?;
+    }
+    fs::write(path, text).map_err(LabError::io(format!("write {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(LabError::io(format!("chmod {}", path.display())))
+}
+
+/// Creates the checkout at `checkout` (a git repository with one commit, like a clone of
+/// the chatmail relay repository) plus its untracked `venv/`.
+pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
+    let venv = checkout.join("venv");
+    write(&checkout.join("scripts/cmdeploy"), SCRIPTS_CMDEPLOY, 0o755)?;
+    write(
+        &checkout.join("www/src/index.md"),
+        "# chatmail relay (lab)\n\nThe website cmdeploy renders into www/build.\n",
+        0o644,
+    )?;
+    write(
+        &checkout.join("chatmaild/pyproject.toml"),
+        "[project]\nname = \"chatmaild\"\nversion = \"0.2\"\n",
+        0o644,
+    )?;
+    write(
+        &checkout.join("README.md"),
+        "A stand-in chatmail relay checkout made by `cmfleet lab` (see cmfleet::lab).\n",
+        0o644,
+    )?;
+    // As in the real repository, the venv and build outputs are not tracked.
+    write(
+        &checkout.join(".gitignore"),
+        "/venv/\n/chatmaild/dist/\n/www/build/\n",
+        0o644,
+    )?;
+    let lab = lab_dir.to_string_lossy();
+    write(
+        &venv.join("bin/activate"),
+        &VENV_ACTIVATE.replace("@VENV@", &venv.to_string_lossy()),
+        0o644,
+    )?;
+    write(
+        &venv.join("bin/cmdeploy"),
+        &VENV_CMDEPLOY.replace("@LAB_DIR@", &lab),
+        0o755,
+    )?;
+    write(&venv.join("lib/cmdeploy-lab/remote.sh"), REMOTE, 0o644)?;
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args([
+                "-c",
+                "user.name=cmfleet lab",
+                "-c",
+                "user.email=lab@cmfleet.invalid",
+            ])
+            .args(["-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(checkout))
+    };
+    git(&["init", "-q"])?;
+    git(&["add", "-A"])?;
+    git(&[
+        "commit",
+        "-q",
+        "-m",
+        "chatmail relay checkout (cmfleet lab stand-in)",
+    ])?;
+    Ok(())
+}
+
+/// Fills the directory mounted over every host's /usr/local/sbin.
+pub fn write_host_bin(bin: &Path) -> Result<()> {
+    write(&bin.join("postfix"), POSTFIX, 0o755)?;
+    write(&bin.join("postsuper"), POSTSUPER, 0o755)?;
+    write(&bin.join("chatmail-lab-listener"), LISTENER, 0o755)
+}

@@ -1,0 +1,117 @@
+//! The lab's one error type.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Everything that can go wrong while building, running or tearing down a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// The lab uses Linux mount namespaces; other systems cannot host it.
+    #[error("the lab needs Linux (mount namespaces), this is {os} (hint: run it on a Debian 12 machine)")]
+    NotLinux {
+        /// `std::env::consts::OS` of this machine.
+        os: &'static str,
+    },
+    /// Mount namespaces, bind mounts and sshd on port 22 all need root.
+    #[error("the lab needs root (mount namespaces, bind mounts, sshd on port 22), running as uid {euid} (hint: run it as root, e.g. `sudo -E cargo test --test 'lab_*'`)")]
+    NotRoot {
+        /// The effective uid we run as.
+        euid: u32,
+    },
+    /// A program the lab runs is not installed.
+    #[error("the lab needs `{tool}`, which is not installed (hint: {hint})")]
+    MissingTool {
+        /// The program's name or path.
+        tool: String,
+        /// How to install it.
+        hint: &'static str,
+    },
+    /// `unshare -m` did not work (e.g. inside an unprivileged container).
+    #[error("cannot create a private mount namespace with `unshare -m`: {detail} (hint: the lab needs root on a machine or VM, not an unprivileged container)")]
+    NoUnshare {
+        /// What unshare said.
+        detail: String,
+    },
+    /// A filesystem or process operation failed.
+    #[error("cannot {context}: {source}")]
+    Io {
+        /// What we were doing, as "verb object".
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A helper program (ssh-keygen, git, ssh-add, ...) failed.
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line, for the operator to retry by hand.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// The end of what it wrote to stderr.
+        stderr: String,
+    },
+    /// A lab host's sshd did not come up.
+    #[error("lab host {addr} did not start: {detail} (see {log})")]
+    HostStart {
+        /// The host's address.
+        addr: Ipv4Addr,
+        /// Why we think it failed.
+        detail: String,
+        /// The host's log file.
+        log: PathBuf,
+    },
+    /// The options make no sense.
+    #[error("invalid lab options: {0}")]
+    Options(String),
+    /// The lab directory holds something that is not a lab: we never delete it.
+    #[error("{dir} exists and is not a lab directory (no lab.json in it) (hint: pick another --dir or remove it yourself)")]
+    NotALabDir {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// There is a running lab in that directory already.
+    #[error("a lab is already running in {dir} (hint: `cmfleet lab down --dir {dir}` first)", dir = dir.display())]
+    AlreadyRunning {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// No lab state where one was expected.
+    #[error("no lab in {dir} (no lab.json) (hint: `cmfleet lab up --dir {dir}`)", dir = dir.display())]
+    NoLab {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The lab state file cannot be read.
+    #[error("cannot parse lab state {path}: {source}")]
+    State {
+        /// The state file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The address is not one of this lab's hosts.
+    #[error("{addr} is not a host of this lab")]
+    UnknownHost {
+        /// The address asked for.
+        addr: Ipv4Addr,
+    },
+    /// `down` could not end every process.
+    #[error("lab processes still alive after SIGKILL: {pids:?}")]
+    Survivors {
+        /// Their PIDs.
+        pids: Vec<i32>,
+    },
+}
+
+impl LabError {
+    /// Wraps an I/O error with what we were doing.
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+        let context = context.into();
+        move |source| LabError::Io { context, source }
+    }
+}
+
+/// Shorthand for lab results.
+pub type Result<T, E = LabError> = std::result::Result<T, E>;

@@ -1,0 +1,239 @@
+//! One lab host: an sshd in its own private mount namespace, with the relay's state
+//! directories bind-mounted from the host's directory in the lab (`hosts/<addr>/fs/...`),
+//! so the guide's commands run unchanged and never touch the machine's directories.
+
+use std::fs::{self, File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use super::addr::Side;
+use super::error::{LabError, Result};
+use super::process::{log_tail, ProcRecord};
+use super::sshd;
+use super::users::{LabUsers, MachineTables};
+
+/// Directories of a relay host that the lab replaces by per-host ones (the relay's state
+/// plus root's ssh directory and the stand-in cmdeploy's record).
+pub const BIND_DIRS: &[&str] = &[
+    "/home/vmail",
+    "/var/lib/acme",
+    "/etc/dkimkeys",
+    "/var/spool/postfix",
+    "/root/.ssh",
+    "/var/lib/chatmail-lab",
+];
+
+/// Where the stand-in cmdeploy records its effect on a host (inside the host).
+pub const STATE_DIR: &str = "/var/lib/chatmail-lab";
+
+/// One host of a lab, as the lab recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LabHost {
+    /// "relay3-old", also an alias in the lab's ssh_config.
+    pub name: String,
+    /// Its own loopback address; sshd listens on port 22 there.
+    pub addr: Ipv4Addr,
+    /// The relay it belongs to (1-based).
+    pub relay: usize,
+    /// OLD or NEW machine of that relay.
+    pub side: Side,
+    /// The host's directory in the lab (`DIR/hosts/<addr>`).
+    pub dir: PathBuf,
+    /// Size of a tmpfs mounted over /home/vmail instead of the bind mount (disk-full tests).
+    pub vmail_tmpfs: Option<u64>,
+    /// The running sshd, if the host is up.
+    pub sshd: Option<ProcRecord>,
+}
+
+impl LabHost {
+    /// The controller-side path of `abs` (an absolute path inside the host), for reading
+    /// and writing the host's files directly. A tmpfs /home/vmail exists only inside the
+    /// host's namespace, so it is reached through the sshd's /proc/PID/root.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        let rel = abs.trim_start_matches('/');
+        if self.vmail_tmpfs.is_some() && (abs == "/home/vmail" || abs.starts_with("/home/vmail/")) {
+            if let Some(sshd) = self.sshd {
+                return PathBuf::from(format!("/proc/{}/root", sshd.pid)).join(rel);
+            }
+        }
+        self.dir.join("fs").join(rel)
+    }
+
+    /// The host's sshd log.
+    pub fn sshd_log(&self) -> PathBuf {
+        self.dir.join("sshd.log")
+    }
+
+    pub(crate) fn sshd_config(&self) -> PathBuf {
+        self.dir.join("sshd_config")
+    }
+
+    pub(crate) fn host_key(&self) -> PathBuf {
+        self.dir.join("ssh_host_ed25519_key")
+    }
+
+    fn start_script(&self) -> PathBuf {
+        self.dir.join("start.sh")
+    }
+
+    fn start_log(&self) -> PathBuf {
+        self.dir.join("start.log")
+    }
+}
+
+/// Creates the mount points on the machine (empty directories; bind mounts need a target)
+/// and sshd's privilege separation directory.
+pub fn prepare_machine() -> Result<()> {
+    for d in BIND_DIRS.iter().chain(["/run/sshd"].iter()) {
+        fs::create_dir_all(d).map_err(LabError::io(format!("create mount point {d}")))?;
+    }
+    Ok(())
+}
+
+/// Lays out a host's directory: its filesystem tree, user tables, empty bashrc, sshd
+/// config and authorized lab key. Host keys are generated separately (in parallel).
+pub fn prepare(
+    host: &LabHost,
+    users: &LabUsers,
+    tables: &MachineTables,
+    authorized_key: &str,
+) -> Result<()> {
+    let io = |what: &str, p: &Path| LabError::io(format!("{what} {}", p.display()));
+    fs::create_dir_all(&host.dir).map_err(io("create", &host.dir))?;
+    let owners: [(&str, u32, u32, u32); 6] = [
+        ("/home/vmail", users.vmail_uid, users.vmail_gid, 0o755),
+        ("/var/lib/acme", 0, 0, 0o755),
+        (
+            "/etc/dkimkeys",
+            users.opendkim_uid,
+            users.opendkim_gid,
+            0o700,
+        ),
+        ("/var/spool/postfix", 0, 0, 0o755),
+        ("/root/.ssh", 0, 0, 0o700),
+        (STATE_DIR, 0, 0, 0o755),
+    ];
+    for (abs, uid, gid, mode) in owners {
+        let p = host.dir.join("fs").join(abs.trim_start_matches('/'));
+        fs::create_dir_all(&p).map_err(io("create", &p))?;
+        chown(&p, Some(uid), Some(gid)).map_err(io("chown", &p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io("chmod", &p))?;
+    }
+    let ak = host.path("/root/.ssh/authorized_keys");
+    fs::write(&ak, authorized_key).map_err(io("write", &ak))?;
+    fs::set_permissions(&ak, fs::Permissions::from_mode(0o600)).map_err(io("chmod", &ak))?;
+    tables.write_host_tables(users, &host.dir.join("passwd"), &host.dir.join("group"))?;
+    // The machine's root bashrc runs `pyenv init` (~100 ms per remote command): hosts get
+    // an empty one.
+    let bashrc = host.dir.join("bashrc");
+    fs::write(&bashrc, "").map_err(io("write", &bashrc))?;
+    let cfg = host.sshd_config();
+    fs::write(&cfg, sshd::config(host)).map_err(io("write", &cfg))?;
+    Ok(())
+}
+
+/// The script run inside the fresh namespace: mounts, then exec sshd (so the PID we
+/// spawned is the sshd's).
+fn start_script(host: &LabHost, lab_bin: &Path) -> String {
+    let d = host.dir.display();
+    let mut s = String::from(
+        "#!/bin/sh\n# Runs inside `unshare -m --propagation private`: these mounts exist only\n\
+         # in this host's namespace and vanish with its last process.\nset -e\n",
+    );
+    for abs in BIND_DIRS {
+        if *abs == "/home/vmail" {
+            if let Some(size) = host.vmail_tmpfs {
+                s += &format!("mount -t tmpfs -o size={size},mode=0755 lab-vmail /home/vmail\n");
+                continue;
+            }
+        }
+        s += &format!("mount --bind {d}/fs{abs} {abs}\n");
+    }
+    s += &format!("mount --bind {} /usr/local/sbin\n", lab_bin.display());
+    s += &format!("mount --bind {d}/passwd /etc/passwd\nmount --bind {d}/group /etc/group\n");
+    if Path::new("/root/.bashrc").exists() {
+        s += &format!("mount --bind {d}/bashrc /root/.bashrc\n");
+    }
+    s += &format!("exec /usr/sbin/sshd -D -f {d}/sshd_config -E {d}/sshd.log\n");
+    s
+}
+
+/// Starts the host's sshd (not waiting for it to listen; see `wait_ready`).
+pub fn spawn(host: &LabHost, lab_bin: &Path) -> Result<Child> {
+    let script = host.start_script();
+    fs::write(&script, start_script(host, lab_bin))
+        .map_err(LabError::io(format!("write {}", script.display())))?;
+    let log = append(&host.start_log())?;
+    let log2 = append(&host.start_log())?;
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "/bin/sh"])
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        // Its own process group: lab hosts end by `lab down`, not by the terminal's ^C.
+        .process_group(0)
+        .spawn()
+        .map_err(LabError::io(format!("start lab host {}", host.addr)))
+}
+
+/// After spawning, the tmpfs /home/vmail (if any) needs the vmail owner; ownership of a
+/// tmpfs root is set by mount options we avoid (uid= is not in every kernel), so chown it
+/// through the namespace.
+pub fn fix_tmpfs_owner(host: &LabHost, users: &LabUsers) -> Result<()> {
+    if host.vmail_tmpfs.is_some() {
+        let p = host.path("/home/vmail");
+        chown(&p, Some(users.vmail_uid), Some(users.vmail_gid))
+            .map_err(LabError::io(format!("chown {}", p.display())))?;
+    }
+    Ok(())
+}
+
+/// Waits until the host's sshd accepts connections on port 22.
+pub fn wait_ready(host: &LabHost, child: &mut Child, timeout: Duration) -> Result<ProcRecord> {
+    let deadline = Instant::now() + timeout;
+    let sock = SocketAddr::from((host.addr, 22));
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(LabError::HostStart {
+                addr: host.addr,
+                detail: format!(
+                    "sshd exited ({status}): {} {}",
+                    log_tail(&host.start_log()),
+                    log_tail(&host.sshd_log())
+                ),
+                log: host.sshd_log(),
+            });
+        }
+        if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+            let pid = child.id() as i32;
+            return ProcRecord::of(pid).ok_or_else(|| LabError::HostStart {
+                addr: host.addr,
+                detail: "sshd vanished right after it started".into(),
+                log: host.sshd_log(),
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(LabError::HostStart {
+                addr: host.addr,
+                detail: format!("port 22 not open after {timeout:?}"),
+                log: host.sshd_log(),
+            });
+        }
+        sleep(Duration::from_millis(5));
+    }
+}
+
+/// Opens (creating) a file for appending, for logs.
+pub fn append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(LabError::io(format!("open {}", path.display())))
+}
