@@ -2,21 +2,24 @@
 
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cmfleet::dns::{
     Addrs, Dns, DnsAction, DnsError, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest,
 };
 
-fn script(dir: &Path, body: &str) -> String {
+fn script(dir: &Path, body: &str) -> PathBuf {
+    // A space in the path: the program is never split into words or given to a shell.
+    let dir = dir.join("dns hooks");
+    std::fs::create_dir_all(&dir).expect("mkdir");
     let path = dir.join("dns-update");
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    path.display().to_string()
+    path
 }
 
-fn dns(command: String) -> Dns {
+fn dns(command: PathBuf) -> Dns {
     Dns::from_settings(&DnsSettings {
         provider: ProviderKind::Command,
         command: Some(command),
@@ -48,11 +51,11 @@ async fn the_program_gets_the_relay_facts_in_its_environment() {
     let cmd = script(
         dir.path(),
         &format!(
-            "echo \"$CMFLEET_ACTION $CMFLEET_DOMAIN old=$CMFLEET_OLD_IP4/$CMFLEET_OLD_IP6 new=$CMFLEET_NEW_IP4/$CMFLEET_NEW_IP6 ttl=$CMFLEET_TTL args=$*\" >> '{}'",
+            "echo \"$CMFLEET_ACTION $CMFLEET_DOMAIN old=$CMFLEET_OLD_IP4/$CMFLEET_OLD_IP6 new=$CMFLEET_NEW_IP4/$CMFLEET_NEW_IP6 ttl=$CMFLEET_TTL\" >> '{}'",
             out.display()
         ),
     );
-    let dns = dns(format!("{cmd} --zone 'example.org'"));
+    let dns = dns(cmd);
     assert_eq!(
         dns.switch(&request()).await.expect("switch"),
         SwitchOutcome::Switched
@@ -66,9 +69,9 @@ async fn the_program_gets_the_relay_facts_in_its_environment() {
     assert_eq!(
         facts.lines().collect::<Vec<_>>(),
         vec![
-            "switch c1.example.org old=203.0.113.10/ new=198.51.100.10/2001:db8::10 ttl=300 args=--zone example.org",
-            "lower-ttl c1.example.org old=203.0.113.10/ new=203.0.113.10/ ttl=60 args=--zone example.org",
-            "rollback c1.example.org old=203.0.113.10/ new=198.51.100.10/2001:db8::10 ttl=300 args=--zone example.org",
+            "switch c1.example.org old=203.0.113.10/ new=198.51.100.10/2001:db8::10 ttl=300",
+            "lower-ttl c1.example.org old=203.0.113.10/ new=203.0.113.10/ ttl=60",
+            "rollback c1.example.org old=203.0.113.10/ new=198.51.100.10/2001:db8::10 ttl=300",
         ]
     );
 }
@@ -102,7 +105,7 @@ async fn exit_75_asks_for_a_retry() {
 
 #[tokio::test]
 async fn a_missing_program_is_a_clear_permanent_error() {
-    let err = dns("/nonexistent/dns-update".into())
+    let err = dns(PathBuf::from("/nonexistent/dns-update"))
         .switch(&request())
         .await
         .expect_err("fails");

@@ -1,10 +1,12 @@
 //! The `command` provider: an operator program that talks to its DNS provider's
 //! API, given the relay's facts in environment variables.
 //!
-//! The program runs directly (argv split with shell-word rules, no `sh -c`): the
-//! relay's facts travel only in the environment, so nothing from the inventory is
-//! ever parsed by a shell. An operator who wants a pipeline writes a script.
+//! The program runs directly, without arguments and without `sh -c`: the relay's
+//! facts travel only in the environment, so nothing from the inventory is ever
+//! parsed by a shell (and a path with spaces just works). An operator who needs
+//! arguments or a pipeline writes a small script.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -47,28 +49,19 @@ const STDERR_TAIL_CHARS: usize = 2000;
 /// An operator-supplied program.
 #[derive(Debug, Clone)]
 pub struct CommandProvider {
-    /// Program and fixed arguments.
-    argv: Vec<String>,
+    /// The program (the inventory's `command`, already resolved to a path).
+    program: PathBuf,
     /// The program is killed after this long (and the failure is transient).
     timeout: Duration,
 }
 
 impl CommandProvider {
-    /// `command` is split like a shell would split words (quotes allowed), but
-    /// never run by a shell.
-    pub fn new(command: &str, timeout: Duration) -> Result<Self, DnsError> {
-        let argv = shlex::split(command)
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                DnsError::Config(format!(
-                    "dns command {command:?} is empty or has unbalanced quotes"
-                ))
-            })?;
-        Ok(CommandProvider { argv, timeout })
-    }
-
-    fn program(&self) -> String {
-        self.argv.first().cloned().unwrap_or_default()
+    /// Run `program` (a path, or a name looked up in PATH) for each change.
+    pub fn new(program: PathBuf, timeout: Duration) -> Result<Self, DnsError> {
+        if program.as_os_str().is_empty() {
+            return Err(DnsError::Config("dns command is empty".to_string()));
+        }
+        Ok(CommandProvider { program, timeout })
     }
 
     /// Run the program once for `domain`; `Ok` iff it exits 0.
@@ -80,11 +73,10 @@ impl CommandProvider {
         new: &Addrs,
         ttl: u32,
     ) -> Result<(), DnsError> {
-        let program = self.program();
+        let program = self.program.display().to_string();
         let opt = |ip: Option<std::net::Ipv6Addr>| ip.map(|i| i.to_string()).unwrap_or_default();
-        let mut cmd = Command::new(&program);
-        cmd.args(&self.argv[1..])
-            .env("CMFLEET_ACTION", action.as_str())
+        let mut cmd = Command::new(&self.program);
+        cmd.env("CMFLEET_ACTION", action.as_str())
             .env("CMFLEET_DOMAIN", domain)
             .env("CMFLEET_OLD_IP4", old.ip4.to_string())
             .env("CMFLEET_OLD_IP6", opt(old.ip6))

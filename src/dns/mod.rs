@@ -62,8 +62,8 @@ pub struct DnsSettings {
     pub zone: Option<String>,
     /// rfc2136: BIND key file (tsig-keygen output).
     pub tsig_key_file: Option<PathBuf>,
-    /// command: the program (split into words, run without a shell).
-    pub command: Option<String>,
+    /// command: the program, run without arguments and without a shell.
+    pub command: Option<PathBuf>,
     /// TTL of the new records.
     pub ttl: u32,
     /// Bound on the propagation wait (and on one run of the command).
@@ -156,7 +156,7 @@ impl Dns {
             ProviderKind::Command => {
                 let command = settings
                     .command
-                    .as_deref()
+                    .clone()
                     .ok_or_else(|| DnsError::Config("provider command needs `command`".into()))?;
                 DnsProvider::Command(CommandProvider::new(command, settings.propagation_timeout)?)
             }
