@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -155,9 +156,20 @@ impl Bind {
         let conf_file = dir.path().join("named.conf");
         fs::write(&conf_file, conf).expect("write named.conf");
         let log = fs::File::create(dir.path().join("named.log")).expect("log file");
-        let child = Command::new("named")
-            .args(["-g", "-4", "-n", "1", "-c"])
-            .arg(&conf_file)
+        let mut cmd = Command::new("named");
+        cmd.args(["-g", "-4", "-n", "1", "-c"]).arg(&conf_file);
+        // If the test binary is killed (timeout, ^C) Drop never runs: let the kernel
+        // kill named with it instead of leaking servers on loopback ports. (The
+        // signal follows the spawning *thread*: start servers from the test's own
+        // thread or a runtime worker, never from a short-lived helper thread.)
+        // SAFETY: only an async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
