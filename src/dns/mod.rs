@@ -5,6 +5,20 @@
 //! [`Dns::set_ttl`] for `cmfleet dns lower-ttl/restore-ttl`, [`Dns::rollback`] to
 //! point a relay back at its old site. Callers that change DNS for many relays
 //! share one [`DnsGate`] (in-flight and rate bound).
+//!
+//! ```ignore
+//! let dns = Dns::from_settings(&settings)?;            // per relay; reads the TSIG key
+//! let outcome = gate.run(dns.switch(&req)).await?;     // Switched / AlreadySwitched / Manual{..} / NotApplicable{..}
+//! if let SwitchOutcome::Manual { set, remove } = &outcome { /* reporter prints the lines */ }
+//! dns.wait_propagated(&req.domain, &req.new, dns.propagation_timeout(), |ok, n| {
+//!     /* event: "ok of n nameservers" */
+//! }).await?;
+//! // Errors: `e.is_transient()` decides whether the scheduler retries.
+//! ```
+//!
+//! Step 5 is safe to re-run: the update's prerequisites make a second switch a
+//! no-op (`AlreadySwitched`), and a record somebody else changed is reported
+//! (`UnexpectedRecords`), never overwritten.
 
 mod command;
 mod error;
