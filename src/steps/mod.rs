@@ -1,6 +1,9 @@
 //! The six steps of the guide, what each runs, and their executors.
 
 pub mod commands;
+mod dns;
+pub mod exec;
+pub mod manifest;
 
 use std::fmt;
 

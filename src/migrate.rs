@@ -1,0 +1,139 @@
+//! `cmfleet migrate`: the journal decides what is left, the scheduler runs it,
+//! every event is recorded before it is shown.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::events::{Event, EventSink};
+use crate::inventory::{Inventory, Relay};
+use crate::journal::{Journal, JournalError, StepStatus};
+use crate::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
+use crate::steps::exec::Executor;
+use crate::steps::Step;
+
+#[derive(Debug, Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("cannot prepare the run: {0}")]
+    Setup(String),
+    #[error("{relay}: {reason}")]
+    Gate { relay: String, reason: String },
+}
+
+/// What the operator asked for.
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    pub from_step: Option<Step>,
+    pub until_step: Step,
+    /// Forget the journal of the selected relays first.
+    pub restart: bool,
+    pub dry_run: bool,
+}
+
+/// Which steps a relay still needs, from the journal and the options.
+fn steps_left(
+    journal: &mut Journal,
+    relay: &Relay,
+    opts: &MigrateOptions,
+) -> Result<Vec<Step>, MigrateError> {
+    let rec = journal.relay(&relay.name).clone();
+    let done = |s: Step| matches!(rec.step(s).status, StepStatus::Done | StepStatus::Skipped);
+    let steps: Vec<Step> = Step::ALL
+        .into_iter()
+        .filter(|s| !done(*s) && *s <= opts.until_step && opts.from_step.is_none_or(|f| *s >= f))
+        .collect();
+    // Safety gate: never take a relay down whose data and new site are not ready.
+    if steps.contains(&Step::DisableOld) {
+        for pre in [Step::InitialSync, Step::Preconfigure] {
+            if !done(pre) && !steps.contains(&pre) {
+                return Err(MigrateError::Gate {
+                    relay: relay.name.clone(),
+                    reason: format!("step {pre} is not done; steps 1 and 2 must be done before step 3 (drop --from-step)"),
+                });
+            }
+        }
+    }
+    Ok(steps)
+}
+
+/// Runs the migration of `relays`. `report` sees every event after the journal recorded it.
+pub async fn migrate(
+    inv: &Inventory,
+    relays: &[&Relay],
+    opts: &MigrateOptions,
+    cancel: watch::Receiver<Cancel>,
+    mut report: impl FnMut(&Event, &Journal) + Send,
+) -> Result<(Outcome, Journal), MigrateError> {
+    let mut journal = Journal::open(&inv.fleet.state_dir, &inv.path)?;
+    if opts.restart {
+        journal.forget(&relays.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
+    }
+    journal.recover_interrupted();
+    let mut jobs = Vec::new();
+    for r in relays {
+        let steps = steps_left(&mut journal, r, opts)?;
+        if !steps.is_empty() {
+            jobs.push(Job {
+                relay: (*r).clone(),
+                steps,
+            });
+        }
+    }
+    journal.save()?;
+    if opts.dry_run {
+        return Ok((Outcome::default(), journal));
+    }
+    let (events, mut rx) = EventSink::channel();
+    let executor =
+        Executor::new(&inv.fleet, events.clone()).map_err(|e| MigrateError::Setup(e.message))?;
+    let executor = Arc::new(executor);
+    let scheduler = Scheduler {
+        limits: inv.fleet.limits.clone(),
+        groups: inv.groups.clone().into_iter().collect(),
+        waves: inv.fleet.waves.clone(),
+        events: events.clone(),
+        cancel,
+    };
+    let started = std::time::Instant::now();
+    events.send(Event::RunStarted { relays: jobs.len() });
+    let runner: Arc<dyn StepRunner> = executor.clone();
+    let run = scheduler.run(jobs, runner);
+    tokio::pin!(run);
+    // One loop owns the journal: record, save, then show.
+    let mut save_error = None;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            Some(ev) = rx.recv() => record(&mut journal, &ev, &mut report, &mut save_error),
+        }
+    };
+    executor.close().await;
+    events.send(Event::RunFinished {
+        elapsed: started.elapsed(),
+    });
+    while let Ok(ev) = rx.try_recv() {
+        record(&mut journal, &ev, &mut report, &mut save_error);
+    }
+    journal.save()?;
+    match save_error {
+        Some(e) => Err(e.into()),
+        None => Ok((outcome, journal)),
+    }
+}
+
+fn record(
+    journal: &mut Journal,
+    ev: &Event,
+    report: &mut impl FnMut(&Event, &Journal),
+    save_error: &mut Option<JournalError>,
+) {
+    if journal.apply(ev) {
+        if let Err(e) = journal.save() {
+            save_error.get_or_insert(e);
+        }
+    }
+    report(ev, journal);
+}

@@ -1,0 +1,13 @@
+//! Running commands: on relay hosts over multiplexed ssh, and locally (cmdeploy,
+//! staged rsync hops). Output streams line by line into the relay's log and into
+//! events; failures are classified transient or permanent for the scheduler.
+
+mod classify;
+mod process;
+mod ssh;
+mod workspace;
+
+pub use classify::{classify_exit as classify_exit_pub, CommandError, CommandKind};
+pub use process::{run_process, LineSink, ProcessOutput};
+pub use ssh::{HostConn, SshError, SshPool, SshPoolConfig};
+pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

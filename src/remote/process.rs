@@ -1,0 +1,185 @@
+//! Spawning a process and streaming its output, line by line, to the log and events.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::events::{Event, EventSink};
+use crate::steps::Step;
+
+/// Lines kept for error messages and the report.
+const TAIL: usize = 20;
+
+/// Where a command's output goes: the relay's log file and the event stream.
+#[derive(Clone)]
+pub struct LineSink {
+    pub relay: String,
+    pub step: Step,
+    pub events: EventSink,
+    /// The relay's log, shared by all its commands (0600, append).
+    pub log: Option<Arc<Mutex<File>>>,
+}
+
+impl LineSink {
+    /// Writes a line to the log only (e.g. the command about to run).
+    pub fn log(&self, line: &str) {
+        if let Some(log) = &self.log {
+            if let Ok(mut f) = log.lock() {
+                // A log write failure must not fail the migration; the journal is authoritative.
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }
+
+    fn line(&self, line: &str) {
+        self.log(line);
+        if let Some((bytes, percent, rate)) = parse_progress(line) {
+            self.events.send(Event::Progress {
+                relay: self.relay.clone(),
+                step: self.step,
+                bytes,
+                percent,
+                rate,
+            });
+        } else {
+            self.events.send(Event::Output {
+                relay: self.relay.clone(),
+                step: self.step,
+                line: line.to_string(),
+            });
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone)]
+pub struct ProcessOutput {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// The last lines of stdout and stderr, interleaved as they came.
+    pub tail: Vec<String>,
+    /// All of stdout, when captured (small outputs only, e.g. `du`).
+    pub stdout: Option<String>,
+}
+
+/// Runs `cmd` to completion, streaming its output into `sink`. With `capture`,
+/// stdout is also returned whole (and not streamed as lines).
+///
+/// The child is killed if this future is dropped (second Ctrl-C), never orphaned.
+pub async fn run_process(
+    mut cmd: Command,
+    sink: &LineSink,
+    capture: bool,
+) -> std::io::Result<ProcessOutput> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
+    let out_task = async {
+        match stdout {
+            Some(s) if capture => read_all(s).await.map(Some),
+            Some(s) => pump(s, sink, &tail).await.map(|_| None),
+            None => Ok(None),
+        }
+    };
+    let err_task = async {
+        match stderr {
+            Some(s) => pump(s, sink, &tail).await,
+            None => Ok(()),
+        }
+    };
+    let (captured, _) = tokio::try_join!(out_task, err_task)?;
+    let status = child.wait().await?;
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok(ProcessOutput {
+        code: status.code(),
+        tail,
+        stdout: captured,
+    })
+}
+
+async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Reads `r` and hands every line to the sink. rsync's progress updates end in
+/// `\r`, so both `\r` and `\n` end a line.
+async fn pump(
+    mut r: impl AsyncRead + Unpin,
+    sink: &LineSink,
+    tail: &Mutex<VecDeque<String>>,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                emit(&mut pending, sink, tail);
+            } else {
+                pending.push(b);
+            }
+        }
+    }
+    emit(&mut pending, sink, tail);
+    Ok(())
+}
+
+fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) {
+    if pending.iter().all(u8::is_ascii_whitespace) {
+        pending.clear();
+        return;
+    }
+    let line = String::from_utf8_lossy(pending).trim_end().to_string();
+    pending.clear();
+    sink.line(&line);
+    if parse_progress(&line).is_none() {
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == TAIL {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+}
+
+/// Parses an rsync `--info=progress2` line: `  1,234,567  45%   12.34MB/s    0:00:03 ...`.
+pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
+    let mut words = line.split_whitespace();
+    let bytes: u64 = words.next()?.replace(',', "").parse().ok()?;
+    let percent: u8 = words.next()?.strip_suffix('%')?.parse().ok()?;
+    let rate = words.next()?;
+    rate.ends_with("/s")
+        .then(|| (bytes, percent, rate.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progress;
+
+    #[test]
+    fn parses_rsync_progress2() {
+        assert_eq!(
+            parse_progress("     12,345,678  45%   12.34MB/s    0:00:03 (xfr#12, to-chk=0/100)"),
+            Some((12_345_678, 45, "12.34MB/s".to_string()))
+        );
+        assert_eq!(parse_progress("sending incremental file list"), None);
+    }
+}

@@ -1,0 +1,323 @@
+//! One multiplexed ssh connection per host, shared by every command for that host.
+//!
+//! The `openssh` crate owns the master connection (options, host key policy,
+//! liveness). Commands run as `ssh -S <control socket>` children: that is the one
+//! way to ask for agent forwarding over the crate's master (its own `command()`
+//! never requests it), and it gives plain process handles to stream and kill.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use openssh::{KnownHosts, Session, SessionBuilder};
+use thiserror::Error;
+use tokio::process::Command;
+use tokio::sync::{Mutex, Semaphore};
+
+use super::classify::{classify_connect, classify_exit, CommandError, CommandKind};
+use super::process::{run_process, LineSink, ProcessOutput};
+use crate::events::ErrorKind;
+use crate::inventory::{Host, HostKeyPolicy};
+
+/// Channels open at once per connection: sshd's MaxSessions defaults to 10.
+const CHANNELS_PER_HOST: usize = 8;
+/// A master idle this long exits by itself, so a crashed controller leaves none behind for long.
+const MASTER_IDLE_SECS: usize = 600;
+
+#[derive(Debug, Error)]
+pub enum SshError {
+    #[error("cannot prepare ssh files in {}: {source}", path.display())]
+    Setup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {dest}: {message}")]
+    Connect {
+        dest: String,
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+impl SshError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SshError::Setup { .. } => ErrorKind::Permanent,
+            SshError::Connect { kind, .. } => *kind,
+        }
+    }
+}
+
+/// Settings shared by all connections of a run.
+#[derive(Debug, Clone)]
+pub struct SshPoolConfig {
+    /// cmfleet's state directory: its known_hosts and ssh config live there.
+    pub state_dir: PathBuf,
+    /// The agent to authenticate with and forward (else `$SSH_AUTH_SOCK`).
+    pub auth_sock: Option<PathBuf>,
+    /// New connections per second, fleet-wide (sshd's MaxStartups, fail2ban).
+    pub connects_per_sec: u32,
+}
+
+/// An open master connection to one host.
+pub struct HostConn {
+    session: Session,
+    /// `user@host:port`, for messages.
+    pub dest: String,
+    /// Bounds channels in flight on this master.
+    channels: Semaphore,
+}
+
+impl HostConn {
+    pub fn control_socket(&self) -> &Path {
+        self.session.control_socket()
+    }
+
+    /// The `ssh` command that reuses this master (for rsync's `-e`).
+    pub fn ssh_command(&self) -> String {
+        format!(
+            "ssh -F /dev/null -o ControlMaster=no -S {}",
+            crate::shell::quote(&self.control_socket().display().to_string())
+        )
+    }
+}
+
+type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
+
+/// All master connections of a run.
+pub struct SshPool {
+    config_file: PathBuf,
+    known_hosts: PathBuf,
+    control_dir: tempfile::TempDir,
+    auth_sock: Option<PathBuf>,
+    slots: std::sync::Mutex<HashMap<String, Slot>>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl SshPool {
+    pub fn new(cfg: &SshPoolConfig) -> Result<SshPool, SshError> {
+        let setup = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SshError::Setup { path, source }
+        };
+        crate::journal::ensure_state_dir(&cfg.state_dir).map_err(|e| SshError::Setup {
+            path: cfg.state_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let config_file = cfg.state_dir.join("ssh_config");
+        std::fs::write(&config_file, SSH_CONFIG).map_err(setup(&config_file))?;
+        // Control sockets need a short path (at most ~100 bytes in total).
+        let control_dir = tempfile::Builder::new()
+            .prefix("cmf-")
+            .tempdir_in("/tmp")
+            .map_err(setup(Path::new("/tmp")))?;
+        let rate = NonZeroU32::new(cfg.connects_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
+        Ok(SshPool {
+            config_file,
+            known_hosts: cfg.state_dir.join("known_hosts"),
+            control_dir,
+            auth_sock: cfg.auth_sock.clone(),
+            slots: std::sync::Mutex::new(HashMap::new()),
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+        })
+    }
+
+    pub fn known_hosts(&self) -> &Path {
+        &self.known_hosts
+    }
+
+    fn slot(&self, key: &str) -> Slot {
+        let mut slots = match self.slots.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slots.entry(key.to_string()).or_default().clone()
+    }
+
+    /// The live master for `host`, connecting (rate limited) if there is none.
+    pub async fn connect(
+        &self,
+        host: &Host,
+        policy: HostKeyPolicy,
+        timeout: Duration,
+    ) -> Result<Arc<HostConn>, SshError> {
+        let dest = format!("{}@{}:{}", host.user, host.ssh, host.port);
+        let slot = self.slot(&dest);
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.as_ref() {
+            if conn.session.check().await.is_ok() {
+                return Ok(conn.clone());
+            }
+        }
+        self.limiter.until_ready().await;
+        let session = self.builder(host, policy, timeout).connect(&host.ssh).await;
+        let session = session.map_err(|e| connect_error(&dest, e))?;
+        let conn = Arc::new(HostConn {
+            session,
+            dest,
+            channels: Semaphore::new(CHANNELS_PER_HOST),
+        });
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn builder(&self, host: &Host, policy: HostKeyPolicy, timeout: Duration) -> SessionBuilder {
+        let mut b = SessionBuilder::default();
+        b.user(host.user.clone())
+            .port(host.port)
+            .config_file(&self.config_file)
+            .user_known_hosts_file(&self.known_hosts)
+            .known_hosts_check(match policy {
+                HostKeyPolicy::AcceptNew => KnownHosts::Add,
+                HostKeyPolicy::Strict => KnownHosts::Strict,
+            })
+            .connect_timeout(timeout)
+            .server_alive_interval(Duration::from_secs(15))
+            .control_directory(self.control_dir.path())
+            .control_persist(openssh::ControlPersist::IdleFor(
+                std::num::NonZeroUsize::new(MASTER_IDLE_SECS)
+                    .unwrap_or(std::num::NonZeroUsize::MIN),
+            ));
+        if let Some(key) = &host.key {
+            b.keyfile(key);
+        }
+        if let Some(sock) = &self.auth_sock {
+            b.ssh_auth_sock(sock);
+        }
+        b
+    }
+
+    /// Runs `script` on the host through its master. With `forward_agent`, the
+    /// controller's agent is forwarded (OLD pushing to NEW, as in the guide).
+    pub async fn run(
+        &self,
+        conn: &HostConn,
+        script: &str,
+        forward_agent: bool,
+        kind: CommandKind,
+        sink: &LineSink,
+        capture: bool,
+    ) -> Result<ProcessOutput, CommandError> {
+        let _channel = conn.channels.acquire().await.map_err(|_| CommandError {
+            kind: ErrorKind::Interrupted,
+            message: "the connection pool is shutting down".into(),
+        })?;
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "BatchMode=yes",
+            "-T",
+        ])
+        .arg("-S")
+        .arg(conn.control_socket())
+        .arg(if forward_agent { "-A" } else { "-a" });
+        if let Some(sock) = &self.auth_sock {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        // The destination is ignored over a control socket; "none" makes sure a
+        // dead master can never silently fall back to a fresh, unchecked connection.
+        cmd.args(["none", "--", script]);
+        sink.log(&format!("$ [{}] {script}", conn.dest));
+        let out = run_process(cmd, sink, capture)
+            .await
+            .map_err(|e| CommandError {
+                kind: ErrorKind::Permanent,
+                message: format!("cannot run ssh: {e}"),
+            })?;
+        if out.code == Some(0) {
+            return Ok(out);
+        }
+        let last = out.tail.last().cloned().unwrap_or_default();
+        let mut kind = classify_exit(kind, out.code, &out.tail);
+        if out.code == Some(255) && conn.session.check().await.is_err() {
+            kind = ErrorKind::Transient;
+        }
+        sink.log(&format!("exit {:?}", out.code));
+        Err(CommandError {
+            kind,
+            message: format!(
+                "command on {} failed ({}): {last}",
+                conn.dest,
+                out.code
+                    .map_or("killed by a signal".to_string(), |c| format!("exit {c}"))
+            ),
+        })
+    }
+
+    /// Known-hosts lines cmfleet holds for `host` (to vouch for NEW on OLD).
+    pub fn known_host_lines(&self, host: &Host) -> Vec<String> {
+        let pattern = if host.port == 22 {
+            host.ssh.clone()
+        } else {
+            format!("[{}]:{}", host.ssh, host.port)
+        };
+        std::fs::read_to_string(&self.known_hosts)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|names| names.split(',').any(|n| n == pattern))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Closes every master (the crate's Drop would block a tokio worker).
+    pub async fn close(&self) {
+        let slots: Vec<Slot> = match self.slots.lock() {
+            Ok(mut s) => s.drain().map(|(_, v)| v).collect(),
+            Err(_) => Vec::new(),
+        };
+        for slot in slots {
+            if let Some(conn) = slot.lock().await.take() {
+                if let Ok(conn) = Arc::try_unwrap(conn) {
+                    let _ = conn.session.close().await;
+                }
+            }
+        }
+    }
+}
+
+fn connect_error(dest: &str, e: openssh::Error) -> SshError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message = format!("{message}: {s}");
+        source = s.source();
+    }
+    let kind = match &e {
+        openssh::Error::Connect(io) => match io.kind() {
+            std::io::ErrorKind::PermissionDenied => ErrorKind::Permanent,
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut => {
+                ErrorKind::Transient
+            }
+            _ => classify_connect(&message),
+        },
+        _ => classify_connect(&message),
+    };
+    SshError::Connect {
+        dest: dest.to_string(),
+        kind,
+        message,
+    }
+}
+
+/// The master's ssh options beyond what the builder sets. Agent forwarding must be
+/// allowed on the master for `-A` channels to get it; never the user's own config.
+const SSH_CONFIG: &str = "\
+Host *
+  ForwardAgent yes
+  BatchMode yes
+  HashKnownHosts no
+  GlobalKnownHostsFile /dev/null
+  ServerAliveCountMax 3
+  LogLevel ERROR
+";

@@ -1,0 +1,146 @@
+//! The pool of cmdeploy workspaces.
+//!
+//! Concurrent `cmdeploy run`s from one checkout corrupt each other: each deletes and
+//! rebuilds `chatmaild/dist` and renders `www/build` relative to its working
+//! directory. So cmfleet keeps K git worktrees of the operator's checkout in its
+//! staging directory, each with a `venv` link to the checkout's one venv, and each
+//! run borrows one for its duration. K is the cmdeploy concurrency limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Error)]
+pub enum WorkspaceError {
+    #[error("{} does not look like scripts/cmdeploy inside a chatmail relay checkout (hint: set fleet.cmdeploy to <checkout>/scripts/cmdeploy)", path.display())]
+    NotACheckout { path: PathBuf },
+    #[error("cannot create cmdeploy workspace {}: {reason}", path.display())]
+    Create { path: PathBuf, reason: String },
+}
+
+/// A borrowed workspace; returned to the pool on drop.
+pub struct Workspace<'a> {
+    pool: &'a WorkspacePool,
+    dir: Option<PathBuf>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Workspace<'_> {
+    pub fn dir(&self) -> &Path {
+        self.dir.as_deref().unwrap_or(Path::new("."))
+    }
+}
+
+impl Drop for Workspace<'_> {
+    fn drop(&mut self) {
+        if let (Some(dir), Ok(mut free)) = (self.dir.take(), self.pool.free.lock()) {
+            free.push(dir);
+        }
+    }
+}
+
+pub struct WorkspacePool {
+    free: Mutex<Vec<PathBuf>>,
+    permits: std::sync::Arc<Semaphore>,
+    /// `scripts/cmdeploy` relative to a workspace.
+    pub script: PathBuf,
+}
+
+impl WorkspacePool {
+    /// Creates (or reuses) `k` worktrees of the checkout owning `cmdeploy` under `root`.
+    pub fn prepare(
+        cmdeploy: &Path,
+        root: &Path,
+        k: usize,
+    ) -> Result<WorkspacePool, WorkspaceError> {
+        let not_checkout = || WorkspaceError::NotACheckout {
+            path: cmdeploy.to_path_buf(),
+        };
+        let checkout = cmdeploy
+            .parent()
+            .filter(|p| p.ends_with("scripts"))
+            .and_then(Path::parent)
+            .ok_or_else(not_checkout)?;
+        if !cmdeploy.is_file() || !checkout.join(".git").exists() {
+            return Err(not_checkout());
+        }
+        let script = cmdeploy
+            .strip_prefix(checkout)
+            .map_err(|_| not_checkout())?
+            .to_path_buf();
+        let mut dirs = Vec::with_capacity(k);
+        for i in 0..k {
+            let dir = root.join(format!("w{i}"));
+            if !dir.join(&script).is_file() {
+                add_worktree(checkout, &dir)?;
+            }
+            link_venv(checkout, &dir)?;
+            dirs.push(dir);
+        }
+        Ok(WorkspacePool {
+            free: Mutex::new(dirs),
+            permits: std::sync::Arc::new(Semaphore::new(k)),
+            script,
+        })
+    }
+
+    /// Waits for a free workspace.
+    pub async fn borrow(&self) -> Option<Workspace<'_>> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        let dir = self.free.lock().ok()?.pop();
+        Some(Workspace {
+            pool: self,
+            dir,
+            _permit: permit,
+        })
+    }
+
+    /// Whether a workspace is free right now (to report "waiting: cmdeploy limit").
+    pub fn available(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+fn add_worktree(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {
+    let fail = |reason: String| WorkspaceError::Create {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let _ = std::process::Command::new("git")
+        .arg("-C")
+        .arg(checkout)
+        .args(["worktree", "prune"])
+        .output();
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(checkout)
+        .args(["worktree", "add", "--force", "--detach"])
+        .arg(dir)
+        .arg("HEAD")
+        .output()
+        .map_err(|e| fail(format!("cannot run git: {e}")))?;
+    if !out.status.success() {
+        return Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every workspace uses the checkout's one venv (it is large and read-only here).
+fn link_venv(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {
+    let venv = checkout.join("venv");
+    let link = dir.join("venv");
+    if venv.exists() && std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink(&venv, &link).map_err(|e| WorkspaceError::Create {
+            path: link.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! The fleet scheduler: drives every selected relay through its steps, within the
+//! fleet's limits, with retries, waves, and cancellation.
+//!
+//! It knows nothing about ssh: steps run through [`StepRunner`], so tests and the
+//! scale benchmark can drive it with a simulated executor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::events::{ErrorKind, Event, EventSink, WaitReason};
+use crate::inventory::{GroupLimits, Limits, Relay, RetryPolicy, Wave};
+use crate::steps::exec::{StepError, StepResult};
+use crate::steps::Step;
+
+/// Runs one step of one relay.
+pub trait StepRunner: Send + Sync + 'static {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+}
+
+impl StepRunner for crate::steps::exec::Executor {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(crate::steps::exec::Executor::run(self, relay, step))
+    }
+}
+
+/// How far cancellation has gone; it only escalates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cancel {
+    None,
+    /// First Ctrl-C: start nothing new, let running steps finish.
+    StopStarting,
+    /// Second Ctrl-C: stop running steps now (their processes are killed).
+    Kill,
+}
+
+/// One relay's work in this run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub relay: Relay,
+    /// Steps to run, in order (already filtered by the journal and --from/--until).
+    pub steps: Vec<Step>,
+}
+
+/// How the run ended, for the summary and the exit code.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub done: Vec<String>,
+    pub failed: Vec<String>,
+    pub not_started: Vec<String>,
+    pub halted: Option<String>,
+    pub interrupted: bool,
+}
+
+/// Limits shared by every relay's task.
+struct Gates {
+    forks: Arc<Semaphore>,
+    transfers: Arc<Semaphore>,
+    cutovers: Arc<Semaphore>,
+    groups: HashMap<String, Arc<Semaphore>>,
+    /// Relays inside their cutover that wait for a transfer slot: new initial
+    /// syncs yield to them, so downtime is never stretched by pre-staging.
+    cutover_waiting: AtomicUsize,
+    /// Set when max_fail_percent is exceeded: relays not yet started stay so.
+    halted: std::sync::atomic::AtomicBool,
+}
+
+pub struct Scheduler {
+    pub limits: Limits,
+    pub groups: HashMap<String, GroupLimits>,
+    pub waves: Vec<Wave>,
+    pub events: EventSink,
+    pub cancel: watch::Receiver<Cancel>,
+}
+
+impl Scheduler {
+    pub async fn run(&self, jobs: Vec<Job>, runner: Arc<dyn StepRunner>) -> Outcome {
+        let gates = Arc::new(Gates {
+            forks: Arc::new(Semaphore::new(self.limits.forks)),
+            transfers: Arc::new(Semaphore::new(self.limits.transfers)),
+            cutovers: Arc::new(Semaphore::new(self.limits.cutovers)),
+            groups: self
+                .groups
+                .iter()
+                .filter_map(|(g, l)| {
+                    l.max_transfers
+                        .map(|n| (g.clone(), Arc::new(Semaphore::new(n.max(1)))))
+                })
+                .collect(),
+            cutover_waiting: AtomicUsize::new(0),
+            halted: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut outcome = Outcome::default();
+        let total = jobs.len();
+        let mut queue = jobs.into_iter();
+        let mut finished = 0usize;
+        for (wave_no, size) in wave_sizes(&self.waves, total).into_iter().enumerate() {
+            let wave: Vec<Job> = queue.by_ref().take(size).collect();
+            if wave.is_empty() {
+                break;
+            }
+            if self.stopping(&mut outcome) {
+                outcome
+                    .not_started
+                    .extend(wave.into_iter().map(|j| j.relay.name));
+                continue;
+            }
+            let mut tasks = JoinSet::new();
+            for job in wave {
+                if wave_no > 0 {
+                    self.events.send(Event::Waiting {
+                        relay: job.relay.name.clone(),
+                        reason: WaitReason::Wave(wave_no + 1),
+                    });
+                }
+                let ctx = RelayTask {
+                    gates: gates.clone(),
+                    runner: runner.clone(),
+                    events: self.events.clone(),
+                    cancel: self.cancel.clone(),
+                    retry: job.relay.settings.retry,
+                };
+                tasks.spawn(async move { (job.relay.name.clone(), ctx.drive(job).await) });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let Ok((name, result)) = joined else { continue };
+                finished += 1;
+                match result {
+                    RelayResult::Done => outcome.done.push(name),
+                    RelayResult::Failed => outcome.failed.push(name),
+                    RelayResult::NotStarted => outcome.not_started.push(name),
+                }
+                if outcome.halted.is_none() {
+                    if let Some(why) = self.failure_rate_exceeded(&outcome, finished) {
+                        gates.halted.store(true, Ordering::SeqCst);
+                        self.events.send(Event::Halted {
+                            reason: why.clone(),
+                        });
+                        outcome.halted = Some(why);
+                    }
+                }
+            }
+        }
+        outcome.not_started.extend(queue.map(|j| j.relay.name));
+        outcome.interrupted = *self.cancel.borrow() > Cancel::None;
+        outcome
+    }
+
+    fn stopping(&self, outcome: &mut Outcome) -> bool {
+        if *self.cancel.borrow() > Cancel::None && outcome.halted.is_none() {
+            outcome.halted = Some("interrupted by the operator".into());
+        }
+        outcome.halted.is_some()
+    }
+
+    /// Ansible's max_fail_percentage, over the relays finished so far.
+    fn failure_rate_exceeded(&self, outcome: &Outcome, finished: usize) -> Option<String> {
+        let max = self.limits.max_fail_percent as usize;
+        let failed = outcome.failed.len();
+        (max < 100 && finished > 0 && failed * 100 > max * finished).then(|| {
+            format!(
+                "{failed} of {finished} finished relays failed, more than max_fail_percent = {max}%; no new relay was started"
+            )
+        })
+    }
+}
+
+/// Relay counts of each wave: the configured ones, then the last repeated.
+fn wave_sizes(waves: &[Wave], total: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut left = total;
+    let mut i = 0;
+    while left > 0 {
+        let w = waves
+            .get(i)
+            .or(waves.last())
+            .copied()
+            .unwrap_or(Wave::Percent(100));
+        let n = w.size(total).min(left);
+        sizes.push(n);
+        left -= n;
+        i += 1;
+    }
+    sizes
+}
+
+enum RelayResult {
+    Done,
+    Failed,
+    NotStarted,
+}
+
+struct RelayTask {
+    gates: Arc<Gates>,
+    runner: Arc<dyn StepRunner>,
+    events: EventSink,
+    cancel: watch::Receiver<Cancel>,
+    retry: RetryPolicy,
+}
+
+impl RelayTask {
+    async fn drive(mut self, job: Job) -> RelayResult {
+        let name = job.relay.name.clone();
+        if self.gates.forks.available_permits() == 0 {
+            self.events.send(Event::Waiting {
+                relay: name.clone(),
+                reason: WaitReason::Forks,
+            });
+        }
+        let Ok(_fork) = self.gates.forks.clone().acquire_owned().await else {
+            return RelayResult::NotStarted;
+        };
+        if self.gates.halted.load(Ordering::SeqCst) {
+            return RelayResult::NotStarted;
+        }
+        let mut cutover = None;
+        for step in job.steps {
+            let stop =
+                *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
+            if stop && cutover.is_none() {
+                // Never abandon a relay inside its cutover; before it, stopping is safe
+                // (the journal keeps what was pre-staged).
+                return RelayResult::NotStarted;
+            }
+            if step.in_cutover() && cutover.is_none() {
+                if self.gates.cutovers.available_permits() == 0 {
+                    self.events.send(Event::Waiting {
+                        relay: name.clone(),
+                        reason: WaitReason::CutoverLimit,
+                    });
+                }
+                let Ok(p) = self.gates.cutovers.clone().acquire_owned().await else {
+                    return RelayResult::Failed;
+                };
+                cutover = Some(p);
+            }
+            if !self.attempt_step(&job.relay, step).await {
+                return RelayResult::Failed;
+            }
+        }
+        RelayResult::Done
+    }
+
+    /// Runs one step with retries; returns whether it succeeded.
+    async fn attempt_step(&mut self, relay: &Relay, step: Step) -> bool {
+        let mut backoff = self.retry.backoff;
+        for attempt in 1..=self.retry.attempts {
+            let _transfer = self.transfer_slot(relay, step).await;
+            self.events.send(Event::StepStarted {
+                relay: relay.name.clone(),
+                step,
+                attempt,
+            });
+            let started = Instant::now();
+            let result = self.run_cancellable(relay, step).await;
+            drop(_transfer);
+            match result {
+                Ok(note) => {
+                    self.events.send(Event::StepDone {
+                        relay: relay.name.clone(),
+                        step,
+                        elapsed: started.elapsed(),
+                        note,
+                    });
+                    return true;
+                }
+                Err(e) => {
+                    let will_retry = e.kind == ErrorKind::Transient
+                        && attempt < self.retry.attempts
+                        && *self.cancel.borrow() == Cancel::None;
+                    self.events.send(Event::StepFailed {
+                        relay: relay.name.clone(),
+                        step,
+                        attempt,
+                        kind: e.kind,
+                        error: e.message,
+                        will_retry,
+                    });
+                    if !will_retry {
+                        return false;
+                    }
+                    let wait = jitter(backoff);
+                    self.events.send(Event::Waiting {
+                        relay: relay.name.clone(),
+                        reason: WaitReason::Backoff(wait),
+                    });
+                    if self.sleep_or_kill(wait).await {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(self.retry.max_backoff);
+                }
+            }
+        }
+        false
+    }
+
+    async fn run_cancellable(&mut self, relay: &Relay, step: Step) -> StepResult {
+        let mut cancel = self.cancel.clone();
+        tokio::select! {
+            r = self.runner.run(relay, step) => r,
+            _ = cancel.wait_for(|c| *c == Cancel::Kill) => Err(StepError {
+                kind: ErrorKind::Interrupted,
+                message: "stopped by the operator (second Ctrl-C)".into(),
+            }),
+        }
+    }
+
+    /// Sleeps for a backoff; returns true if a kill arrived meanwhile.
+    async fn sleep_or_kill(&mut self, d: Duration) -> bool {
+        let mut cancel = self.cancel.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = cancel.wait_for(|c| *c == Cancel::Kill) => true,
+        }
+    }
+
+    /// Transfer permits (fleet-wide and per group) for steps 1 and 4.
+    async fn transfer_slot(
+        &self,
+        relay: &Relay,
+        step: Step,
+    ) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+        if !matches!(step, Step::InitialSync | Step::FinalSync) {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        let in_cutover = step.in_cutover();
+        if in_cutover {
+            self.gates.cutover_waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.gates.transfers.available_permits() == 0 {
+            self.events.send(Event::Waiting {
+                relay: relay.name.clone(),
+                reason: WaitReason::TransferLimit,
+            });
+        }
+        loop {
+            if let Ok(p) = self.gates.transfers.clone().acquire_owned().await {
+                // Initial syncs give way while a cutover waits for a slot.
+                if !in_cutover && self.gates.cutover_waiting.load(Ordering::SeqCst) > 0 {
+                    drop(p);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                held.push(p);
+            }
+            break;
+        }
+        if in_cutover {
+            self.gates.cutover_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        if let Some(g) = relay.group.as_ref().and_then(|g| self.gates.groups.get(g)) {
+            if g.available_permits() == 0 {
+                self.events.send(Event::Waiting {
+                    relay: relay.name.clone(),
+                    reason: WaitReason::GroupTransferLimit(relay.group.clone().unwrap_or_default()),
+                });
+            }
+            if let Ok(p) = g.clone().acquire_owned().await {
+                held.push(p);
+            }
+        }
+        held
+    }
+}
+
+/// Backoff with ±25% jitter, so relays failing together do not retry together.
+fn jitter(d: Duration) -> Duration {
+    let f: f64 = rand::random_range(0.75..1.25);
+    d.mul_f64(f)
+}

@@ -1,0 +1,488 @@
+//! Running one step of one relay for real: over ssh, locally, at the DNS provider.
+//!
+//! The executor never prints: output goes to the relay's log and to events.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{commands, manifest, Step};
+use crate::events::{ErrorKind, EventSink};
+use crate::inventory::{Fleet, Host, Relay, TransferMode};
+use crate::remote::{
+    run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig,
+    WorkspacePool,
+};
+
+/// A failed step, classified for the scheduler.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepError {
+            kind: ErrorKind::Permanent,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CommandError> for StepError {
+    fn from(e: CommandError) -> Self {
+        StepError {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
+}
+
+impl From<crate::remote::SshError> for StepError {
+    fn from(e: crate::remote::SshError) -> Self {
+        StepError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// What a successful step reports: `Some(note)` when it had nothing to do.
+pub type StepResult = Result<Option<String>, StepError>;
+
+/// Everything steps share during one run.
+pub struct Executor {
+    fleet: Fleet,
+    pub ssh: SshPool,
+    workspaces: WorkspacePool,
+    logs: PathBuf,
+    staging: PathBuf,
+    /// The staging byte budget, in KiB permits, held per relay from its first
+    /// staged hop to the end of its final sync.
+    staging_budget: Arc<Semaphore>,
+    staged: Mutex<HashMap<String, OwnedSemaphorePermit>>,
+    events: EventSink,
+}
+
+/// Largest staging reservation expressible in semaphore permits.
+const MAX_KIB: u64 = (u32::MAX >> 3) as u64;
+
+impl Executor {
+    pub fn new(fleet: &Fleet, events: EventSink) -> Result<Executor, StepError> {
+        let state = &fleet.state_dir;
+        let ssh = SshPool::new(&SshPoolConfig {
+            state_dir: state.clone(),
+            auth_sock: fleet.ssh_auth_sock.clone(),
+            connects_per_sec: fleet.limits.ssh_connects_per_sec,
+        })?;
+        let workspaces = WorkspacePool::prepare(
+            &fleet.cmdeploy,
+            &state.join("workspaces"),
+            fleet.limits.cmdeploy_runs,
+        )
+        .map_err(|e| StepError::permanent(e.to_string()))?;
+        let logs = state.join("logs");
+        crate::journal::ensure_state_dir(&logs).map_err(|e| StepError::permanent(e.to_string()))?;
+        let budget_kib = (fleet.limits.staging_budget / 1024).clamp(1, MAX_KIB);
+        Ok(Executor {
+            fleet: fleet.clone(),
+            ssh,
+            workspaces,
+            logs,
+            staging: state.join("staging"),
+            staging_budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            staged: Mutex::new(HashMap::new()),
+            events,
+        })
+    }
+
+    pub fn log_path(&self, relay: &str) -> PathBuf {
+        self.logs.join(format!("{relay}.log"))
+    }
+
+    fn sink(&self, relay: &Relay, step: Step) -> LineSink {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.log_path(&relay.name))
+            .ok()
+            .map(|f| Arc::new(Mutex::new(f)));
+        LineSink {
+            relay: relay.name.clone(),
+            step,
+            events: self.events.clone(),
+            log,
+        }
+    }
+
+    /// Runs one step. Every step is idempotent: re-running a finished one is safe.
+    pub async fn run(&self, relay: &Relay, step: Step) -> StepResult {
+        let sink = self.sink(relay, step);
+        sink.log(&format!("== {} step {step}", crate::journal::now_ms()));
+        let result = match step {
+            Step::InitialSync => self.sync(relay, false, &sink).await,
+            Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
+            Step::DisableOld => {
+                self.hook(
+                    relay,
+                    relay.settings.hooks.pre_cutover.as_deref(),
+                    "pre_cutover",
+                    &sink,
+                )
+                .await?;
+                self.cmdeploy(commands::disable_old(relay), &sink).await?;
+                expect_port(&relay.old, false).await
+            }
+            Step::FinalSync => self.final_sync(relay, &sink).await,
+            Step::Dns => super::dns::switch(relay, &sink).await,
+            Step::Activate => {
+                self.cmdeploy(commands::activate(relay), &sink).await?;
+                expect_port(&relay.new, true).await?;
+                // The relay is up: a failing notification hook must not make it look down.
+                match self
+                    .hook(
+                        relay,
+                        relay.settings.hooks.post_cutover.as_deref(),
+                        "post_cutover",
+                        &sink,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(None),
+                    Err(e) => Ok(Some(format!(
+                        "relay active; post_cutover hook failed: {}",
+                        e.message
+                    ))),
+                }
+            }
+        };
+        if let Err(e) = &result {
+            sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
+        }
+        result
+    }
+
+    async fn connect(&self, relay: &Relay, host: &Host) -> Result<Arc<HostConn>, StepError> {
+        let s = &relay.settings;
+        Ok(self
+            .ssh
+            .connect(host, s.host_key_policy, s.connect_timeout)
+            .await?)
+    }
+
+    async fn sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
+        match relay.settings.transfer {
+            TransferMode::Direct => self.direct_sync(relay, last, sink).await,
+            TransferMode::Staged => self.staged_sync(relay, last, sink).await,
+        }
+    }
+
+    /// OLD pushes to NEW with the forwarded agent; NEW's host key, as cmfleet
+    /// verified it, is installed on OLD first so the inner ssh checks it strictly.
+    async fn direct_sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
+        let new = self.connect(relay, &relay.new).await?;
+        drop(new);
+        let lines = self.ssh.known_host_lines(&relay.new);
+        if lines.is_empty() {
+            return Err(StepError::permanent(format!(
+                "no host key of {} in {} to vouch for it on the old host",
+                relay.new.ssh,
+                self.ssh.known_hosts().display()
+            )));
+        }
+        let old = self.connect(relay, &relay.old).await?;
+        let install = commands::install_known_host(&lines.join("\n"));
+        self.ssh
+            .run(&old, &install, false, CommandKind::Plain, sink, false)
+            .await?;
+        let script = if last {
+            commands::final_sync(relay)
+        } else {
+            commands::initial_sync(relay)
+        };
+        self.ssh
+            .run(&old, &script, true, CommandKind::Transfer, sink, false)
+            .await?;
+        Ok(None)
+    }
+
+    /// Two rsync hops through the controller's staging directory, each a delta.
+    async fn staged_sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
+        let old = self.connect(relay, &relay.old).await?;
+        let new = self.connect(relay, &relay.new).await?;
+        self.reserve_staging(relay, &old, sink).await?;
+        let dir = commands::staging_dir(&self.staging, relay);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StepError::permanent(format!("cannot create {}: {e}", dir.display())))?;
+        let trees = commands::sync_trees(last);
+        let from_old: Vec<String> = trees
+            .iter()
+            .map(|p| format!("{}:{p}", relay.old.ssh))
+            .collect();
+        let pull = commands::staged_rsync(
+            &old.ssh_command(),
+            &from_old,
+            &format!("{}/", dir.display()),
+        );
+        self.local(&pull, None, sink).await?;
+        let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
+        let push = commands::staged_rsync(
+            &new.ssh_command(),
+            &relative,
+            &format!("{}:/", relay.new.ssh),
+        );
+        self.local(&push, Some(&dir), sink).await?;
+        Ok(None)
+    }
+
+    /// Holds staging room for the relay's whole tree until its final sync is verified.
+    async fn reserve_staging(
+        &self,
+        relay: &Relay,
+        old: &HostConn,
+        sink: &LineSink,
+    ) -> Result<(), StepError> {
+        if self
+            .staged
+            .lock()
+            .map(|m| m.contains_key(&relay.name))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        let out = self
+            .ssh
+            .run(
+                old,
+                &commands::disk_usage(),
+                false,
+                CommandKind::Plain,
+                sink,
+                true,
+            )
+            .await?;
+        let bytes: u64 = out
+            .stdout
+            .as_deref()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .map_err(|_| {
+                StepError::permanent(format!(
+                    "cannot read the size of the relay's data on {}",
+                    old.dest
+                ))
+            })?;
+        let kib = (bytes / 1024 + 1).min(MAX_KIB) as u32;
+        if u64::from(kib) > (self.fleet.limits.staging_budget / 1024).max(1) {
+            return Err(StepError::permanent(format!(
+                "the relay's data ({bytes} bytes) is larger than the whole staging budget"
+            )));
+        }
+        if self.staging_budget.available_permits() < kib as usize {
+            self.events.send(crate::events::Event::Waiting {
+                relay: relay.name.clone(),
+                reason: crate::events::WaitReason::StagingBudget,
+            });
+        }
+        let permit = self
+            .staging_budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| StepError {
+                kind: ErrorKind::Interrupted,
+                message: "staging closed".into(),
+            })?;
+        if let Ok(mut m) = self.staged.lock() {
+            m.insert(relay.name.clone(), permit);
+        }
+        Ok(())
+    }
+
+    fn release_staging(&self, relay: &Relay) {
+        let _ = std::fs::remove_dir_all(commands::staging_dir(&self.staging, relay));
+        if let Ok(mut m) = self.staged.lock() {
+            m.remove(&relay.name);
+        }
+    }
+
+    async fn local(
+        &self,
+        argv: &[String],
+        cwd: Option<&Path>,
+        sink: &LineSink,
+    ) -> Result<(), StepError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Ok(());
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        if let Some(sock) = &self.fleet.ssh_auth_sock {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        sink.log(&format!("$ [controller] {}", crate::shell::join(argv)));
+        let out = run_process(cmd, sink, false)
+            .await
+            .map_err(|e| StepError::permanent(format!("cannot run {program}: {e}")))?;
+        if out.code == Some(0) {
+            return Ok(());
+        }
+        Err(StepError {
+            kind: crate::remote::classify_exit_pub(CommandKind::Transfer, out.code, &out.tail),
+            message: format!(
+                "{program} on the controller failed ({}): {}",
+                out.code.map_or("killed".into(), |c| format!("exit {c}")),
+                out.tail.last().cloned().unwrap_or_default()
+            ),
+        })
+    }
+
+    async fn final_sync(&self, relay: &Relay, sink: &LineSink) -> StepResult {
+        self.sync(relay, true, sink).await?;
+        let new = self.connect(relay, &relay.new).await?;
+        self.ssh
+            .run(
+                &new,
+                &commands::fix_ownership(),
+                false,
+                CommandKind::Plain,
+                sink,
+                false,
+            )
+            .await?;
+        self.verify_copy(relay, sink).await?;
+        if relay.settings.transfer == TransferMode::Staged {
+            self.release_staging(relay);
+        }
+        Ok(None)
+    }
+
+    /// The copy is proven before anything proceeds to DNS: OLD's and NEW's mailbox
+    /// manifests (path, type, size, mtime, owner) must be identical.
+    pub async fn verify_copy(&self, relay: &Relay, sink: &LineSink) -> Result<(), StepError> {
+        let old = self.connect(relay, &relay.old).await?;
+        let new = self.connect(relay, &relay.new).await?;
+        let script = commands::manifest();
+        let (a, b) = tokio::join!(
+            self.ssh
+                .run(&old, &script, false, CommandKind::Plain, sink, true),
+            self.ssh
+                .run(&new, &script, false, CommandKind::Plain, sink, true),
+        );
+        let (a, b) = (a?.stdout.unwrap_or_default(), b?.stdout.unwrap_or_default());
+        let differences = manifest::diff(&a, &b);
+        if differences.is_empty() {
+            sink.log(&format!(
+                "manifest: {} entries identical on old and new",
+                a.lines().count()
+            ));
+            return Ok(());
+        }
+        for d in &differences {
+            sink.log(&format!("manifest: {d}"));
+        }
+        Err(StepError::permanent(format!(
+            "the copy on new differs from old: {}",
+            differences.join("; ")
+        )))
+    }
+
+    async fn cmdeploy(&self, run: commands::CmdeployRun, sink: &LineSink) -> StepResult {
+        let ws = self.workspaces.borrow().await.ok_or_else(|| StepError {
+            kind: ErrorKind::Interrupted,
+            message: "no cmdeploy workspace (shutting down)".into(),
+        })?;
+        let mut cmd = Command::new(ws.dir().join(&self.workspaces.script));
+        cmd.args(&run.args).current_dir(ws.dir());
+        match run.stages {
+            Some(s) => cmd.env("CMDEPLOY_STAGES", s),
+            None => cmd.env_remove("CMDEPLOY_STAGES"),
+        };
+        if let Some(sock) = &self.fleet.ssh_auth_sock {
+            cmd.env("SSH_AUTH_SOCK", sock);
+        }
+        sink.log(&format!(
+            "$ [controller {}] {}",
+            ws.dir().display(),
+            run.render(&self.workspaces.script)
+        ));
+        let out = run_process(cmd, sink, false)
+            .await
+            .map_err(|e| StepError::permanent(format!("cannot run cmdeploy: {e}")))?;
+        if out.code == Some(0) {
+            return Ok(None);
+        }
+        Err(StepError::permanent(format!(
+            "cmdeploy failed ({}): {}",
+            out.code.map_or("killed".into(), |c| format!("exit {c}")),
+            out.tail.last().cloned().unwrap_or_default()
+        )))
+    }
+
+    /// Runs an operator hook with the relay's facts in the environment (never
+    /// interpolated into the command line).
+    async fn hook(
+        &self,
+        relay: &Relay,
+        hook: Option<&str>,
+        name: &str,
+        sink: &LineSink,
+    ) -> StepResult {
+        let Some(hook) = hook else { return Ok(None) };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(hook);
+        cmd.env("CMFLEET_RELAY", &relay.name)
+            .env("CMFLEET_HOOK", name)
+            .env("CMFLEET_OLD_SSH", &relay.old.ssh)
+            .env("CMFLEET_OLD_IP4", relay.old.ip4.to_string())
+            .env("CMFLEET_NEW_SSH", &relay.new.ssh)
+            .env("CMFLEET_NEW_IP4", relay.new.ip4.to_string());
+        sink.log(&format!("$ [hook {name}] {hook}"));
+        let out = run_process(cmd, sink, false)
+            .await
+            .map_err(|e| StepError::permanent(format!("cannot run the {name} hook: {e}")))?;
+        match out.code {
+            Some(0) => Ok(None),
+            c => Err(StepError::permanent(format!(
+                "the {name} hook failed ({c:?}): {}",
+                out.tail.last().cloned().unwrap_or_default()
+            ))),
+        }
+    }
+
+    pub async fn close(&self) {
+        self.ssh.close().await;
+    }
+}
+
+/// cmdeploy exits 0 even when things went wrong, so the effect is checked: after
+/// step 3 OLD must refuse SMTP, after step 6 NEW must accept it.
+async fn expect_port(host: &Host, open: bool) -> StepResult {
+    let addr = std::net::SocketAddr::from((host.ip4, 25));
+    for _ in 0..20 {
+        let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if ok == open {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(StepError::permanent(if open {
+        format!("cmdeploy reported success but {addr} does not accept SMTP connections")
+    } else {
+        format!("cmdeploy reported success but {addr} still accepts SMTP connections")
+    }))
+}
