@@ -73,7 +73,7 @@ pub struct StepRecord {
 }
 
 /// Everything known about one relay.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RelayRecord {
     /// Steps 1 to 6, in order.
     pub steps: Vec<StepRecord>,
@@ -98,12 +98,21 @@ pub enum RelayState {
     Done,
 }
 
-impl RelayRecord {
-    pub fn new() -> Self {
+impl Default for RelayRecord {
+    /// A relay nothing was done to yet: six pending steps.
+    fn default() -> Self {
         RelayRecord {
             steps: vec![StepRecord::default(); 6],
-            ..Default::default()
+            down_since_ms: None,
+            up_again_ms: None,
+            rollbacks: Vec::new(),
         }
+    }
+}
+
+impl RelayRecord {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn step(&self, step: Step) -> &StepRecord {
@@ -284,10 +293,7 @@ impl Journal {
     }
 
     pub fn relay(&mut self, name: &str) -> &mut RelayRecord {
-        self.data
-            .relays
-            .entry(name.to_string())
-            .or_insert_with(RelayRecord::new)
+        self.data.relays.entry(name.to_string()).or_default()
     }
 
     /// A step marked running when a run starts was interrupted by a dead controller:

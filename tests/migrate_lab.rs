@@ -188,8 +188,7 @@ fn a_second_concurrent_migrate_refuses() {
             rx,
             |_, _| {},
         ))
-        .err()
-        .expect("second run must refuse");
+        .expect_err("second run must refuse");
     assert!(
         err.to_string()
             .contains("another cmfleet run holds the journal lock"),
