@@ -36,13 +36,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// The first line of `s` with runs of whitespace squeezed, cut to `max` characters:
-/// an error message must fit one line of the report.
+/// `s` on one line: its lines joined with " / ", runs of whitespace squeezed, cut to
+/// `max` characters. An error message must fit one line of the report.
 pub fn one_line(s: &str, max: usize) -> String {
-    let first = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let squeezed = first.split_whitespace().collect::<Vec<_>>().join(" ");
-    let more_lines = s.lines().filter(|l| !l.trim().is_empty()).count() > 1;
-    cut(&squeezed, max, more_lines)
+    let joined = s
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ");
+    cut(&joined, max, false)
 }
 
 /// Cuts `s` to at most `max` characters, marking the cut with an ellipsis.
@@ -105,7 +108,7 @@ mod tests {
 
     #[test]
     fn errors_fit_one_line() {
-        assert_eq!(one_line("  a   b\n c", 80), "a b…");
+        assert_eq!(one_line("  a   b\n\n c", 80), "a b / c");
         assert_eq!(one_line("abcdef", 4), "abc…");
         assert_eq!(one_line("abc", 4), "abc");
     }

@@ -284,35 +284,41 @@ fn advice(c: &Counts, inv: &str, failed_file: &std::path::Path, interrupted: boo
         "cmfleet migrate -i {inv} --limit {}",
         quote(&format!("@{}", failed_file.display()))
     );
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    // In order of urgency: relays users cannot reach, then failures, then the rest.
+    let mut todo = Vec::new();
     if c.down > 0 {
-        format!(
-            "{} relay{} DOWN: finish (migrate) or roll back each one first, with the commands above.",
+        todo.push(format!(
+            "{} relay{} DOWN: finish (migrate) or roll back each one first, with the commands above",
             c.down,
             if c.down == 1 { " is" } else { "s are" }
-        )
-    } else if c.failed + c.incomplete > 0 {
-        let mut s = format!("fix the causes above, then run: {retry}");
-        if c.not_started > 0 {
-            let _ = write!(
-                s,
-                "; then `cmfleet migrate -i {inv}` for the {} not started",
-                c.not_started
-            );
-        }
-        s
-    } else if c.not_started > 0 {
+        ));
+    }
+    let others = c.failed + c.incomplete - c.down.min(c.failed + c.incomplete);
+    if others > 0 {
+        let which = if c.down > 0 {
+            "the other failures"
+        } else {
+            "the causes above"
+        };
+        todo.push(format!("fix {which} and run: {retry}"));
+    }
+    if c.not_started > 0 {
         let why = if interrupted {
             "interrupted"
         } else {
             "stopped early"
         };
-        format!(
-            "the run {why}: run `cmfleet migrate -i {inv}` to continue with the {} relay{} not started.",
+        todo.push(format!(
+            "the run {why}: `cmfleet migrate -i {inv}` continues with the {} relay{} not started",
             c.not_started,
-            if c.not_started == 1 { "" } else { "s" }
-        )
-    } else {
+            plural(c.not_started)
+        ));
+    }
+    if todo.is_empty() {
         "nothing: every selected relay is migrated.".to_string()
+    } else {
+        todo.join("; then ")
     }
 }
 
@@ -351,12 +357,12 @@ pub fn render_text(s: &Summary, color: bool) -> String {
     ];
     for (label, n) in rows {
         if n > 0 || matches!(label, "succeeded" | "failed") {
-            let _ = writeln!(out, "  {label:<13}{n:>5}");
+            let mut line = format!("  {label:<13}{n:>5}");
+            if label == "failed" && c.down > 0 {
+                line = paint(color, RED, &format!("{line}   ({} left DOWN)", c.down));
+            }
+            let _ = writeln!(out, "{line}");
         }
-    }
-    if c.down > 0 {
-        let line = format!("  {:<13}{:>5}", "left DOWN", c.down);
-        let _ = writeln!(out, "{}", paint(color, RED, &line));
     }
     if let Some(d) = &s.downtime {
         let _ = writeln!(
