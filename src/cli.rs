@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::lab::LabCommand;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cmfleet",
@@ -26,6 +28,69 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Migrate the selected relays; resumes each from where the journal says it stopped.
+    Migrate(MigrateArgs),
+    /// Show where every selected relay stands, from the journal.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// A real fleet of relay hosts on this machine, for trying cmfleet (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: LabCli,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCli {
+    /// Start a lab, migrate it with live progress, print the report, stop the lab.
+    Demo {
+        /// Number of relays.
+        #[arg(long, default_value_t = 4)]
+        relays: usize,
+        /// The lab directory.
+        #[arg(long, default_value = crate::lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Keep the lab running afterwards (stop it with `cmfleet lab down`).
+        #[arg(long)]
+        keep: bool,
+        /// Progress display.
+        #[arg(long, value_enum, default_value_t = Progress::Auto)]
+        progress: Progress,
+    },
+    #[command(flatten)]
+    Other(LabCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Start at this step (1-6); earlier steps must be done for step 3 to run.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
+    pub from_step: Option<u8>,
+    /// Stop after this step (1-6); `--until-step 2` pre-stages with no downtime.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6), default_value_t = 6)]
+    pub until_step: u8,
+    /// Forget the journal of the selected relays and start them from step 1.
+    #[arg(long)]
+    pub restart: bool,
+    /// Do not ask before the first cutover (downtime) of this run.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Print what would run, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Progress display.
+    #[arg(long, value_enum, default_value_t = Progress::Auto, env = "CMFLEET_PROGRESS")]
+    pub progress: Progress,
+    /// Also write the final report as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 /// Which inventory and which of its relays.
@@ -42,5 +107,14 @@ pub struct Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Progress {
+    /// Live bars on a terminal, plain lines otherwise.
+    Auto,
+    Live,
+    Plain,
     Json,
 }

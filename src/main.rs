@@ -1,13 +1,20 @@
 //! cmfleet's entry point: parse arguments, run the command, map the outcome to an exit code.
 
+use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use cmfleet::cli::{Cli, Command, Format};
+use cmfleet::cli::{Cli, Command, Format, LabCli, MigrateArgs, Progress};
 use cmfleet::inventory::{self, Inventory};
-use cmfleet::{exit, plan};
+use cmfleet::journal::{now_ms, Journal};
+use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::report::{self, ProgressMode, ReportContext, Reporter, RunStats};
+use cmfleet::scheduler::Cancel;
+use cmfleet::steps::Step;
+use cmfleet::{exit, lab, plan};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,5 +43,168 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Migrate(args) => {
+            let inv = Inventory::load(&args.target.inventory)?;
+            run_migrate(&inv, &args)
+        }
+        Command::Status { target, format } => {
+            let inv = Inventory::load(&target.inventory)?;
+            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
+            let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
+            match format {
+                Format::Text => print!("{}", report::status_table(&journal, &names)),
+                Format::Json => println!("{}", report::status_json(&journal, &names)?),
+            }
+            Ok(exit::OK)
+        }
+        Command::Lab { command } => match command {
+            LabCli::Other(cmd) => {
+                lab::run(cmd)?;
+                Ok(exit::OK)
+            }
+            LabCli::Demo {
+                relays,
+                dir,
+                keep,
+                progress,
+            } => lab_demo(relays, &dir, keep, progress),
+        },
     }
+}
+
+fn progress_mode(p: Progress) -> ProgressMode {
+    match p {
+        Progress::Auto => ProgressMode::Auto,
+        Progress::Live => ProgressMode::Live,
+        Progress::Plain => ProgressMode::Plain,
+        Progress::Json => ProgressMode::Json,
+    }
+}
+
+fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
+    let relays = inventory::select(inv, args.target.limit.as_deref())?;
+    let opts = MigrateOptions {
+        from_step: args.from_step.and_then(Step::from_number),
+        until_step: Step::from_number(args.until_step).unwrap_or(Step::Activate),
+        restart: args.restart,
+        dry_run: args.dry_run,
+    };
+    if args.dry_run {
+        let plan = plan::plan(&inv.fleet, &relays);
+        print!("{}", plan::render_text(&plan));
+        println!("dry run: nothing was changed");
+        return Ok(exit::OK);
+    }
+    if opts.until_step >= Step::DisableOld && !args.yes {
+        confirm_cutover(relays.len(), args.restart)?;
+    }
+    let ctx = ReportContext {
+        inventory: args.target.inventory.clone(),
+        relays: relays.iter().map(|r| r.name.clone()).collect(),
+        state_dir: inv.fleet.state_dir.clone(),
+    };
+    let mut reporter = Reporter::new(progress_mode(args.progress), ctx);
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(Cancel::None);
+    let started_ms = now_ms();
+    let result = rt.block_on(async {
+        // First Ctrl-C: start nothing new. Second: stop running steps.
+        tokio::spawn(async move {
+            for level in [Cancel::StopStarting, Cancel::Kill] {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+                let _ = cancel_tx.send(level);
+            }
+        });
+        migrate(inv, &relays, &opts, cancel_rx, |ev, _| reporter.handle(ev)).await
+    });
+    let (outcome, journal) = result?;
+    let stats = RunStats {
+        started_ms,
+        ended_ms: now_ms(),
+        halted: outcome.halted.clone(),
+        interrupted: outcome.interrupted,
+    };
+    let finished = reporter.finish(&journal.data, stats);
+    for e in &finished.errors {
+        eprintln!("warning: {e}");
+    }
+    if let Some(path) = &args.report {
+        report::write_json_report(path, &finished.summary)?;
+    }
+    Ok(finished.exit_code())
+}
+
+/// The first cutover of a run takes relays down: ask, unless `--yes`.
+fn confirm_cutover(relays: usize, restart: bool) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        bail!("this run may take up to {relays} relay(s) down (steps 3-6) and no terminal is attached to confirm (hint: pass --yes, or --until-step 2 to pre-stage only)");
+    }
+    let restart = if restart {
+        " and forgets their journal (--restart)"
+    } else {
+        ""
+    };
+    eprint!(
+        "This run may take up to {relays} relay(s) down (steps 3-6){restart}. Continue? [y/N] "
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("not confirmed; nothing was changed");
+    }
+    Ok(())
+}
+
+/// `lab demo`: a whole migration on a lab, in one command.
+fn lab_demo(relays: usize, dir: &Path, keep: bool, progress: Progress) -> Result<i32> {
+    let data = lab::DataOptions::default();
+    let subnet = "127.77.0"
+        .parse::<lab::Subnet>()
+        .map_err(|e| anyhow::anyhow!("bad lab subnet: {e}"))?;
+    lab::run(lab::LabCommand::Up {
+        relays,
+        dir: dir.to_path_buf(),
+        subnet,
+        users: data.users,
+        messages: data.messages,
+        message_size: data.message_size,
+        seed: data.seed,
+    })?;
+    let inventory = dir.join("inventory.toml");
+    let result = Inventory::load(&inventory)
+        .map_err(anyhow::Error::from)
+        .and_then(|inv| {
+            let args = MigrateArgs {
+                target: cmfleet::cli::Target {
+                    inventory: inventory.clone(),
+                    limit: None,
+                },
+                from_step: None,
+                until_step: 6,
+                restart: false,
+                yes: true,
+                dry_run: false,
+                progress,
+                report: None,
+            };
+            run_migrate(&inv, &args)
+        });
+    if keep {
+        println!(
+            "the lab keeps running: cmfleet status -i {}; stop it with: cmfleet lab down --dir {}",
+            inventory.display(),
+            dir.display()
+        );
+    } else {
+        lab::run(lab::LabCommand::Down {
+            dir: dir.to_path_buf(),
+            purge: false,
+        })?;
+    }
+    result
 }
