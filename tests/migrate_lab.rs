@@ -195,3 +195,58 @@ fn a_second_concurrent_migrate_refuses() {
         "{err}"
     );
 }
+
+#[test]
+fn rfc2136_dns_switch_against_real_bind_primary_and_secondary() {
+    use common::bind::Bind;
+    let lab = TestLab::start(2);
+    let relays = lab.relays();
+    let records: Vec<String> = relays
+        .iter()
+        .map(|r| format!("relay{} 300 IN A {}", r.index, r.old.addr))
+        .collect();
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let (primary, secondary) = Bind::pair("lab.test", &records);
+    let ns = Bind::nameservers(&primary, Some(&secondary));
+    let ns: Vec<String> = ns
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
+        .collect();
+    let dns = format!(
+        "dns = {{ provider = \"rfc2136\", server = \"{}\", zone = \"lab.test\", tsig_key_file = \"{}\", propagation_timeout = \"30s\", nameservers = {{ {} }} }}",
+        primary.addr,
+        primary.key_file.display(),
+        ns.join(", ")
+    );
+    let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
+    let text = text.replace("dns = { provider = \"none\" }", &dns);
+    let path = lab.path().join("dns.toml");
+    std::fs::write(&path, text).expect("write inventory");
+    let inv = Inventory::load(&path).expect("inventory");
+    let (outcome, journal) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 2, "{outcome:?}\n{:#?}", journal.data);
+    for r in &relays {
+        let name = format!("relay{}.lab.test", r.index);
+        assert_eq!(primary.dig(&name, "A"), vec![r.new.addr.to_string()]);
+        assert_eq!(secondary.dig(&name, "A"), vec![r.new.addr.to_string()]);
+    }
+    // The TSIG secret never reaches the journal or the logs.
+    let secret = std::fs::read_to_string(&primary.key_file).expect("key");
+    let secret = secret
+        .split('"')
+        .nth(3)
+        .expect("secret in key file")
+        .to_string();
+    let journal_text = std::fs::read_to_string(journal.path()).expect("journal");
+    assert!(!journal_text.contains(&secret));
+    for r in &relays {
+        let log = inv
+            .fleet
+            .state_dir
+            .join("logs")
+            .join(format!("relay{}.lab.test.log", r.index));
+        let log = std::fs::read_to_string(log).expect("log");
+        assert!(!log.contains(&secret));
+        assert!(log.contains("propagated to 2 nameservers"), "{log}");
+    }
+}

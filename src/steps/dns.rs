@@ -1,19 +1,102 @@
-//! Step 5: point the relay's A/AAAA records at NEW (see `crate::dns`).
+//! Step 5: point the relay's A/AAAA records at NEW, then wait until every
+//! authoritative server serves them. Step 6 only runs after that.
 
-use super::exec::StepResult;
-use crate::inventory::{DnsProviderKind, MailDomain, Relay};
+use super::exec::{StepError, StepResult};
+use crate::dns::{
+    Addrs, Dns, DnsError, DnsGate, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest,
+};
+use crate::events::{ErrorKind, Event};
+use crate::inventory::{DnsConfig, DnsProviderKind, Host, MailDomain, Relay};
 use crate::remote::LineSink;
 
-pub async fn switch(relay: &Relay, sink: &LineSink) -> StepResult {
+/// The inventory's DNS settings in the DNS module's terms.
+pub fn settings(c: &DnsConfig) -> DnsSettings {
+    DnsSettings {
+        provider: match c.provider {
+            DnsProviderKind::Rfc2136 => ProviderKind::Rfc2136,
+            DnsProviderKind::Command => ProviderKind::Command,
+            DnsProviderKind::Manual => ProviderKind::Manual,
+            DnsProviderKind::None => ProviderKind::None,
+        },
+        server: c.server,
+        zone: c.zone.clone(),
+        tsig_key_file: c.tsig_key_file.clone(),
+        command: c.command.clone(),
+        ttl: c.ttl,
+        propagation_timeout: c.propagation_timeout,
+        nameservers: c.nameservers.clone(),
+    }
+}
+
+pub fn addrs(h: &Host) -> Addrs {
+    Addrs {
+        ip4: h.ip4,
+        ip6: h.ip6,
+    }
+}
+
+fn step_error(e: DnsError) -> StepError {
+    StepError {
+        kind: if e.is_transient() {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Permanent
+        },
+        message: e.to_string(),
+    }
+}
+
+pub async fn switch(relay: &Relay, gate: &DnsGate, sink: &LineSink) -> StepResult {
     if let MailDomain::Ip(ip) = &relay.mail_domain {
-        let note = format!("not applicable: the mail_domain is the address {ip}; that address itself must move to the new machine");
+        let note = format!(
+            "not applicable: the mail_domain is the address {ip}; that address itself must move to the new machine"
+        );
         sink.log(&note);
         return Ok(Some(note));
     }
-    match relay.settings.dns.provider {
-        DnsProviderKind::None => Ok(Some("skipped: dns provider \"none\"".into())),
-        _ => Err(super::exec::StepError::permanent(
-            "this DNS provider is not wired in yet",
-        )),
+    if relay.settings.dns.provider == DnsProviderKind::None {
+        return Ok(Some(
+            "skipped: dns provider \"none\" (DNS is handled outside cmfleet)".into(),
+        ));
     }
+    let dns = Dns::from_settings(&settings(&relay.settings.dns)).map_err(step_error)?;
+    let req = SwitchRequest {
+        domain: relay.name.clone(),
+        old: addrs(&relay.old),
+        new: addrs(&relay.new),
+        ttl: relay.settings.dns.ttl,
+    };
+    let outcome = gate.run(dns.switch(&req)).await.map_err(step_error)?;
+    match &outcome {
+        SwitchOutcome::Manual { set, remove } => {
+            for line in set
+                .iter()
+                .map(|l| format!("set:    {l}"))
+                .chain(remove.iter().map(|l| format!("remove: {l}")))
+            {
+                sink.log(&line);
+                sink.events.send(Event::Output {
+                    relay: relay.name.clone(),
+                    step: sink.step,
+                    line,
+                });
+            }
+        }
+        SwitchOutcome::NotApplicable { reason } => return Ok(Some(reason.clone())),
+        SwitchOutcome::Switched => sink.log("DNS updated"),
+        SwitchOutcome::AlreadySwitched => sink.log("DNS already pointed at the new site"),
+    }
+    let progress = |ok: usize, total: usize| {
+        sink.events.send(Event::Output {
+            relay: relay.name.clone(),
+            step: sink.step,
+            line: format!("{ok} of {total} nameservers serve the new records"),
+        });
+    };
+    let done = dns
+        .wait_propagated(&relay.name, &req.new, dns.propagation_timeout(), progress)
+        .await
+        .map_err(step_error)?;
+    sink.log(&format!("propagated to {} nameservers", done.servers.len()));
+    Ok(None)
 }

@@ -68,6 +68,8 @@ pub struct Executor {
     /// staged hop to the end of its final sync.
     staging_budget: Arc<Semaphore>,
     staged: Mutex<HashMap<String, OwnedSemaphorePermit>>,
+    /// DNS updates, fleet-wide: bounded in flight and rate limited.
+    dns_gate: crate::dns::DnsGate,
     events: EventSink,
 }
 
@@ -99,6 +101,10 @@ impl Executor {
             staging: state.join("staging"),
             staging_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             staged: Mutex::new(HashMap::new()),
+            dns_gate: crate::dns::DnsGate::with_rate(
+                std::num::NonZeroU32::new(fleet.limits.dns_updates_per_sec)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            ),
             events,
         })
     }
@@ -142,7 +148,7 @@ impl Executor {
                 expect_port(&relay.old, false).await
             }
             Step::FinalSync => self.final_sync(relay, &sink).await,
-            Step::Dns => super::dns::switch(relay, &sink).await,
+            Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink).await,
             Step::Activate => {
                 self.cmdeploy(commands::activate(relay), &sink).await?;
                 expect_port(&relay.new, true).await?;
