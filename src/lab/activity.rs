@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::data::{message, set_mtime};
+use super::data::{set_mtime, Bodies};
 use super::error::{LabError, Result};
 use super::users::LabUsers;
 
@@ -128,6 +128,7 @@ pub fn simulate(mail_root: &Path, users: &LabUsers, activity: &Activity) -> Resu
     }
     mailboxes.sort();
     if !mailboxes.is_empty() {
+        let bodies = Bodies::new(&mut rng);
         for i in 0..activity.new_messages {
             let mb = &mailboxes[rng.random_range(0..mailboxes.len())];
             let ts = 1_800_000_000 + i as u64;
@@ -140,7 +141,7 @@ pub fn simulate(mail_root: &Path, users: &LabUsers, activity: &Activity) -> Resu
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let body = message(
+            let body = bodies.message(
                 &mut rng,
                 "late-sender@example.org",
                 &to,

@@ -83,28 +83,51 @@ pub fn user_address(u: usize, domain: &str) -> String {
     format!("user{u:03}@{domain}")
 }
 
-/// A maildir message: headers, then deterministic base64-looking body, `size` bytes long.
-pub(crate) fn message(
-    rng: &mut StdRng,
-    from: &str,
-    to: &str,
-    subject: &str,
-    size: usize,
-) -> Vec<u8> {
-    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut m = format!(
-        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nContent-Type: multipart/encrypted\r\n\r\n"
-    )
-    .into_bytes();
-    while m.len() < size {
-        if m.len() % 78 == 76 {
-            m.extend_from_slice(b"\r\n");
-        } else {
-            m.push(B64[rng.random_range(0..64)]);
+/// Message bodies: one random base64-looking pool per host, each message a slice of it
+/// at a random offset. Drawing every byte from the generator made `lab up` take seconds
+/// in debug builds; this keeps bodies distinct and deterministic at memcpy speed.
+pub(crate) struct Bodies {
+    pool: Vec<u8>,
+}
+
+impl Bodies {
+    /// A fresh pool from `rng`.
+    pub(crate) fn new(rng: &mut StdRng) -> Bodies {
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut raw = vec![0u8; 16 * 1024];
+        rng.fill(&mut raw[..]);
+        let mut pool = Vec::with_capacity(raw.len() + raw.len() / 38);
+        for (i, b) in raw.iter().enumerate() {
+            pool.push(B64[usize::from(b & 63)]);
+            if i % 76 == 75 {
+                pool.extend_from_slice(b"\r\n");
+            }
         }
+        Bodies { pool }
     }
-    m.truncate(size);
-    m
+
+    /// A maildir message: headers, then body bytes from the pool, exactly `size` long.
+    pub(crate) fn message(
+        &self,
+        rng: &mut StdRng,
+        from: &str,
+        to: &str,
+        subject: &str,
+        size: usize,
+    ) -> Vec<u8> {
+        let mut m = format!(
+            "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nContent-Type: multipart/encrypted\r\n\r\n"
+        )
+        .into_bytes();
+        let mut at = rng.random_range(0..self.pool.len());
+        while m.len() < size {
+            let take = (self.pool.len() - at).min(size - m.len());
+            m.extend_from_slice(&self.pool[at..at + take]);
+            at = 0;
+        }
+        m.truncate(size);
+        m
+    }
 }
 
 /// Writes one OLD host's relay data for `domain`.
@@ -128,6 +151,7 @@ pub fn write_old_host(
     let mut rng =
         StdRng::seed_from_u64(opts.seed ^ (host.relay as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
 
+    let bodies = Bodies::new(&mut rng);
     let mail = host.path("/home/vmail/mail");
     mkdir(&mail, vmail, 0o700)?;
     let dom = mail.join(domain);
@@ -141,7 +165,7 @@ pub fn write_old_host(
         }
         for m in 0..opts.messages {
             let ts = BASE_TIME + (u as u64) * 1000 + m as u64;
-            let body = message(
+            let body = bodies.message(
                 &mut rng,
                 &format!("sender{m}@example.org"),
                 &addr,

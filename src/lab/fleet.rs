@@ -637,8 +637,18 @@ impl Lab {
         let mut s = format!(
             "# ssh config of the lab in {d} (cmfleet lab): ssh -F {d}/ssh_config relay1-old\n"
         );
+        // A relay's mail_domain resolves to its OLD host, as public DNS does before the
+        // cutover: cmdeploy without --ssh-host hits OLD.
         for h in &self.state.hosts {
-            s += &format!("Host {}\n    HostName {}\n", h.name, h.addr);
+            let domain = match h.side {
+                Side::Old => self
+                    .state
+                    .domains
+                    .get(h.relay - 1)
+                    .map_or("", String::as_str),
+                Side::New => "",
+            };
+            s += &format!("Host {} {domain}\n    HostName {}\n", h.name, h.addr);
         }
         s += &format!(
             "Host *\n    User root\n    IdentityFile {d}/id_ed25519\n    IdentitiesOnly yes\n    \

@@ -1,0 +1,266 @@
+//! The lab's stand-in cmdeploy: CLI, stages, effect on the host, working-directory hazard.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+
+use cmfleet::lab::{port_accepts, Lab};
+use common::lab::TestLab;
+
+const MAIL_PORTS: [u16; 3] = [25, 465, 993];
+
+/// `scripts/cmdeploy run ARGS` from the checkout with CMDEPLOY_STAGES set or removed.
+fn cmdeploy(lab: &Lab, stages: Option<&str>, args: &[&str]) -> Command {
+    let mut c = Command::new(lab.cmdeploy());
+    c.current_dir(lab.checkout()).arg("run").args(args);
+    match stages {
+        Some(s) => c.env("CMDEPLOY_STAGES", s),
+        None => c.env_remove("CMDEPLOY_STAGES"),
+    };
+    c
+}
+
+fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn succeeds(cmd: &mut Command) {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ports_open(addr: Ipv4Addr) -> Vec<bool> {
+    MAIL_PORTS.iter().map(|p| port_accepts(addr, *p)).collect()
+}
+
+#[test]
+fn configure_activate_disable_change_the_host_and_its_ports() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let (ini, new) = (relay.config.to_str().unwrap().to_string(), relay.new.addr);
+    let host = new.to_string();
+    let args = ["--config", &ini, "--ssh-host", &host];
+
+    succeeds(&mut cmdeploy(&lab, Some("install,configure"), &args));
+    let st = lab.host_state(new).unwrap();
+    assert!(st.configured && !st.active && !st.mail_disabled, "{st:?}");
+    assert_eq!(ports_open(new), [false; 3]);
+    // Like the real one, configure leaves a throwaway DKIM key owned by opendkim.
+    let key = relay.new.path("/etc/dkimkeys/opendkim.private");
+    assert!(std::fs::read_to_string(&key).unwrap().contains("throwaway"));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().uid(),
+        lab.users().opendkim_uid
+    );
+
+    succeeds(&mut cmdeploy(&lab, Some("activate"), &args));
+    let st = lab.host_state(new).unwrap();
+    assert!(st.active && !st.mail_disabled, "{st:?}");
+    assert_eq!(ports_open(new), [true; 3], "mail ports of the active host");
+    assert_eq!(
+        ports_open(relay.old.addr),
+        [false; 3],
+        "listeners bind only their host's address"
+    );
+    // Activating again keeps one listener.
+    let pid = st.listener_pid.unwrap();
+    succeeds(&mut cmdeploy(&lab, Some("activate"), &args));
+    assert_eq!(lab.host_state(new).unwrap().listener_pid, Some(pid));
+
+    succeeds(&mut cmdeploy(
+        &lab,
+        None,
+        &["--disable-mail", "--config", &ini, "--ssh-host", &host],
+    ));
+    let st = lab.host_state(new).unwrap();
+    assert!(st.mail_disabled && !st.active && st.configured, "{st:?}");
+    assert_eq!(ports_open(new), [false; 3]);
+    assert_eq!(st.invocations.len(), 4, "{:?}", st.invocations);
+    assert!(
+        st.invocations[0].contains("stages=install,configure"),
+        "{:?}",
+        st.invocations
+    );
+
+    // --dry-run records the run and changes nothing.
+    succeeds(&mut cmdeploy(
+        &lab,
+        None,
+        &[
+            "--dry-run",
+            "--skip-dns-check",
+            "--config",
+            &ini,
+            "--ssh-host",
+            &host,
+        ],
+    ));
+    let st2 = lab.host_state(new).unwrap();
+    assert_eq!((st2.active, st2.invocations.len()), (false, 5));
+}
+
+#[test]
+fn listener_is_stopped_by_lab_down() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let ini = relay.config.to_str().unwrap().to_string();
+    let host = relay.new.addr.to_string();
+    succeeds(&mut cmdeploy(
+        &lab,
+        None,
+        &["--config", &ini, "--ssh-host", &host],
+    ));
+    let pid = lab
+        .host_state(relay.new.addr)
+        .unwrap()
+        .listener_pid
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    Lab::down(lab.dir()).unwrap();
+    assert_eq!(ports_open(relay.new.addr), [false; 3]);
+    let gone =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+    assert!(gone, "listener {pid} survived lab down");
+}
+
+#[test]
+fn bad_arguments_and_wrong_directory_fail_like_the_real_one() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let ini = relay.config.to_str().unwrap().to_string();
+    let out = output(&mut cmdeploy(
+        &lab,
+        None,
+        &["--config", &ini, "--no-such-flag"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unrecognized arguments: --no-such-flag"));
+    let out = output(
+        Command::new(lab.cmdeploy())
+            .current_dir(lab.checkout())
+            .arg("deploy"),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let out = output(&mut cmdeploy(
+        &lab,
+        Some("install,frobnicate"),
+        &["--config", &ini],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    // Outside the checkout there is no venv/: the wrapper fails before doing anything.
+    let out = output(cmdeploy(&lab, None, &["--config", &ini]).current_dir(lab.dir()));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("venv/bin/activate"));
+    assert!(lab
+        .host_state(relay.old.addr)
+        .unwrap()
+        .invocations
+        .is_empty());
+}
+
+#[test]
+fn stale_stages_from_the_environment_are_obeyed_and_mail_domain_means_old() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let ini = relay.config.to_str().unwrap().to_string();
+    // An operator's shell still has CMDEPLOY_STAGES from step 2: "activate" silently
+    // does not happen.
+    let host = relay.new.addr.to_string();
+    succeeds(&mut cmdeploy(
+        &lab,
+        Some("install,configure"),
+        &["--config", &ini, "--ssh-host", &host],
+    ));
+    let st = lab.host_state(relay.new.addr).unwrap();
+    assert!(st.configured && !st.active, "{st:?}");
+    // Without --ssh-host the target is mail_domain, which still points at OLD.
+    succeeds(&mut cmdeploy(&lab, Some("install"), &["--config", &ini]));
+    assert_eq!(lab.host_state(relay.old.addr).unwrap().invocations.len(), 1);
+    assert_eq!(lab.host_state(relay.new.addr).unwrap().invocations.len(), 1);
+}
+
+#[test]
+fn concurrent_runs_from_one_checkout_break_sequential_ones_do_not() {
+    let lab = TestLab::start(2);
+    let run = |i: usize| {
+        let r = lab.relay(i).unwrap();
+        let host = r.new.addr.to_string();
+        cmdeploy(
+            &lab,
+            Some("install,configure"),
+            &["--config", r.config.to_str().unwrap(), "--ssh-host", &host],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (run(1), run(2));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        !a.status.success() || !b.status.success(),
+        "two concurrent runs from one checkout both succeeded"
+    );
+    let failed = if a.status.success() { &b } else { &a };
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("exactly one file"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    for i in [1, 2] {
+        let status = run(i).wait_with_output().unwrap().status;
+        assert!(status.success(), "sequential run {i} failed");
+    }
+}
+
+#[test]
+fn fault_file_makes_cmdeploy_fail_until_cleared() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let ini = relay.config.to_str().unwrap().to_string();
+    let host = relay.new.addr.to_string();
+    lab.set_cmdeploy_fault(&host, "lab says no").unwrap();
+    let out = output(&mut cmdeploy(
+        &lab,
+        None,
+        &["--config", &ini, "--ssh-host", &host],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lab says no"));
+    assert!(!lab.host_state(relay.new.addr).unwrap().configured);
+    lab.clear_cmdeploy_fault(&host).unwrap();
+    succeeds(&mut cmdeploy(
+        &lab,
+        None,
+        &["--config", &ini, "--ssh-host", &host],
+    ));
+    assert!(lab.host_state(relay.new.addr).unwrap().active);
+}
+
+#[test]
+fn postfix_stand_ins_record_that_they_ran() {
+    let lab = TestLab::start(1);
+    let new = lab.relay(1).unwrap().new.addr;
+    common::lab::ok(
+        lab.ssh(new, &[])
+            .arg("postsuper -s && postfix set-permissions"),
+    );
+    let log = lab.host_state(new).unwrap().postfix_log;
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].contains("postsuper -s") && log[1].contains("postfix set-permissions"));
+    assert!(!lab
+        .ssh(new, &[])
+        .arg("postfix start")
+        .status()
+        .unwrap()
+        .success());
+}
