@@ -250,3 +250,59 @@ fn rfc2136_dns_switch_against_real_bind_primary_and_secondary() {
         assert!(log.contains("propagated to 2 nameservers"), "{log}");
     }
 }
+
+/// The controller dies (SIGKILL) in the middle of step 1; the next run re-runs the
+/// interrupted step (every step is idempotent) and finishes with identical data.
+#[test]
+fn sigkill_mid_step_1_then_migrate_again_finishes_with_identical_data() {
+    let lab = TestLab::start_with(
+        2,
+        cmfleet::lab::DataOptions {
+            users: 20,
+            messages: 40,
+            message_size: 4096,
+            seed: 5,
+        },
+    );
+    let inv = Inventory::load(&lab.inventory()).expect("inventory");
+    let journal = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let bin = env!("CARGO_BIN_EXE_cmfleet");
+    let mut child = std::process::Command::new(bin)
+        .args(["migrate", "--yes", "--progress", "plain", "-i"])
+        .arg(lab.inventory())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cmfleet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.contains("\"running\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "step 1 never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    assert!(
+        text.contains("\"running\""),
+        "killed while a step was running"
+    );
+
+    let out = std::process::Command::new(bin)
+        .args(["migrate", "--yes", "--progress", "plain", "-i"])
+        .arg(lab.inventory())
+        .output()
+        .expect("run cmfleet again");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_trees_equal(&lab);
+    let data = Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal");
+    assert!(data.relays.values().all(|r| r.state() == RelayState::Done));
+}
