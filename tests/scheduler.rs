@@ -1,0 +1,306 @@
+//! The scheduler with a simulated executor: limits, retries, waves, cancellation.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cmfleet::events::{ErrorKind, Event, EventSink};
+use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
+use cmfleet::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
+use cmfleet::steps::exec::{StepError, StepResult};
+use cmfleet::steps::Step;
+
+/// A fleet of `n` relays (retry backoff 10 ms so retry tests stay fast).
+fn fleet(n: usize) -> (tempfile::TempDir, Vec<Relay>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.ini"), "mail_domain = x\n").expect("ini");
+    let mut toml = String::from(
+        "[fleet]\ncmdeploy = \"x\"\n[defaults.retry]\nattempts = 3\nbackoff = \"10ms\"\nmax_backoff = \"40ms\"\n[groups.g]\n",
+    );
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[relay]]\nmail_domain = \"r{i}.example.org\"\nconfig = \"c.ini\"\ngroup = \"g\"\n\
+             old = {{ ssh = \"10.1.{}.{}\", ip4 = \"10.1.{}.{}\" }}\nnew = {{ ssh = \"10.2.{}.{}\", ip4 = \"10.2.{}.{}\" }}\n",
+            i / 250, i % 250 + 1, i / 250, i % 250 + 1, i / 250, i % 250 + 1, i / 250, i % 250 + 1
+        ));
+    }
+    let path = dir.path().join("f.toml");
+    std::fs::write(&path, toml).expect("write");
+    let inv = Inventory::load(&path).expect("inventory");
+    (dir, inv.relays)
+}
+
+/// Counts what runs at once, and fails where told.
+#[derive(Default)]
+struct Sim {
+    transfers: AtomicUsize,
+    max_transfers: AtomicUsize,
+    cutovers: AtomicUsize,
+    max_cutovers: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// (relay, step) -> failures to return before succeeding, and their kind.
+    faults: Mutex<HashMap<(String, Step), (u32, ErrorKind)>>,
+    calls: Mutex<Vec<(String, Step)>>,
+}
+
+fn bump(cur: &AtomicUsize, max: &AtomicUsize) {
+    let now = cur.fetch_add(1, Ordering::SeqCst) + 1;
+    max.fetch_max(now, Ordering::SeqCst);
+}
+
+impl StepRunner for Sim {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            self.calls.lock().unwrap().push((relay.name.clone(), step));
+            let transfer = matches!(step, Step::InitialSync | Step::FinalSync);
+            if step == Step::DisableOld {
+                bump(&self.cutovers, &self.max_cutovers);
+            }
+            if transfer {
+                bump(&self.transfers, &self.max_transfers);
+            }
+            bump(&self.in_flight, &self.max_in_flight);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if transfer {
+                self.transfers.fetch_sub(1, Ordering::SeqCst);
+            }
+            let fault = {
+                let mut f = self.faults.lock().unwrap();
+                match f.get_mut(&(relay.name.clone(), step)) {
+                    Some((n, kind)) if *n > 0 => {
+                        *n -= 1;
+                        Some(*kind)
+                    }
+                    _ => None,
+                }
+            };
+            let failed_cutover = fault.is_some() && step.in_cutover();
+            if step == Step::Activate || failed_cutover {
+                self.cutovers.fetch_sub(1, Ordering::SeqCst);
+            }
+            match fault {
+                Some(kind) => Err(StepError {
+                    kind,
+                    message: format!("simulated {kind:?} failure"),
+                }),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+fn jobs(relays: &[Relay]) -> Vec<Job> {
+    relays
+        .iter()
+        .map(|r| Job {
+            relay: r.clone(),
+            steps: Step::ALL.to_vec(),
+        })
+        .collect()
+}
+
+async fn run(
+    relays: &[Relay],
+    limits: Limits,
+    waves: Vec<Wave>,
+    sim: Arc<Sim>,
+    cancel: tokio::sync::watch::Receiver<Cancel>,
+) -> (Outcome, Vec<Event>) {
+    let (events, mut rx) = EventSink::channel();
+    let scheduler = Scheduler {
+        limits,
+        groups: HashMap::new(),
+        waves,
+        events,
+        cancel,
+    };
+    let outcome = scheduler.run(jobs(relays), sim).await;
+    drop(scheduler);
+    let mut seen = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        seen.push(ev);
+    }
+    (outcome, seen)
+}
+
+fn no_cancel() -> tokio::sync::watch::Receiver<Cancel> {
+    let (tx, rx) = tokio::sync::watch::channel(Cancel::None);
+    std::mem::forget(tx);
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_never_exceeded() {
+    let (_d, relays) = fleet(40);
+    let sim = Arc::new(Sim::default());
+    let limits = Limits {
+        forks: 8,
+        transfers: 3,
+        cutovers: 2,
+        ..Limits::default()
+    };
+    let (outcome, _) = run(
+        &relays,
+        limits,
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 40);
+    assert!(sim.max_in_flight.load(Ordering::SeqCst) <= 8);
+    assert!(
+        sim.max_transfers.load(Ordering::SeqCst) <= 3,
+        "transfers {}",
+        sim.max_transfers.load(Ordering::SeqCst)
+    );
+    assert!(
+        sim.max_cutovers.load(Ordering::SeqCst) <= 2,
+        "cutovers {}",
+        sim.max_cutovers.load(Ordering::SeqCst)
+    );
+    // The limits were actually reached, so the assertions above measured something.
+    assert_eq!(sim.max_transfers.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_deadlock_with_every_limit_at_one() {
+    let (_d, relays) = fleet(12);
+    let sim = Arc::new(Sim::default());
+    let limits = Limits {
+        forks: 1,
+        transfers: 1,
+        cutovers: 1,
+        cmdeploy_runs: 1,
+        ..Limits::default()
+    };
+    let run = run(
+        &relays,
+        limits,
+        vec![Wave::Count(1)],
+        sim.clone(),
+        no_cancel(),
+    );
+    let (outcome, _) = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("no deadlock");
+    assert_eq!(outcome.done.len(), 12);
+    assert_eq!(sim.max_in_flight.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_and_permanent_ones_stop_only_that_relay() {
+    let (_d, relays) = fleet(3);
+    let sim = Arc::new(Sim::default());
+    sim.faults.lock().unwrap().insert(
+        (relays[0].name.clone(), Step::InitialSync),
+        (2, ErrorKind::Transient),
+    );
+    sim.faults.lock().unwrap().insert(
+        (relays[1].name.clone(), Step::Preconfigure),
+        (1, ErrorKind::Permanent),
+    );
+    let (outcome, events) = run(
+        &relays,
+        Limits::default(),
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert!(outcome.done.contains(&relays[0].name) && outcome.done.contains(&relays[2].name));
+    assert_eq!(outcome.failed, vec![relays[1].name.clone()]);
+    let attempts: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted {
+                relay,
+                step: Step::InitialSync,
+                attempt,
+            } if *relay == relays[0].name => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    // The permanent failure was not retried and nothing after it ran.
+    let calls = sim.calls.lock().unwrap();
+    let r1: Vec<Step> = calls
+        .iter()
+        .filter(|(r, _)| *r == relays[1].name)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(r1, vec![Step::InitialSync, Step::Preconfigure]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_canary_stops_the_next_waves() {
+    let (_d, relays) = fleet(10);
+    let sim = Arc::new(Sim::default());
+    sim.faults.lock().unwrap().insert(
+        (relays[0].name.clone(), Step::InitialSync),
+        (9, ErrorKind::Permanent),
+    );
+    let limits = Limits {
+        max_fail_percent: 10,
+        ..Limits::default()
+    };
+    let (outcome, events) = run(
+        &relays,
+        limits,
+        vec![Wave::Count(1), Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.failed, vec![relays[0].name.clone()]);
+    assert_eq!(outcome.not_started.len(), 9);
+    assert!(
+        outcome
+            .halted
+            .as_deref()
+            .is_some_and(|h| h.contains("max_fail_percent")),
+        "{outcome:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Halted { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_cancel_starts_nothing_new_but_finishes_cutovers() {
+    let (_d, relays) = fleet(6);
+    let sim = Arc::new(Sim::default());
+    let (tx, rx) = tokio::sync::watch::channel(Cancel::None);
+    let limits = Limits {
+        forks: 2,
+        ..Limits::default()
+    };
+    let handle = {
+        let sim = sim.clone();
+        let relays = relays.clone();
+        tokio::spawn(async move { run(&relays, limits, vec![Wave::Percent(100)], sim, rx).await })
+    };
+    // Wait until some relay is inside its cutover, then ask to stop.
+    while sim.max_cutovers.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tx.send(Cancel::StopStarting).expect("send");
+    let (outcome, _) = handle.await.expect("join");
+    assert!(outcome.interrupted);
+    assert!(
+        !outcome.done.is_empty(),
+        "relays in their cutover finish: {outcome:?}"
+    );
+    assert!(
+        !outcome.not_started.is_empty(),
+        "no new relay starts: {outcome:?}"
+    );
+    assert!(outcome.failed.is_empty(), "{outcome:?}");
+}
