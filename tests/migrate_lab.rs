@@ -306,3 +306,45 @@ fn sigkill_mid_step_1_then_migrate_again_finishes_with_identical_data() {
     let data = Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal");
     assert!(data.relays.values().all(|r| r.state() == RelayState::Done));
 }
+
+/// The same concurrent runs that break in one checkout (see lab_cmdeploy) succeed
+/// when each borrows its own workspace from the pool.
+#[test]
+fn concurrent_cmdeploy_runs_succeed_with_the_workspace_pool() {
+    use cmfleet::remote::WorkspacePool;
+    let lab = TestLab::start(3);
+    let root = lab.path().join("ws");
+    let pool = WorkspacePool::prepare(&lab.cmdeploy(), &root, 3).expect("pool");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let sock = lab.agent_sock();
+    let relays = lab.relays();
+    let results = rt.block_on(async {
+        let runs = relays.iter().map(|r| {
+            let (pool, sock) = (&pool, &sock);
+            async move {
+                let ws = pool.borrow().await.expect("workspace");
+                tokio::process::Command::new(ws.dir().join(&pool.script))
+                    .args(["run", "--config"])
+                    .arg(&r.config)
+                    .args(["--ssh-host", &r.new.addr.to_string()])
+                    .env("CMDEPLOY_STAGES", "install,configure")
+                    .env("SSH_AUTH_SOCK", sock)
+                    .current_dir(ws.dir())
+                    .output()
+                    .await
+                    .expect("run cmdeploy")
+            }
+        });
+        futures::future::join_all(runs).await
+    });
+    for out in &results {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for r in lab.relays() {
+        assert!(lab.host_state(r.new.addr).expect("state").configured);
+    }
+}
