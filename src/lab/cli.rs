@@ -169,3 +169,43 @@ impl fmt::Display for LabStatus {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        lab: LabCommand,
+    }
+
+    #[test]
+    fn up_parses_relays_dir_and_subnet() {
+        let cli = Cli::try_parse_from([
+            "lab", "up", "--relays", "5", "--dir", "/tmp/x", "--subnet", "127.9.9",
+        ])
+        .unwrap();
+        match cli.lab {
+            LabCommand::Up {
+                relays,
+                dir,
+                subnet,
+                users,
+                ..
+            } => {
+                assert_eq!(
+                    (relays, dir, subnet, users),
+                    (5, PathBuf::from("/tmp/x"), Subnet::new(9, 9), 100)
+                );
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lab", "up", "--subnet", "10.0.0"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["lab", "down"]).unwrap().lab,
+            LabCommand::Down { purge: false, .. }
+        ));
+    }
+}

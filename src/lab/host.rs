@@ -90,7 +90,14 @@ impl LabHost {
 /// and sshd's privilege separation directory.
 pub fn prepare_machine() -> Result<()> {
     for d in BIND_DIRS.iter().chain(["/run/sshd"].iter()) {
+        if Path::new(d).exists() {
+            continue;
+        }
         fs::create_dir_all(d).map_err(LabError::io(format!("create mount point {d}")))?;
+        // An empty /root/.ssh we create must not loosen the machine's ssh setup.
+        let mode = if *d == "/root/.ssh" { 0o700 } else { 0o755 };
+        fs::set_permissions(d, fs::Permissions::from_mode(mode))
+            .map_err(LabError::io(format!("chmod {d}")))?;
     }
     Ok(())
 }
