@@ -49,6 +49,8 @@ struct Relay {
     /// Finished with a failure (no retry).
     failed: bool,
     done: bool,
+    /// Its current step is done and the next has not started.
+    between: bool,
     /// How its line is drawn now (`None`: no line, or not drawn yet).
     drawn: Option<Kind>,
     drawn_step: Option<Step>,
@@ -77,7 +79,7 @@ impl Styles {
         };
         Styles {
             fleet: style(
-                "{spinner:.green} {elapsed_precise} [{bar:30.green/white}] {pos}/{len} finished  {msg}  ETA {eta}",
+                "{spinner:.green} {elapsed_precise} [{bar:24.green/white}] {pos}/{len} finished: {msg}  ETA {eta}",
             )
             .progress_chars("=> "),
             sync: style("  {prefix} {elapsed:>4} [{bar:20.cyan/blue}] {pos:>3}% {wide_msg}")
@@ -98,7 +100,6 @@ pub(crate) struct LiveView {
     /// Active relays waiting for a free line, oldest first.
     hidden: VecDeque<String>,
     relays: HashMap<String, Relay>,
-    total: usize,
     done: usize,
     failed: usize,
     down: usize,
@@ -145,7 +146,6 @@ impl LiveView {
             shown: HashMap::new(),
             hidden: VecDeque::new(),
             relays: HashMap::new(),
-            total,
             done: 0,
             failed: 0,
             down: 0,
@@ -208,15 +208,18 @@ impl LiveView {
             Event::StepStarted { relay, step, .. } => {
                 let r = self.relays.entry(relay.clone()).or_default();
                 r.step = Some(*step);
+                r.between = false;
                 r.waiting = None;
                 r.progress = None;
                 r.percent = 0;
                 r.last_line = None;
                 let mut counts_changed = false;
+                let mut went_down = false;
                 if step.in_cutover() && !r.down {
                     r.down = true;
                     self.down += 1;
                     counts_changed = true;
+                    went_down = true;
                 }
                 if r.failed {
                     // Started again after a final failure (a later wave): active again.
@@ -233,6 +236,13 @@ impl LiveView {
                     self.running += 1;
                     counts_changed = true;
                     self.assign_line(relay);
+                } else if went_down {
+                    self.make_visible(relay);
+                }
+                if let Some(pb) = self.shown.get(relay.as_str()) {
+                    // A new step (or attempt) counts its own time, even when the line
+                    // already showed this step while waiting for it.
+                    pb.reset_elapsed();
                 }
                 self.redraw(relay);
                 if counts_changed {
@@ -266,13 +276,16 @@ impl LiveView {
             Event::StepDone { relay, step, .. } => {
                 if *step == Step::Activate {
                     self.finish_relay(relay, false);
-                } else if let Some(pb) = self.shown.get(relay.as_str()) {
+                    return;
+                }
+                if let Some(r) = self.relays.get_mut(relay.as_str()) {
+                    // The line shows "done" until the next step starts.
+                    r.progress = None;
+                    r.last_line = None;
+                    r.between = true;
+                }
+                if let Some(pb) = self.shown.get(relay.as_str()) {
                     pb.set_message(format!("{} done", step.name()));
-                    if let Some(r) = self.relays.get_mut(relay.as_str()) {
-                        // The line shows "done" until the next step starts.
-                        r.progress = None;
-                        r.last_line = None;
-                    }
                 }
             }
             Event::StepFailed {
@@ -326,6 +339,38 @@ impl LiveView {
         }
     }
 
+    /// Relays that are DOWN matter most: one without a line takes the line of a
+    /// relay that is not down (a waiting one first), which queues for a line again.
+    fn make_visible(&mut self, relay: &str) {
+        let Some(pos) = self.hidden.iter().position(|h| h == relay) else {
+            return;
+        };
+        let relays = &self.relays;
+        let not_down = |name: &&String| relays.get(name.as_str()).is_some_and(|r| !r.down);
+        let waiting = |name: &&String| {
+            relays
+                .get(name.as_str())
+                .is_some_and(|r| !r.down && r.waiting.is_some())
+        };
+        let victim = self
+            .shown
+            .keys()
+            .find(waiting)
+            .or_else(|| self.shown.keys().find(not_down))
+            .cloned();
+        let Some(victim) = victim else {
+            return;
+        };
+        if let Some(pb) = self.shown.remove(&victim) {
+            pb.disable_steady_tick();
+            pb.finish_and_clear();
+            self.multi.remove(&pb);
+        }
+        self.hidden.remove(pos);
+        self.hidden.push_front(victim);
+        self.assign_line(relay);
+    }
+
     fn finish_relay(&mut self, relay: &str, failed: bool) {
         let Some(r) = self.relays.get_mut(relay) else {
             return;
@@ -370,11 +415,16 @@ impl LiveView {
         let (Some(pb), Some(r)) = (self.shown.get(relay), self.relays.get_mut(relay)) else {
             return;
         };
-        if r.drawn_step != r.step || r.drawn.is_none() {
-            let step = r.step.map_or(String::new(), |s| s.to_string());
+        // Waiting between two steps is waiting for the next one: show that one.
+        let shown_step = match (r.between && r.waiting.is_some(), r.step) {
+            (true, Some(s)) => Step::from_number(s.number() + 1).or(Some(s)),
+            (_, s) => s,
+        };
+        if r.drawn_step != shown_step || r.drawn.is_none() {
+            let step = shown_step.map_or(String::new(), |s| s.to_string());
             pb.set_prefix(format!("{} {step:<15}", prefix(relay, self.name_width)));
             pb.reset_elapsed();
-            r.drawn_step = r.step;
+            r.drawn_step = shown_step;
         }
         let want = if r.waiting.is_some() {
             Kind::Waiting
@@ -464,8 +514,8 @@ impl LiveView {
             failed
         };
         self.fleet.set_message(format!(
-            "{} done · {failed} · {} running · {down} · {} queued · {} total",
-            self.done, self.running, self.queued, self.total
+            "{} done, {failed}; {} running, {down}, {} queued",
+            self.done, self.running, self.queued
         ));
     }
 

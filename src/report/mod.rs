@@ -35,6 +35,7 @@ pub use summary::{
 
 use crate::events::{ErrorKind, Event};
 use crate::journal::JournalData;
+use crate::steps::Step;
 
 /// Output lines kept per relay for the final report.
 const LAST_LINES: usize = 10;
@@ -177,8 +178,9 @@ pub struct Reporter {
     color: bool,
     view: View,
     out: Out,
-    /// Last output lines per relay (sanitised), oldest first.
-    last_lines: HashMap<String, VecDeque<String>>,
+    /// Last output lines per relay (sanitised), oldest first, of its latest step:
+    /// the lines of the step that failed, not the noise of the steps before.
+    last_lines: HashMap<String, (Step, VecDeque<String>)>,
     started_ms: u64,
     halted: Option<String>,
     interrupted: bool,
@@ -278,7 +280,9 @@ impl Reporter {
         let mut clean = None;
         match ev {
             Event::RunStarted { .. } => self.started_ms = now,
-            Event::Output { relay, line, .. } => clean = self.remember(relay, line),
+            Event::Output {
+                relay, step, line, ..
+            } => clean = self.remember(relay, *step, line),
             Event::Halted { reason } => self.halted = Some(reason.clone()),
             Event::StepFailed {
                 kind: ErrorKind::Interrupted,
@@ -300,13 +304,20 @@ impl Reporter {
     }
 
     /// Keeps the line for the report; returns it cleaned for display, `None` if blank.
-    fn remember(&mut self, relay: &str, line: &str) -> Option<String> {
+    fn remember(&mut self, relay: &str, step: Step, line: &str) -> Option<String> {
         let clean = fmt::sanitize(line);
         if clean.trim().is_empty() {
             return None;
         }
         let clean = fmt::cut(&clean, LINE_WIDTH, false);
-        let lines = self.last_lines.entry(relay.to_string()).or_default();
+        let (last_step, lines) = self
+            .last_lines
+            .entry(relay.to_string())
+            .or_insert_with(|| (step, VecDeque::new()));
+        if *last_step != step {
+            *last_step = step;
+            lines.clear();
+        }
         if lines.len() == LAST_LINES {
             lines.pop_front();
         }
@@ -314,11 +325,11 @@ impl Reporter {
         Some(clean)
     }
 
-    /// The last output lines seen per relay, oldest first.
+    /// The last output lines seen per relay (of its latest step), oldest first.
     pub fn last_lines(&self) -> BTreeMap<String, Vec<String>> {
         self.last_lines
             .iter()
-            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .map(|(k, (_, v))| (k.clone(), v.iter().cloned().collect()))
             .collect()
     }
 

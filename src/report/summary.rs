@@ -242,7 +242,7 @@ fn relay_summary(
         (Outcome::Failed | Outcome::Incomplete, RelayState::Down) => vec![
             NextAction {
                 command: format!("cmfleet migrate -i {inv} --limit {q}"),
-                why: "finish the migration (resumes at the failed step)".into(),
+                why: "finish the migration (it resumes where it stopped)".into(),
             },
             NextAction {
                 command: format!("cmfleet rollback -i {inv} --limit {q}"),
@@ -472,9 +472,11 @@ fn render_relay(out: &mut String, r: &RelaySummary, color: bool) {
         let _ = writeln!(out, "    {label:<7} | {line}");
     }
     let _ = writeln!(out, "    log     {}", r.log.display());
+    // The reason on its own line keeps the command whole for copy and paste.
     for (i, a) in r.next.iter().enumerate() {
         let label = if i == 0 { "next" } else { "" };
-        let _ = writeln!(out, "    {label:<7} {}   # {}", a.command, a.why);
+        let _ = writeln!(out, "    {label:<7} {}:", a.why);
+        let _ = writeln!(out, "              {}", a.command);
     }
 }
 
