@@ -38,10 +38,36 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// DNS chores around a migration: lower the TTL days ahead, restore it afterwards.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCli,
+    },
     /// A real fleet of relay hosts on this machine, for trying cmfleet (needs root).
     Lab {
         #[command(subcommand)]
         command: LabCli,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DnsCli {
+    /// Record each relay's A/AAAA TTL in the journal and lower it; `migrate` then waits
+    /// until the old TTL has elapsed before cutting a relay over.
+    LowerTtl {
+        #[command(flatten)]
+        target: Target,
+        /// The lowered TTL in seconds.
+        #[arg(long, default_value_t = 300)]
+        ttl: u32,
+    },
+    /// Put back the TTL recorded by lower-ttl (or the one given), on the site the relay is on now.
+    RestoreTtl {
+        #[command(flatten)]
+        target: Target,
+        /// The TTL to set instead of the recorded one.
+        #[arg(long)]
+        ttl: Option<u32>,
     },
 }
 
@@ -82,6 +108,9 @@ pub struct MigrateArgs {
     /// Do not ask before the first cutover (downtime) of this run.
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Cut over even if a TTL lowered with `dns lower-ttl` has not elapsed yet.
+    #[arg(long)]
+    pub force: bool,
     /// Print what would run, change nothing.
     #[arg(long)]
     pub dry_run: bool,

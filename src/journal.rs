@@ -84,6 +84,29 @@ pub struct RelayRecord {
     /// Rollbacks done by `cmfleet rollback`.
     #[serde(default)]
     pub rollbacks: Vec<u64>,
+    /// Set by `cmfleet dns lower-ttl`: what to restore, and when the cutover may start.
+    #[serde(default)]
+    pub dns_ttl: Option<TtlRecord>,
+}
+
+/// A TTL lowered ahead of the migration (the guide's advice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlRecord {
+    /// The TTL served before lowering: resolvers may cache the old address this long.
+    pub original: u32,
+    pub lowered_to: u32,
+    pub lowered_at_ms: u64,
+}
+
+impl TtlRecord {
+    /// How long until every resolver has forgotten the records served with the
+    /// original TTL; zero when the cutover may start.
+    pub fn remaining(&self, now_ms: u64) -> Duration {
+        let ready = self
+            .lowered_at_ms
+            .saturating_add(u64::from(self.original) * 1000);
+        Duration::from_millis(ready.saturating_sub(now_ms))
+    }
 }
 
 /// Where a relay stands, derived from its steps.
@@ -106,6 +129,7 @@ impl Default for RelayRecord {
             down_since_ms: None,
             up_again_ms: None,
             rollbacks: Vec::new(),
+            dns_ttl: None,
         }
     }
 }

@@ -17,3 +17,4 @@ pub mod report;
 pub mod scheduler;
 pub mod shell;
 pub mod steps;
+pub mod ttl;

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use cmfleet::cli::{Cli, Command, Format, LabCli, MigrateArgs, Progress};
+use cmfleet::cli::{Cli, Command, DnsCli, Format, LabCli, MigrateArgs, Progress};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{now_ms, Journal};
 use cmfleet::migrate::{migrate, MigrateOptions};
 use cmfleet::report::{self, ProgressMode, ReportContext, Reporter, RunStats};
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
+use cmfleet::ttl::TtlOutcome;
 use cmfleet::{exit, lab, plan};
 
 fn main() -> ExitCode {
@@ -58,6 +59,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Dns { command } => run_dns(command),
         Command::Lab { command } => match command {
             LabCli::Other(cmd) => {
                 lab::run(cmd)?;
@@ -89,6 +91,7 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
         until_step: Step::from_number(args.until_step).unwrap_or(Step::Activate),
         restart: args.restart,
         dry_run: args.dry_run,
+        force: args.force,
     };
     if args.dry_run {
         let plan = plan::plan(&inv.fleet, &relays);
@@ -134,7 +137,54 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
     if let Some(path) = &args.report {
         report::write_json_report(path, &finished.summary)?;
     }
+    for (relay, why) in &outcome.held {
+        eprintln!("held back: {relay}: {why}");
+    }
+    if !outcome.held.is_empty() && finished.exit_code() == exit::OK {
+        return Ok(exit::RELAYS_FAILED);
+    }
     Ok(finished.exit_code())
+}
+
+/// `dns lower-ttl` / `dns restore-ttl`: one line per relay, the journal updated.
+fn run_dns(command: DnsCli) -> Result<i32> {
+    let (target, lower, ttl) = match command {
+        DnsCli::LowerTtl { target, ttl } => (target, true, Some(ttl)),
+        DnsCli::RestoreTtl { target, ttl } => (target, false, ttl),
+    };
+    let inv = Inventory::load(&target.inventory)?;
+    let relays = inventory::select(&inv, target.limit.as_deref())?;
+    let mut journal = Journal::open(&inv.fleet.state_dir, &inv.path)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let mut failed = 0;
+    for relay in relays {
+        let outcome = rt.block_on(async {
+            match (lower, ttl) {
+                (true, Some(t)) => cmfleet::ttl::lower(relay, t, &mut journal).await,
+                _ => cmfleet::ttl::restore(relay, ttl, &mut journal).await,
+            }
+        });
+        journal.save()?;
+        let line = match &outcome {
+            TtlOutcome::Changed { from, to } => format!("TTL {from}s -> {to}s"),
+            TtlOutcome::Unchanged { ttl } => format!("TTL already {ttl}s"),
+            TtlOutcome::Manual { set } => format!("set by hand: {}", set.join("; ")),
+            TtlOutcome::Skipped { reason } => format!("skipped: {reason}"),
+            TtlOutcome::Failed { error } => {
+                failed += 1;
+                format!("FAILED: {error}")
+            }
+        };
+        println!("{}: {line}", relay.name);
+    }
+    if lower {
+        println!("next: wait for the old TTL to elapse (migrate enforces it), then cmfleet migrate -i {}", target.inventory.display());
+    }
+    Ok(if failed > 0 {
+        exit::RELAYS_FAILED
+    } else {
+        exit::OK
+    })
 }
 
 /// The first cutover of a run takes relays down: ask, unless `--yes`.
@@ -188,6 +238,7 @@ fn lab_demo(relays: usize, dir: &Path, keep: bool, progress: Progress) -> Result
                 until_step: 6,
                 restart: false,
                 yes: true,
+                force: false,
                 dry_run: false,
                 progress,
                 report: None,

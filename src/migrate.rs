@@ -19,8 +19,6 @@ pub enum MigrateError {
     Journal(#[from] JournalError),
     #[error("cannot prepare the run: {0}")]
     Setup(String),
-    #[error("{relay}: {reason}")]
-    Gate { relay: String, reason: String },
 }
 
 /// What the operator asked for.
@@ -31,32 +29,48 @@ pub struct MigrateOptions {
     /// Forget the journal of the selected relays first.
     pub restart: bool,
     pub dry_run: bool,
+    /// Cut over even if a lowered TTL has not elapsed yet.
+    pub force: bool,
 }
 
-/// Which steps a relay still needs, from the journal and the options.
-fn steps_left(
-    journal: &mut Journal,
-    relay: &Relay,
-    opts: &MigrateOptions,
-) -> Result<Vec<Step>, MigrateError> {
+/// A relay's work in this run, and why it stops short of its cutover, if it does.
+struct Work {
+    steps: Vec<Step>,
+    held: Option<String>,
+}
+
+/// Which steps a relay still needs, from the journal and the options, and the
+/// safety gates in front of its cutover.
+fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work {
     let rec = journal.relay(&relay.name).clone();
     let done = |s: Step| matches!(rec.step(s).status, StepStatus::Done | StepStatus::Skipped);
-    let steps: Vec<Step> = Step::ALL
+    let mut steps: Vec<Step> = Step::ALL
         .into_iter()
         .filter(|s| !done(*s) && *s <= opts.until_step && opts.from_step.is_none_or(|f| *s >= f))
         .collect();
-    // Safety gate: never take a relay down whose data and new site are not ready.
+    let mut held = None;
+    // Never take a relay down whose data and new site are not ready.
     if steps.contains(&Step::DisableOld) {
-        for pre in [Step::InitialSync, Step::Preconfigure] {
-            if !done(pre) && !steps.contains(&pre) {
-                return Err(MigrateError::Gate {
-                    relay: relay.name.clone(),
-                    reason: format!("step {pre} is not done; steps 1 and 2 must be done before step 3 (drop --from-step)"),
-                });
-            }
+        if let Some(pre) = [Step::InitialSync, Step::Preconfigure]
+            .into_iter()
+            .find(|p| !done(*p) && !steps.contains(p))
+        {
+            held = Some(format!(
+                "not started: step {pre} is not done, and steps 1 and 2 must be done before step 3 (hint: drop --from-step)"
+            ));
+            steps.clear();
         }
     }
-    Ok(steps)
+    // Nor while resolvers may still send its users to the old address for long.
+    let not_down_yet = rec.down_since_ms.is_none();
+    if held.is_none() && !opts.force && not_down_yet && steps.contains(&Step::DisableOld) {
+        if let Some(why) = crate::ttl::cutover_hold(journal, &relay.name, crate::journal::now_ms())
+        {
+            steps.retain(|s| *s < Step::DisableOld);
+            held = Some(why);
+        }
+    }
+    Work { steps, held }
 }
 
 /// Runs the migration of `relays`. `report` sees every event after the journal recorded it.
@@ -73,18 +87,28 @@ pub async fn migrate(
     }
     journal.recover_interrupted();
     let mut jobs = Vec::new();
+    let mut held = Vec::new();
     for r in relays {
-        let steps = steps_left(&mut journal, r, opts)?;
-        if !steps.is_empty() {
+        let work = work_for(&mut journal, r, opts);
+        if let Some(why) = work.held {
+            held.push((r.name.clone(), why));
+        }
+        if !work.steps.is_empty() {
             jobs.push(Job {
                 relay: (*r).clone(),
-                steps,
+                steps: work.steps,
             });
         }
     }
     journal.save()?;
     if opts.dry_run {
-        return Ok((Outcome::default(), journal));
+        return Ok((
+            Outcome {
+                held,
+                ..Outcome::default()
+            },
+            journal,
+        ));
     }
     let (events, mut rx) = EventSink::channel();
     let executor =
@@ -104,7 +128,7 @@ pub async fn migrate(
     tokio::pin!(run);
     // One loop owns the journal: record, save, then show.
     let mut save_error = None;
-    let outcome = loop {
+    let mut outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
             Some(ev) = rx.recv() => record(&mut journal, &ev, &mut report, &mut save_error),
@@ -118,6 +142,7 @@ pub async fn migrate(
         record(&mut journal, &ev, &mut report, &mut save_error);
     }
     journal.save()?;
+    outcome.held = held;
     match save_error {
         Some(e) => Err(e.into()),
         None => Ok((outcome, journal)),

@@ -64,6 +64,8 @@ pub struct Outcome {
     pub not_started: Vec<String>,
     pub halted: Option<String>,
     pub interrupted: bool,
+    /// Relays held back before their cutover by a safety gate, with the reason.
+    pub held: Vec<(String, String)>,
 }
 
 /// Limits shared by every relay's task.

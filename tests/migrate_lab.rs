@@ -25,6 +25,7 @@ fn options(until: Step) -> MigrateOptions {
         until_step: until,
         restart: false,
         dry_run: false,
+        force: false,
     }
 }
 
@@ -196,18 +197,12 @@ fn a_second_concurrent_migrate_refuses() {
     );
 }
 
-#[test]
-fn rfc2136_dns_switch_against_real_bind_primary_and_secondary() {
-    use common::bind::Bind;
-    let lab = TestLab::start(2);
-    let relays = lab.relays();
-    let records: Vec<String> = relays
-        .iter()
-        .map(|r| format!("relay{} 300 IN A {}", r.index, r.old.addr))
-        .collect();
-    let records: Vec<&str> = records.iter().map(String::as_str).collect();
-    let (primary, secondary) = Bind::pair("lab.test", &records);
-    let ns = Bind::nameservers(&primary, Some(&secondary));
+/// Writes a copy of the lab inventory whose relays use rfc2136 against `primary`.
+fn rfc2136_inventory(
+    lab: &TestLab,
+    primary: &common::bind::Bind,
+    ns: std::collections::BTreeMap<String, std::net::SocketAddr>,
+) -> std::path::PathBuf {
     let ns: Vec<String> = ns
         .iter()
         .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
@@ -222,6 +217,25 @@ fn rfc2136_dns_switch_against_real_bind_primary_and_secondary() {
     let text = text.replace("dns = { provider = \"none\" }", &dns);
     let path = lab.path().join("dns.toml");
     std::fs::write(&path, text).expect("write inventory");
+    path
+}
+
+#[test]
+fn rfc2136_dns_switch_against_real_bind_primary_and_secondary() {
+    use common::bind::Bind;
+    let lab = TestLab::start(2);
+    let relays = lab.relays();
+    let records: Vec<String> = relays
+        .iter()
+        .map(|r| format!("relay{} 300 IN A {}", r.index, r.old.addr))
+        .collect();
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let (primary, secondary) = Bind::pair("lab.test", &records);
+    let path = rfc2136_inventory(
+        &lab,
+        &primary,
+        Bind::nameservers(&primary, Some(&secondary)),
+    );
     let inv = Inventory::load(&path).expect("inventory");
     let (outcome, journal) = run(&inv, Step::Activate);
     assert_eq!(outcome.done.len(), 2, "{outcome:?}\n{:#?}", journal.data);
@@ -347,4 +361,59 @@ fn concurrent_cmdeploy_runs_succeed_with_the_workspace_pool() {
     for r in lab.relays() {
         assert!(lab.host_state(r.new.addr).expect("state").configured);
     }
+}
+
+/// The guide's TTL advice as commands: lower-ttl records and lowers, migrate holds
+/// the cutover until the old TTL has elapsed (or --force), restore-ttl puts it back.
+#[test]
+fn lower_ttl_holds_the_cutover_and_restore_ttl_puts_it_back() {
+    use common::bind::Bind;
+    let lab = TestLab::start(1);
+    let relay = &lab.relays()[0];
+    let (name, old, new) = (
+        "relay1.lab.test",
+        relay.old.addr.to_string(),
+        relay.new.addr.to_string(),
+    );
+    let primary = Bind::primary("lab.test", &[&format!("relay1 3600 IN A {old}")]);
+    let path = rfc2136_inventory(&lab, &primary, Bind::nameservers(&primary, None));
+    let bin = env!("CARGO_BIN_EXE_cmfleet");
+    let cmfleet = |args: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .arg("-i")
+            .arg(&path)
+            .output()
+            .expect("run cmfleet");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = cmfleet(&["dns", "lower-ttl", "--ttl", "60"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("TTL 3600s -> 60s"), "{text}");
+    assert_eq!(primary.records(name, "A"), vec![(60, old.clone())]);
+
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("held back: relay1.lab.test: not cut over"),
+        "{text}"
+    );
+    let state = lab.host_state(relay.old.addr).expect("state");
+    assert!(!state.mail_disabled, "the old site must still serve mail");
+    assert!(
+        lab.host_state(relay.new.addr).expect("state").configured,
+        "steps 1-2 ran"
+    );
+
+    let (code, text) = cmfleet(&["migrate", "--yes", "--force", "--progress", "plain"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(primary.dig(name, "A"), vec![new.clone()]);
+
+    let (code, text) = cmfleet(&["dns", "restore-ttl"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(primary.records(name, "A"), vec![(3600, new)]);
 }

@@ -1,7 +1,7 @@
 //! The six steps of the guide, what each runs, and their executors.
 
 pub mod commands;
-mod dns;
+pub mod dns;
 pub mod exec;
 pub mod manifest;
 
