@@ -365,6 +365,9 @@ fn live_view_with_many_relays_keeps_going() {
     let finished = reporter.finish(&journal, stats);
     assert!(finished.errors.is_empty(), "{:?}", finished.errors);
     let text = capture.text();
-    assert!(text.contains("more running"), "the overflow line was drawn");
+    assert!(
+        text.contains("more in flight"),
+        "the overflow line was drawn"
+    );
     assert!(text.contains("not started"), "{text}");
 }

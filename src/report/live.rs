@@ -66,7 +66,9 @@ enum Kind {
 
 /// Templates, parsed once.
 struct Styles {
+    /// Until a relay finishes in this run there is no pace to estimate an ETA from.
     fleet: ProgressStyle,
+    fleet_eta: ProgressStyle,
     sync: ProgressStyle,
     spin: ProgressStyle,
     text: ProgressStyle,
@@ -79,6 +81,10 @@ impl Styles {
         };
         Styles {
             fleet: style(
+                "{spinner:.green} {elapsed_precise} [{bar:24.green/white}] {pos}/{len} finished: {msg}",
+            )
+            .progress_chars("=> "),
+            fleet_eta: style(
                 "{spinner:.green} {elapsed_precise} [{bar:24.green/white}] {pos}/{len} finished: {msg}  ETA {eta}",
             )
             .progress_chars("=> "),
@@ -93,7 +99,7 @@ impl Styles {
 pub(crate) struct LiveView {
     multi: MultiProgress,
     fleet: ProgressBar,
-    /// "... and N more running", present while some active relays have no line.
+    /// "... and N more in flight", present while some active relays have no line.
     more: Option<ProgressBar>,
     /// Relays with a line of their own.
     shown: HashMap<String, ProgressBar>,
@@ -103,8 +109,10 @@ pub(crate) struct LiveView {
     done: usize,
     failed: usize,
     down: usize,
+    /// Relays in flight: started and not finished (running or waiting).
     running: usize,
     queued: usize,
+    eta_shown: bool,
     styles: Styles,
     name_width: usize,
     color: bool,
@@ -151,6 +159,7 @@ impl LiveView {
             down: 0,
             running: 0,
             queued: 0,
+            eta_shown: false,
             styles,
             name_width,
             color,
@@ -405,6 +414,10 @@ impl LiveView {
             self.hidden.retain(|h| h != relay);
         }
         self.update_more();
+        if !self.eta_shown {
+            self.eta_shown = true;
+            self.fleet.set_style(self.styles.fleet_eta.clone());
+        }
         self.fleet.set_position((self.done + self.failed) as u64);
         self.update_fleet();
     }
@@ -487,13 +500,13 @@ impl LiveView {
                 self.multi.remove(pb);
                 self.more = None;
             }
-            (Some(pb), n) => pb.set_message(format!("… and {n} more running")),
+            (Some(pb), n) => pb.set_message(format!("… and {n} more in flight")),
             (None, 0) => {}
             (None, n) => {
                 let pb = self.multi.add(
                     ProgressBar::new(0)
                         .with_style(self.styles.text.clone())
-                        .with_message(format!("… and {n} more running")),
+                        .with_message(format!("… and {n} more in flight")),
                 );
                 self.more = Some(pb);
             }
@@ -514,7 +527,7 @@ impl LiveView {
             failed
         };
         self.fleet.set_message(format!(
-            "{} done, {failed}; {} running, {down}, {} queued",
+            "{} done, {failed}; {} in flight, {down}, {} queued",
             self.done, self.running, self.queued
         ));
     }

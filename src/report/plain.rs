@@ -91,10 +91,14 @@ impl PlainView {
             } => {
                 let r = self.relay(relay);
                 let quarter = (*percent).min(100) / PROGRESS_QUARTER;
-                let due = match r.progress_ms {
-                    None => true,
-                    Some(t) => now.saturating_sub(t) >= PROGRESS_EVERY_MS || quarter > r.quarter,
-                };
+                // rsync's first update (nothing moved yet) says no more than "started".
+                let due = *bytes > 0
+                    && match r.progress_ms {
+                        None => true,
+                        Some(t) => {
+                            now.saturating_sub(t) >= PROGRESS_EVERY_MS || quarter > r.quarter
+                        }
+                    };
                 if due {
                     r.progress_ms = Some(now);
                     r.quarter = quarter;
