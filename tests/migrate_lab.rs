@@ -417,3 +417,48 @@ fn lower_ttl_holds_the_cutover_and_restore_ttl_puts_it_back() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(primary.records(name, "A"), vec![(3600, new)]);
 }
+
+/// Six relays, forks 3, one cutover at a time, and one NEW host unreachable for
+/// the first seconds: the transient failures are retried and every relay finishes.
+#[test]
+fn a_new_host_down_at_first_is_retried_and_the_fleet_finishes() {
+    let mut lab = TestLab::start(6);
+    let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
+    let text = text
+        .replace("[fleet]\n", "[fleet]\nforks = 3\ncutovers = 1\n")
+        .replace(
+            "[defaults]\n",
+            "[defaults]\nretry = { attempts = 6, backoff = \"1s\", max_backoff = \"2s\" }\n",
+        );
+    let path = lab.path().join("limits.toml");
+    std::fs::write(&path, text).expect("write inventory");
+    let inv = Inventory::load(&path).expect("inventory");
+    let down = lab.relays()[0].new.addr;
+    lab.stop_host(down).expect("stop NEW");
+    let restart = std::thread::spawn({
+        let dir = lab.path().to_path_buf();
+        move || {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            let mut lab = cmfleet::lab::Lab::open(&dir).expect("open lab");
+            lab.start_host(down).expect("start NEW again");
+        }
+    });
+    let (outcome, journal) = run(&inv, Step::Activate);
+    restart.join().expect("restart thread");
+    assert_eq!(outcome.done.len(), 6, "{outcome:?}\n{:#?}", journal.data);
+    let first = &journal.data.relays[&lab.relays()[0].mail_domain];
+    let s1 = first.step(Step::InitialSync);
+    assert!(s1.attempts >= 2, "the unreachable host was retried: {s1:?}");
+    // Cutovers never overlapped (cutovers = 1).
+    let mut windows: Vec<(u64, u64)> = journal
+        .data
+        .relays
+        .values()
+        .map(|r| (r.down_since_ms.unwrap_or(0), r.up_again_ms.unwrap_or(0)))
+        .collect();
+    windows.sort();
+    for w in windows.windows(2) {
+        assert!(w[0].1 <= w[1].0, "downtime windows overlap: {windows:?}");
+    }
+    assert_trees_equal(&lab);
+}
