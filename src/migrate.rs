@@ -111,8 +111,8 @@ pub async fn migrate(
         ));
     }
     let (events, mut rx) = EventSink::channel();
-    let executor =
-        Executor::new(&inv.fleet, events.clone()).map_err(|e| MigrateError::Setup(e.message))?;
+    let executor = Executor::new(&inv.fleet, &inv.groups, events.clone())
+        .map_err(|e| MigrateError::Setup(e.message))?;
     let executor = Arc::new(executor);
     let scheduler = Scheduler {
         limits: inv.fleet.limits.clone(),

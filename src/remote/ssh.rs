@@ -60,6 +60,8 @@ pub struct SshPoolConfig {
     pub auth_sock: Option<PathBuf>,
     /// New connections per second, fleet-wide (sshd's MaxStartups, fail2ban).
     pub connects_per_sec: u32,
+    /// Per-group connection rates (e.g. one datacenter's firewall), by group name.
+    pub group_connects_per_sec: HashMap<String, u32>,
 }
 
 /// An open master connection to one host.
@@ -95,6 +97,13 @@ pub struct SshPool {
     auth_sock: Option<PathBuf>,
     slots: std::sync::Mutex<HashMap<String, Slot>>,
     limiter: DefaultDirectRateLimiter,
+    group_limiters: HashMap<String, DefaultDirectRateLimiter>,
+}
+
+fn per_second(rate: u32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(
+        NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN),
+    ))
 }
 
 impl SshPool {
@@ -114,14 +123,18 @@ impl SshPool {
             .prefix("cmf-")
             .tempdir_in("/tmp")
             .map_err(setup(Path::new("/tmp")))?;
-        let rate = NonZeroU32::new(cfg.connects_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
         Ok(SshPool {
             config_file,
             known_hosts: cfg.state_dir.join("known_hosts"),
             control_dir,
             auth_sock: cfg.auth_sock.clone(),
             slots: std::sync::Mutex::new(HashMap::new()),
-            limiter: RateLimiter::direct(Quota::per_second(rate)),
+            limiter: per_second(cfg.connects_per_sec),
+            group_limiters: cfg
+                .group_connects_per_sec
+                .iter()
+                .map(|(g, r)| (g.clone(), per_second(*r)))
+                .collect(),
         })
     }
 
@@ -137,12 +150,15 @@ impl SshPool {
         slots.entry(key.to_string()).or_default().clone()
     }
 
-    /// The live master for `host`, connecting (rate limited) if there is none.
+    /// The live master for `host`, connecting (rate limited, fleet-wide and for
+    /// `group`) if there is none. `on_wait` is told when a rate limit holds it back.
     pub async fn connect(
         &self,
         host: &Host,
+        group: Option<&str>,
         policy: HostKeyPolicy,
         timeout: Duration,
+        on_wait: impl Fn(),
     ) -> Result<Arc<HostConn>, SshError> {
         let dest = format!("{}@{}:{}", host.user, host.ssh, host.port);
         let slot = self.slot(&dest);
@@ -152,7 +168,13 @@ impl SshPool {
                 return Ok(conn.clone());
             }
         }
-        self.limiter.until_ready().await;
+        let group_limiter = group.and_then(|g| self.group_limiters.get(g));
+        for limiter in std::iter::once(&self.limiter).chain(group_limiter) {
+            if limiter.check().is_err() {
+                on_wait();
+                limiter.until_ready().await;
+            }
+        }
         let session = self.builder(host, policy, timeout).connect(&host.ssh).await;
         let session = session.map_err(|e| connect_error(&dest, e))?;
         let conn = Arc::new(HostConn {

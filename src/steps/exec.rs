@@ -77,12 +77,20 @@ pub struct Executor {
 const MAX_KIB: u64 = (u32::MAX >> 3) as u64;
 
 impl Executor {
-    pub fn new(fleet: &Fleet, events: EventSink) -> Result<Executor, StepError> {
+    pub fn new(
+        fleet: &Fleet,
+        groups: &std::collections::BTreeMap<String, crate::inventory::GroupLimits>,
+        events: EventSink,
+    ) -> Result<Executor, StepError> {
         let state = &fleet.state_dir;
         let ssh = SshPool::new(&SshPoolConfig {
             state_dir: state.clone(),
             auth_sock: fleet.ssh_auth_sock.clone(),
             connects_per_sec: fleet.limits.ssh_connects_per_sec,
+            group_connects_per_sec: groups
+                .iter()
+                .filter_map(|(g, l)| l.ssh_connects_per_sec.map(|r| (g.clone(), r)))
+                .collect(),
         })?;
         let workspaces = WorkspacePool::prepare(
             &fleet.cmdeploy,
@@ -113,7 +121,8 @@ impl Executor {
         self.logs.join(format!("{relay}.log"))
     }
 
-    fn sink(&self, relay: &Relay, step: Step) -> LineSink {
+    /// The relay's log and event stream for `step` (also for rollback).
+    pub fn sink(&self, relay: &Relay, step: Step) -> LineSink {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -134,7 +143,12 @@ impl Executor {
         let sink = self.sink(relay, step);
         sink.log(&format!("== {} step {step}", crate::journal::now_ms()));
         let result = match step {
-            Step::InitialSync => self.sync(relay, false, &sink).await,
+            Step::InitialSync => {
+                // Refuse a relay that would fail later (full disk, wrong config, DNS
+                // elsewhere) before any of its work starts.
+                crate::check::preflight(&self.ssh, &self.fleet.cmdeploy, relay, &sink).await?;
+                self.sync(relay, false, &sink).await
+            }
             Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
             Step::DisableOld => {
                 self.hook(
@@ -178,9 +192,16 @@ impl Executor {
 
     async fn connect(&self, relay: &Relay, host: &Host) -> Result<Arc<HostConn>, StepError> {
         let s = &relay.settings;
+        let wait = || {
+            self.events.send(crate::events::Event::Waiting {
+                relay: relay.name.clone(),
+                reason: crate::events::WaitReason::ConnectRate,
+            })
+        };
+        let group = relay.group.as_deref();
         Ok(self
             .ssh
-            .connect(host, s.host_key_policy, s.connect_timeout)
+            .connect(host, group, s.host_key_policy, s.connect_timeout, wait)
             .await?)
     }
 
@@ -405,7 +426,8 @@ impl Executor {
         )))
     }
 
-    async fn cmdeploy(&self, run: commands::CmdeployRun, sink: &LineSink) -> StepResult {
+    /// One cmdeploy run in a borrowed workspace (also for rollback).
+    pub async fn cmdeploy(&self, run: commands::CmdeployRun, sink: &LineSink) -> StepResult {
         let ws = self.workspaces.borrow().await.ok_or_else(|| StepError {
             kind: ErrorKind::Interrupted,
             message: "no cmdeploy workspace (shutting down)".into(),
@@ -475,7 +497,7 @@ impl Executor {
 
 /// cmdeploy exits 0 even when things went wrong, so the effect is checked: after
 /// step 3 OLD must refuse SMTP, after step 6 NEW must accept it.
-async fn expect_port(host: &Host, open: bool) -> StepResult {
+pub async fn expect_port(host: &Host, open: bool) -> StepResult {
     let addr = std::net::SocketAddr::from((host.ip4, 25));
     for _ in 0..20 {
         let ok = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
