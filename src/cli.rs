@@ -38,6 +38,24 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Check that the selected relays are ready to move (ssh, disk, config, DNS); changes nothing.
+    Check {
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// After a migration: DNS serves NEW, NEW listens, OLD is silent, NEW holds OLD's mail.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Put DOWN relays back on their OLD machine (mail re-enabled there, DNS back).
+    Rollback(RollbackArgs),
     /// DNS chores around a migration: lower the TTL days ahead, restore it afterwards.
     Dns {
         #[command(subcommand)]
@@ -120,6 +138,23 @@ pub struct MigrateArgs {
     /// Also write the final report as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+/// `rollback`: never fleet-wide by accident, so `--limit` is required.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The inventory file.
+    #[arg(short, long, env = "CMFLEET_INVENTORY")]
+    pub inventory: PathBuf,
+    /// Relays to roll back: mail domains, globs, group names, @FILE, !EXCLUDE (comma-separated).
+    #[arg(short, long)]
+    pub limit: String,
+    /// Also roll back relays whose NEW site is active (mail it received since stays there).
+    #[arg(long)]
+    pub force: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
 }
 
 /// Which inventory and which of its relays.

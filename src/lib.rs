@@ -3,6 +3,7 @@
 //! Data flows one way (see `docs/how-it-works.md`):
 //! inventory -> plan -> scheduler -> steps -> events -> reporter / journal.
 
+pub mod check;
 pub mod cli;
 pub mod dns;
 pub mod events;
@@ -14,7 +15,9 @@ pub mod migrate;
 pub mod plan;
 pub mod remote;
 pub mod report;
+pub mod rollback;
 pub mod scheduler;
 pub mod shell;
 pub mod steps;
 pub mod ttl;
+pub mod verify;

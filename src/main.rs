@@ -59,6 +59,31 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(exit::OK)
         }
+        Command::Check { target, format } => {
+            let inv = Inventory::load(&target.inventory)?;
+            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let results = rt.block_on(cmfleet::check::check(&inv, &relays))?;
+            print_findings("check", &results, format)
+        }
+        Command::Verify { target, format } => {
+            let inv = Inventory::load(&target.inventory)?;
+            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let results = rt.block_on(cmfleet::verify::verify(&inv, &relays))?;
+            print_findings("verify", &results, format)
+        }
+        Command::Rollback(args) => {
+            let inv = Inventory::load(&args.inventory)?;
+            let relays = inventory::select(&inv, Some(&args.limit))?;
+            let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let rows = rt.block_on(cmfleet::rollback::rollback(&inv, &relays, args.force))?;
+            match args.format {
+                Format::Text => print!("{}", cmfleet::rollback::render_text(&rows)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+            }
+            Ok(cmfleet::rollback::exit_code(&rows))
+        }
         Command::Dns { command } => run_dns(command),
         Command::Lab { command } => match command {
             LabCli::Other(cmd) => {
@@ -185,6 +210,19 @@ fn run_dns(command: DnsCli) -> Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// `check` and `verify`: the table or JSON; exit 2 when a relay failed a check.
+fn print_findings(
+    what: &str,
+    results: &[cmfleet::check::RelayFindings],
+    format: Format,
+) -> Result<i32> {
+    match format {
+        Format::Text => print!("{}", cmfleet::check::render_text(what, results)),
+        Format::Json => println!("{}", cmfleet::check::render_json(results)?),
+    }
+    Ok(cmfleet::check::exit_code(results))
 }
 
 /// The first cutover of a run takes relays down: ask, unless `--yes`.

@@ -566,6 +566,12 @@ impl Lab {
         if let Some(rec) = self.state.hosts[i].sshd.take() {
             process::stop_all(&[(rec, format!("sshd of {addr}"))], Duration::from_secs(5))?;
         }
+        // A child of the old sshd may hold the listening socket a moment longer; a new
+        // sshd started meanwhile could not bind the address.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while port_accepts(addr, 22) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.state.save()
     }
 

@@ -229,7 +229,9 @@ pub fn wait_ready(host: &LabHost, child: &mut Child, timeout: Duration) -> Resul
                 log: host.sshd_log(),
             });
         }
-        if TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+        // The banner, not just a TCP handshake: a dying predecessor's socket (held a
+        // moment longer by one of its children) still completes handshakes from its backlog.
+        if greets(&sock) {
             let pid = child.id() as i32;
             return ProcRecord::of(pid).ok_or_else(|| LabError::HostStart {
                 addr: host.addr,
@@ -246,6 +248,16 @@ pub fn wait_ready(host: &LabHost, child: &mut Child, timeout: Duration) -> Resul
         }
         sleep(Duration::from_millis(5));
     }
+}
+
+/// Whether an ssh server answers on `sock` with its banner.
+fn greets(sock: &SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(sock, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut banner = [0u8; 4];
+    std::io::Read::read_exact(&mut stream, &mut banner).is_ok() && &banner == b"SSH-"
 }
 
 /// Opens (creating) a file for appending, for logs.

@@ -1,0 +1,174 @@
+//! `cmfleet check`: is each relay ready to move? And the same checks as the
+//! preflight `migrate` runs before a relay's step 1.
+//!
+//! Most failed migrations are predictable (a full disk, an OLD that cannot reach NEW,
+//! the wrong chatmail.ini, DNS that points elsewhere); finding them before step 3
+//! means finding them before any downtime.
+
+mod probe;
+mod relay;
+pub mod report;
+
+use std::future::Future;
+use std::path::Path;
+
+use futures::StreamExt;
+use thiserror::Error;
+
+pub use relay::{relay_findings, MAX_TTL};
+pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, Status};
+
+pub(crate) use relay::ssh_host;
+
+use crate::events::{ErrorKind, EventSink};
+use crate::inventory::{Inventory, Relay};
+use crate::journal::{Journal, JournalError, RelayRecord, RelayState, StepStatus};
+use crate::remote::{LineSink, SshError, SshPool, SshPoolConfig};
+use crate::steps::exec::StepError;
+use crate::steps::Step;
+
+#[derive(Debug, Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+}
+
+/// A connection pool with the fleet's rate limits and cmfleet's own known_hosts.
+pub(crate) fn ssh_pool(inv: &Inventory) -> Result<SshPool, SshError> {
+    let fleet = &inv.fleet;
+    SshPool::new(&SshPoolConfig {
+        state_dir: fleet.state_dir.clone(),
+        auth_sock: fleet.ssh_auth_sock.clone(),
+        connects_per_sec: fleet.limits.ssh_connects_per_sec,
+        group_connects_per_sec: inv
+            .groups
+            .iter()
+            .filter_map(|(g, l)| l.ssh_connects_per_sec.map(|r| (g.clone(), r)))
+            .collect(),
+    })
+}
+
+/// A sink for commands whose output nobody watches (captured results only).
+pub(crate) fn quiet_sink(relay: &Relay) -> LineSink {
+    LineSink {
+        relay: relay.name.clone(),
+        step: Step::InitialSync,
+        events: EventSink::discard(),
+        log: None,
+    }
+}
+
+/// Runs `f` for every relay, at most `limit` at once; results in the relays' order.
+pub(crate) async fn for_each_relay<'a, T, F, Fut>(
+    relays: &'a [&'a Relay],
+    limit: usize,
+    f: F,
+) -> Vec<T>
+where
+    F: Fn(&'a Relay) -> Fut,
+    Fut: Future<Output = T> + 'a,
+{
+    futures::stream::iter(relays.iter().map(|r| f(r)))
+        .buffered(limit.max(1))
+        .collect()
+        .await
+}
+
+/// `cmfleet check`: every check of every selected relay, concurrently.
+pub async fn check(inv: &Inventory, relays: &[&Relay]) -> Result<Vec<RelayFindings>, CheckError> {
+    let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
+    let ssh = ssh_pool(inv)?;
+    let results = for_each_relay(relays, inv.fleet.limits.forks, |r| {
+        let (ssh, journal) = (&ssh, &journal);
+        async move {
+            let mut findings = relay_findings(ssh, &inv.fleet.cmdeploy, r, &quiet_sink(r)).await;
+            findings.push(journal_finding(journal.relays.get(&r.name)));
+            RelayFindings::new(&r.name, findings)
+        }
+    })
+    .await;
+    ssh.close().await;
+    Ok(results)
+}
+
+/// The journal's view: a relay that is DOWN is the one thing to act on first.
+pub fn journal_finding(rec: Option<&RelayRecord>) -> Finding {
+    const CHECK: &str = "journal";
+    let Some(rec) = rec else {
+        return Finding::pass(CHECK, "not started");
+    };
+    let done: Vec<String> = Step::ALL
+        .into_iter()
+        .filter(|s| matches!(rec.step(*s).status, StepStatus::Done | StepStatus::Skipped))
+        .map(|s| s.number().to_string())
+        .collect();
+    let rolled = match rec.rollbacks.len() {
+        0 => String::new(),
+        n => format!(" ({n} rollback(s) before)"),
+    };
+    match rec.state() {
+        RelayState::NotStarted => Finding::pass(CHECK, format!("not started{rolled}")),
+        RelayState::Staged => Finding::pass(
+            CHECK,
+            format!(
+                "partly done (steps {} done, no downtime yet); migrate resumes at step {}{rolled}",
+                done.join(","),
+                rec.next_step().map_or("-".into(), |s| s.to_string())
+            ),
+        ),
+        RelayState::Down => Finding::fail(
+            CHECK,
+            format!(
+                "DOWN: OLD disabled and NEW not active (steps {} done){} (hint: finish it with `cmfleet migrate`, or undo with `cmfleet rollback --limit RELAY`)",
+                done.join(","),
+                rec.failed_step()
+                    .map_or(String::new(), |s| format!(", step {s} failed"))
+            ),
+        ),
+        RelayState::Done => Finding::pass(CHECK, "already migrated (step 6 done)"),
+    }
+}
+
+/// Before a relay's step 1 `migrate` runs the checks and refuses a relay that fails
+/// one. Warnings pass (logged); failures that a retry may fix (a refused connection)
+/// are transient, so the scheduler retries them like any step.
+pub async fn preflight(
+    ssh: &SshPool,
+    cmdeploy: &Path,
+    relay: &Relay,
+    sink: &LineSink,
+) -> Result<(), StepError> {
+    let findings = relay_findings(ssh, cmdeploy, relay, sink).await;
+    for f in &findings {
+        sink.log(&format!(
+            "preflight {:?} {}: {}",
+            f.status, f.check, f.reason
+        ));
+    }
+    let failed: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.status == Status::Fail)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let kind = if failed.iter().all(|f| f.transient) {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Permanent
+    };
+    let reasons: Vec<String> = failed
+        .iter()
+        .map(|f| format!("{}: {}", f.check, f.reason))
+        .collect();
+    Err(StepError {
+        kind,
+        message: format!(
+            "refused by the preflight check: {} (hint: `cmfleet check --limit {}` shows every check)",
+            reasons.join("; "),
+            relay.name
+        ),
+    })
+}
