@@ -133,6 +133,18 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
         state_dir: inv.fleet.state_dir.clone(),
     };
     let mut reporter = Reporter::new(progress_mode(args.progress), ctx);
+    if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
+        reporter.preload(&before);
+    }
+    // The reporter draws on its own thread: a stalled terminal or a full pipe must
+    // never hold up the engine or the journal.
+    let (report_tx, report_rx) = std::sync::mpsc::channel::<cmfleet::events::Event>();
+    let drawer = std::thread::spawn(move || {
+        for ev in report_rx {
+            reporter.handle(&ev);
+        }
+        reporter
+    });
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(Cancel::None);
     let started_ms = now_ms();
@@ -146,8 +158,15 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
                 let _ = cancel_tx.send(level);
             }
         });
-        migrate(inv, &relays, &opts, cancel_rx, |ev, _| reporter.handle(ev)).await
+        migrate(inv, &relays, &opts, cancel_rx, |ev, _| {
+            let _ = report_tx.send(ev.clone());
+        })
+        .await
     });
+    drop(report_tx);
+    let reporter = drawer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the progress display crashed"))?;
     let (outcome, journal) = result?;
     let stats = RunStats {
         started_ms,
