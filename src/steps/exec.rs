@@ -367,7 +367,7 @@ impl Executor {
             return Ok(());
         }
         Err(StepError {
-            kind: crate::remote::classify_exit_pub(CommandKind::Transfer, out.code, &out.tail),
+            kind: crate::remote::classify_exit(CommandKind::Transfer, out.code, &out.tail),
             message: format!(
                 "{program} on the controller failed ({}): {}",
                 out.code.map_or("killed".into(), |c| format!("exit {c}")),
