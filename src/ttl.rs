@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::dns::{Dns, DnsAction, SwitchOutcome};
 use crate::inventory::{MailDomain, Relay};
 use crate::journal::{now_ms, Journal, RelayState, TtlRecord};
-use crate::steps::dns::{addrs, settings};
+use crate::steps::dns::addrs;
 
 /// What happened to one relay's TTL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -42,7 +42,7 @@ fn dns_for(relay: &Relay) -> Result<Dns, TtlOutcome> {
             reason: "the mail_domain is an IP address: no DNS records".into(),
         });
     }
-    Dns::from_settings(&settings(&relay.settings.dns)).map_err(|e| TtlOutcome::Failed {
+    Dns::from_settings(&relay.settings.dns).map_err(|e| TtlOutcome::Failed {
         error: e.to_string(),
     })
 }

@@ -65,7 +65,7 @@ pub enum ProviderKind {
 }
 
 /// The DNS settings of one relay, after inheritance (inventory `[.. .dns]`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DnsSettings {
     /// Which provider to use.
     pub provider: ProviderKind,

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -169,28 +169,9 @@ pub enum HostKeyPolicy {
     Strict,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum DnsProviderKind {
-    Rfc2136,
-    Command,
-    Manual,
-    None,
-}
-
-/// How step 5 changes the relay's A/AAAA records.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DnsConfig {
-    pub provider: DnsProviderKind,
-    pub server: Option<SocketAddr>,
-    pub zone: Option<String>,
-    /// Path of the TSIG key file; the key itself is only read when used.
-    pub tsig_key_file: Option<PathBuf>,
-    pub command: Option<PathBuf>,
-    pub ttl: u32,
-    pub propagation_timeout: Duration,
-    pub nameservers: BTreeMap<String, SocketAddr>,
-}
+/// How step 5 changes the relay's A/AAAA records: the DNS module's own settings
+/// type, so the inventory and the DNS code cannot drift apart.
+pub use crate::dns::{DnsSettings as DnsConfig, ProviderKind as DnsProviderKind};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct RetryPolicy {

@@ -2,31 +2,10 @@
 //! authoritative server serves them. Step 6 only runs after that.
 
 use super::exec::{StepError, StepResult};
-use crate::dns::{
-    Addrs, Dns, DnsError, DnsGate, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest,
-};
+use crate::dns::{Addrs, Dns, DnsError, DnsGate, SwitchOutcome, SwitchRequest};
 use crate::events::{ErrorKind, Event};
-use crate::inventory::{DnsConfig, DnsProviderKind, Host, MailDomain, Relay};
+use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay};
 use crate::remote::LineSink;
-
-/// The inventory's DNS settings in the DNS module's terms.
-pub fn settings(c: &DnsConfig) -> DnsSettings {
-    DnsSettings {
-        provider: match c.provider {
-            DnsProviderKind::Rfc2136 => ProviderKind::Rfc2136,
-            DnsProviderKind::Command => ProviderKind::Command,
-            DnsProviderKind::Manual => ProviderKind::Manual,
-            DnsProviderKind::None => ProviderKind::None,
-        },
-        server: c.server,
-        zone: c.zone.clone(),
-        tsig_key_file: c.tsig_key_file.clone(),
-        command: c.command.clone(),
-        ttl: c.ttl,
-        propagation_timeout: c.propagation_timeout,
-        nameservers: c.nameservers.clone(),
-    }
-}
 
 pub fn addrs(h: &Host) -> Addrs {
     Addrs {
@@ -59,7 +38,7 @@ pub async fn switch(relay: &Relay, gate: &DnsGate, sink: &LineSink) -> StepResul
             "skipped: dns provider \"none\" (DNS is handled outside cmfleet)".into(),
         ));
     }
-    let dns = Dns::from_settings(&settings(&relay.settings.dns)).map_err(step_error)?;
+    let dns = Dns::from_settings(&relay.settings.dns).map_err(step_error)?;
     let req = SwitchRequest {
         domain: relay.name.clone(),
         old: addrs(&relay.old),
