@@ -27,7 +27,7 @@ use crate::inventory::{DnsProviderKind, Inventory, MailDomain, Relay};
 use crate::journal::{now_ms, Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::LineSink;
 use crate::steps::commands::{self, CmdeployRun};
-use crate::steps::dns::{addrs, settings};
+use crate::steps::dns::addrs;
 use crate::steps::exec::{expect_port, Executor};
 use crate::steps::Step;
 
@@ -228,7 +228,7 @@ async fn dns_back(relay: &Relay, sink: &LineSink) -> Result<String, String> {
     if relay.settings.dns.provider == DnsProviderKind::None {
         return Ok("DNS not changed (provider \"none\"): point it back to OLD yourself".into());
     }
-    let dns = Dns::from_settings(&settings(&relay.settings.dns)).map_err(|e| e.to_string())?;
+    let dns = Dns::from_settings(&relay.settings.dns).map_err(|e| e.to_string())?;
     let req = SwitchRequest {
         domain: relay.name.clone(),
         old: addrs(&relay.old),

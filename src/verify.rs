@@ -17,7 +17,7 @@ use crate::dns::Dns;
 use crate::inventory::{DnsProviderKind, Host, Inventory, MailDomain, Relay};
 use crate::remote::{CommandKind, SshPool};
 use crate::steps::commands;
-use crate::steps::dns::{addrs, settings};
+use crate::steps::dns::addrs;
 
 /// The ports a chatmail relay serves mail on: SMTP, SMTPS (submission), IMAPS.
 pub const MAIL_PORTS: [u16; 3] = [25, 465, 993];
@@ -61,7 +61,7 @@ async fn dns_finding(relay: &Relay) -> Finding {
             "skipped: dns provider \"none\" (DNS is handled outside cmfleet)",
         );
     }
-    let dns = match Dns::from_settings(&settings(&relay.settings.dns)) {
+    let dns = match Dns::from_settings(&relay.settings.dns) {
         Ok(d) => d,
         Err(e) => return Finding::fail(CHECK, e.to_string()),
     };

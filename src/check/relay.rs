@@ -13,7 +13,7 @@ use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
 use crate::remote::{CommandKind, HostConn, LineSink, SshPool};
 use crate::shell::quote;
 use crate::steps::commands;
-use crate::steps::dns::{addrs, settings};
+use crate::steps::dns::addrs;
 
 /// TTLs above this make the cutover wait (the guide lowers them to 300 s).
 pub const MAX_TTL: u32 = 300;
@@ -274,7 +274,7 @@ pub(crate) async fn dns_findings(relay: &Relay) -> Vec<Finding> {
             "skipped: dns provider \"none\" (DNS is handled outside cmfleet)",
         )];
     }
-    let dns = match Dns::from_settings(&settings(&relay.settings.dns)) {
+    let dns = match Dns::from_settings(&relay.settings.dns) {
         Ok(d) => d,
         Err(e) => return vec![Finding::fail("dns", e.to_string())],
     };
