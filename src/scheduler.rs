@@ -74,9 +74,10 @@ struct Gates {
     transfers: Arc<Semaphore>,
     cutovers: Arc<Semaphore>,
     groups: HashMap<String, Arc<Semaphore>>,
-    /// Relays inside their cutover that wait for a transfer slot: new initial
-    /// syncs yield to them, so downtime is never stretched by pre-staging.
-    cutover_waiting: AtomicUsize,
+    /// Relays inside their cutover window whose final sync has no transfer slot
+    /// yet. Initial syncs leave that many slots free, so pre-staging never
+    /// stretches a downtime.
+    cutover_claims: AtomicUsize,
     /// Set when max_fail_percent is exceeded: relays not yet started stay so.
     halted: std::sync::atomic::AtomicBool,
 }
@@ -103,7 +104,7 @@ impl Scheduler {
                         .map(|n| (g.clone(), Arc::new(Semaphore::new(n.max(1)))))
                 })
                 .collect(),
-            cutover_waiting: AtomicUsize::new(0),
+            cutover_claims: AtomicUsize::new(0),
             halted: std::sync::atomic::AtomicBool::new(false),
         });
         let mut outcome = Outcome::default();
@@ -230,6 +231,8 @@ impl RelayTask {
             return RelayResult::NotStarted;
         }
         let mut cutover = None;
+        let mut claim = None;
+        let final_sync_ahead = job.steps.contains(&Step::FinalSync);
         for step in job.steps {
             let stop =
                 *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
@@ -249,8 +252,11 @@ impl RelayTask {
                     return RelayResult::Failed;
                 };
                 cutover = Some(p);
+                if final_sync_ahead {
+                    claim = Some(Claim::new(&self.gates));
+                }
             }
-            if !self.attempt_step(&job.relay, step).await {
+            if !self.attempt_step(&job.relay, step, &mut claim).await {
                 return RelayResult::Failed;
             }
         }
@@ -258,10 +264,10 @@ impl RelayTask {
     }
 
     /// Runs one step with retries; returns whether it succeeded.
-    async fn attempt_step(&mut self, relay: &Relay, step: Step) -> bool {
+    async fn attempt_step(&mut self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
         let mut backoff = self.retry.backoff;
         for attempt in 1..=self.retry.attempts {
-            let _transfer = self.transfer_slot(relay, step).await;
+            let _transfer = self.transfer_slot(relay, step, claim).await;
             self.events.send(Event::StepStarted {
                 relay: relay.name.clone(),
                 step,
@@ -335,15 +341,13 @@ impl RelayTask {
         &self,
         relay: &Relay,
         step: Step,
+        claim: &mut Option<Claim>,
     ) -> Vec<tokio::sync::OwnedSemaphorePermit> {
         if !matches!(step, Step::InitialSync | Step::FinalSync) {
             return Vec::new();
         }
         let mut held = Vec::new();
         let in_cutover = step.in_cutover();
-        if in_cutover {
-            self.gates.cutover_waiting.fetch_add(1, Ordering::SeqCst);
-        }
         if self.gates.transfers.available_permits() == 0 {
             self.events.send(Event::Waiting {
                 relay: relay.name.clone(),
@@ -351,19 +355,22 @@ impl RelayTask {
             });
         }
         loop {
-            if let Ok(p) = self.gates.transfers.clone().acquire_owned().await {
-                // Initial syncs give way while a cutover waits for a slot.
-                if !in_cutover && self.gates.cutover_waiting.load(Ordering::SeqCst) > 0 {
-                    drop(p);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                held.push(p);
+            let Ok(p) = self.gates.transfers.clone().acquire_owned().await else {
+                break;
+            };
+            let left = self.gates.transfers.available_permits();
+            if !in_cutover && left < self.gates.cutover_claims.load(Ordering::SeqCst) {
+                // That slot is spoken for by a relay that is down right now.
+                drop(p);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+            if in_cutover {
+                // The claim is honoured: initial syncs may use the slot it reserved.
+                claim.take();
+            }
+            held.push(p);
             break;
-        }
-        if in_cutover {
-            self.gates.cutover_waiting.fetch_sub(1, Ordering::SeqCst);
         }
         if let Some(g) = relay.group.as_ref().and_then(|g| self.gates.groups.get(g)) {
             if g.available_permits() == 0 {
@@ -377,6 +384,27 @@ impl RelayTask {
             }
         }
         held
+    }
+}
+
+/// A down relay's claim on a transfer slot for its final sync; released when the
+/// slot is taken or the relay stops.
+struct Claim {
+    gates: Arc<Gates>,
+}
+
+impl Claim {
+    fn new(gates: &Arc<Gates>) -> Claim {
+        gates.cutover_claims.fetch_add(1, Ordering::SeqCst);
+        Claim {
+            gates: gates.clone(),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.gates.cutover_claims.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

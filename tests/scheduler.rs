@@ -42,6 +42,12 @@ struct Sim {
     max_cutovers: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Relays between the start of step 3 and the start of their final sync.
+    awaiting_final_sync: AtomicUsize,
+    /// Initial syncs started while some relay was down and awaiting its final sync.
+    initial_syncs_while_down: AtomicUsize,
+    /// Simulated duration of an initial sync.
+    initial_sync_ms: u64,
     /// (relay, step) -> failures to return before succeeding, and their kind.
     faults: Mutex<HashMap<(String, Step), (u32, ErrorKind)>>,
     calls: Mutex<Vec<(String, Step)>>,
@@ -60,6 +66,18 @@ impl StepRunner for Sim {
     ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push((relay.name.clone(), step));
+            match step {
+                Step::DisableOld => {
+                    self.awaiting_final_sync.fetch_add(1, Ordering::SeqCst);
+                }
+                Step::FinalSync => {
+                    self.awaiting_final_sync.fetch_sub(1, Ordering::SeqCst);
+                }
+                Step::InitialSync if self.awaiting_final_sync.load(Ordering::SeqCst) > 0 => {
+                    self.initial_syncs_while_down.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
             let transfer = matches!(step, Step::InitialSync | Step::FinalSync);
             if step == Step::DisableOld {
                 bump(&self.cutovers, &self.max_cutovers);
@@ -68,7 +86,12 @@ impl StepRunner for Sim {
                 bump(&self.transfers, &self.max_transfers);
             }
             bump(&self.in_flight, &self.max_in_flight);
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            let ms = if step == Step::InitialSync {
+                self.initial_sync_ms.max(2)
+            } else {
+                2
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             if transfer {
                 self.transfers.fetch_sub(1, Ordering::SeqCst);
@@ -303,4 +326,31 @@ async fn first_cancel_starts_nothing_new_but_finishes_cutovers() {
         "no new relay starts: {outcome:?}"
     );
     assert!(outcome.failed.is_empty(), "{outcome:?}");
+}
+
+/// Downtime first: while a relay is down, no new initial sync takes the transfer
+/// slot its final sync needs (one slot, one cutover at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_syncs_never_take_the_slot_a_down_relay_needs() {
+    let (_d, relays) = fleet(8);
+    let sim = Arc::new(Sim {
+        initial_sync_ms: 20,
+        ..Sim::default()
+    });
+    let limits = Limits {
+        forks: 8,
+        transfers: 1,
+        cutovers: 1,
+        ..Limits::default()
+    };
+    let (outcome, _) = run(
+        &relays,
+        limits,
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 8);
+    assert_eq!(sim.initial_syncs_while_down.load(Ordering::SeqCst), 0);
 }
