@@ -1,0 +1,1090 @@
+//! The fleet benchmark (issue 10): cmfleet against the guide's shell script and Ansible on
+//! the same lab fleet, in the same run, alternating; plus the scheduler scale benchmark.
+//!
+//! ```sh
+//! cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N]
+//!     [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny]
+//!     [--scale] [--no-fleet] [--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]
+//! ```
+//!
+//! Every contender run gets a fresh lab (`Lab::up` with the same seed: identical OLD
+//! trees, empty NEW trees, fresh stand-in state), runs its pre-stage phase (steps 1-2),
+//! then the benchmark applies the same mail activity to every OLD host (flag renames,
+//! seen messages, new messages, deletions), then the contender runs its cutover phase
+//! (steps 3-6). Wall and CPU cover the two phases, not the activity. cmfleet runs the
+//! split as operators do (`migrate --until-step 2`, then `migrate`); the peers' files
+//! (benches/peers/) run the guide's commands verbatim, split by phase. See
+//! docs/performance.md for what is measured and how.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cmfleet::lab::{Activity, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
+
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers");
+const CMFLEET: &str = env!("CARGO_BIN_EXE_cmfleet");
+const TREES: [&str; 4] = [
+    "/home/vmail/mail",
+    "/var/lib/acme",
+    "/etc/dkimkeys",
+    "/var/spool/postfix",
+];
+
+/// Mail activity on every OLD host between the two phases (the peers' mutate.py did 150
+/// flag renames and 10 new messages; this adds seen messages and deletions).
+const ACTIVITY: Activity = Activity {
+    new_messages: 10,
+    seen: 10,
+    flag_changes: 150,
+    deletions: 10,
+    message_size: 4096,
+    seed: 7,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Contender {
+    /// `cmfleet migrate` with every limit at the benchmark's parallelism.
+    Cmfleet,
+    /// `cmfleet migrate` with the inventory's default limits (forks 20, transfers 8,
+    /// cmdeploy_runs 4, cutovers 4, 10 connects/s).
+    CmfleetDefaults,
+    /// The guide's relay.sh under `xargs -P N`.
+    Shell,
+    /// ansible-core, default ssh settings, linear strategy, forks N.
+    Ansible,
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Cmfleet => "cmfleet",
+            Contender::CmfleetDefaults => "cmfleet-defaults",
+            Contender::Shell => "shell",
+            Contender::Ansible => "ansible",
+        }
+    }
+    fn parse(s: &str) -> Result<Contender> {
+        Ok(match s {
+            "cmfleet" => Contender::Cmfleet,
+            "cmfleet-defaults" => Contender::CmfleetDefaults,
+            "shell" => Contender::Shell,
+            "ansible" => Contender::Ansible,
+            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, shell, ansible)"),
+        })
+    }
+}
+
+struct Opts {
+    relays: usize,
+    rounds: usize,
+    parallel: usize,
+    only: Vec<Contender>,
+    data: DataOptions,
+    data_name: String,
+    scale: bool,
+    fleet: bool,
+    dir: PathBuf,
+    subnet: Subnet,
+}
+
+fn parse_args() -> Result<Opts> {
+    let mut o = Opts {
+        relays: 20,
+        rounds: 3,
+        parallel: 0,
+        only: vec![Contender::Cmfleet, Contender::Shell, Contender::Ansible],
+        data: DataOptions::default(),
+        data_name: "default".into(),
+        scale: false,
+        fleet: true,
+        dir: PathBuf::from("/dev/shm/cmfleet-bench"),
+        subnet: Subnet::new(79, 1),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "--relays" => o.relays = val()?.parse()?,
+            "--rounds" => o.rounds = val()?.parse()?,
+            "--parallel" => o.parallel = val()?.parse()?,
+            "--only" => {
+                o.only = val()?
+                    .split(',')
+                    .map(Contender::parse)
+                    .collect::<Result<_>>()?
+            }
+            "--data" => {
+                let v = val()?;
+                o.data = match v.as_str() {
+                    "default" => DataOptions::default(),
+                    "few-large" => DataOptions {
+                        users: 10,
+                        messages: 10,
+                        message_size: 1 << 20,
+                        seed: 1,
+                    },
+                    "many-tiny" => DataOptions {
+                        users: 300,
+                        messages: 50,
+                        message_size: 256,
+                        seed: 1,
+                    },
+                    _ => bail!("--data default|few-large|many-tiny"),
+                };
+                o.data_name = v;
+            }
+            "--scale" => o.scale = true,
+            "--no-fleet" => o.fleet = false,
+            "--dir" => o.dir = val()?.into(),
+            "--subnet" => o.subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            "-h" | "--help" => {
+                println!("{}", HELP);
+                std::process::exit(0);
+            }
+            _ => bail!("unknown argument {a}\n{HELP}"),
+        }
+    }
+    if o.parallel == 0 {
+        o.parallel = o.relays;
+    }
+    Ok(o)
+}
+
+const HELP: &str = "cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N (default: relays)] \
+[--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] [--scale] [--no-fleet] \
+[--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]";
+
+fn main() -> Result<()> {
+    let o = parse_args()?;
+    if o.fleet {
+        fleet(&o)?;
+    }
+    if o.scale {
+        scale::run(10_000)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- process accounting
+
+/// user+sys seconds of this process's waited-for descendants.
+fn children_cpu() -> f64 {
+    rusage_secs(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_secs(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we own.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn tv(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// What one measured child process did.
+struct ChildRun {
+    ok: bool,
+    code: i32,
+    wall: f64,
+    /// The main process's own peak RSS (VmHWM, polled every 10 ms), KiB.
+    hwm_kib: u64,
+    /// wait4's ru_maxrss: the largest process of the waited tree, KiB.
+    tree_maxrss_kib: u64,
+}
+
+/// Runs `cmd` to completion with its output in `log`, measuring wall, peak RSS of the
+/// main process and of its tree.
+fn run_measured(cmd: &mut Command, log: &Path) -> Result<ChildRun> {
+    let out = fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let t0 = Instant::now();
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("spawn {cmd:?}"))?;
+    let pid = child.id() as i32;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hwm = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (stop, hwm) = (stop.clone(), hwm.clone());
+        std::thread::spawn(move || {
+            let p = pid.to_string();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(k) = status_kib(&p, "VmHWM:") {
+                    hwm.fetch_max(k, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child; std's Child is never waited afterwards.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = poller.join();
+    drop(child);
+    if r != pid {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    Ok(ChildRun {
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        code: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+        wall,
+        hwm_kib: hwm.load(Ordering::Relaxed),
+        tree_maxrss_kib: ru.ru_maxrss as u64,
+    })
+}
+
+/// Children of this process (pid, comm).
+fn my_children() -> Vec<(i32, String)> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(pid) = name.parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let (Some(l), Some(r)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[l + 1..r].to_string();
+            let ppid = stat[r + 2..].split_whitespace().nth(1).unwrap_or("");
+            if ppid == me {
+                out.push((pid, comm));
+            }
+        }
+    }
+    out
+}
+
+/// After a contender: waits (up to 3 s) for ssh processes it left behind (ControlPersist
+/// masters reparented to us, the subreaper), kills what is still there, and reaps every
+/// exited child so its CPU lands in RUSAGE_CHILDREN. Returns how many had to be killed.
+fn settle() -> usize {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut killed = 0;
+    loop {
+        reap_zombies();
+        let left: Vec<i32> = my_children()
+            .into_iter()
+            .filter(|(_, c)| c == "ssh")
+            .map(|(p, _)| p)
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for p in &left {
+                // SAFETY: signalling a child of ours.
+                unsafe { libc::kill(*p, libc::SIGTERM) };
+            }
+            killed += left.len();
+            std::thread::sleep(Duration::from_millis(200));
+            reap_zombies();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    killed
+}
+
+fn reap_zombies() {
+    for (pid, _) in my_children() {
+        let zombie = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rfind(')').map(|r| s[r + 2..].starts_with('Z')))
+            .unwrap_or(false);
+        if zombie {
+            let mut st = 0;
+            // SAFETY: reaping an exited child of ours.
+            unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        }
+    }
+}
+
+/// Parses the bash `times` output appended by the accounting wrapper (two lines per run:
+/// the shell's own user/sys, its children's).
+fn cmdeploy_cpu(acct: &Path) -> (f64, usize) {
+    let text = fs::read_to_string(acct).unwrap_or_default();
+    let mut total = 0.0;
+    let mut lines = 0;
+    for line in text.lines() {
+        lines += 1;
+        for f in line.split_whitespace() {
+            // "0m0.012s"
+            if let Some((m, s)) = f.trim_end_matches('s').split_once('m') {
+                total += m.parse::<f64>().unwrap_or(0.0) * 60.0 + s.parse::<f64>().unwrap_or(0.0);
+            }
+        }
+    }
+    (total, lines / 2)
+}
+
+// ---------------------------------------------------------------- the lab
+
+fn fresh_lab(o: &Opts) -> Result<Lab> {
+    if o.dir.join("lab.json").exists() {
+        let _ = Lab::down(&o.dir);
+    }
+    let mut opts = LabOptions::new(&o.dir, o.relays, o.subnet);
+    opts.data = o.data;
+    let lab = Lab::up(opts).context("lab up")?;
+    // The accounting wrapper around the stand-in, committed so cmfleet's worktrees see it.
+    let acct = lab.dir().join("cmdeploy-cpu.log");
+    let wrapper = fs::read_to_string(format!("{PEERS}/cmdeploy-acct"))?
+        .replace("@ACCT@", &acct.to_string_lossy());
+    fs::write(lab.cmdeploy(), wrapper)?;
+    let st = Command::new("git")
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@cmfleet.invalid",
+        ])
+        .args([
+            "commit",
+            "-qam",
+            "fleet benchmark: account the stand-in's CPU",
+        ])
+        .current_dir(lab.checkout())
+        .status()?;
+    if !st.success() {
+        bail!("git commit of the accounting wrapper failed");
+    }
+    Ok(lab)
+}
+
+fn apply_activity(lab: &Lab) -> Result<()> {
+    for r in lab.relays() {
+        lab.simulate_activity(r.index, &ACTIVITY)?;
+    }
+    Ok(())
+}
+
+/// One copy of the checkout per relay (scripts, www, chatmaild; the venv linked, as
+/// cmfleet's workspaces do) with the relay's chatmail.ini, for the peers: concurrent
+/// cmdeploy runs from one checkout race. Returns relays.txt ("OLD NEW CHECKOUT" lines).
+fn peer_checkouts(lab: &Lab) -> Result<PathBuf> {
+    let base = lab.dir().join("peers");
+    let mut lines = String::new();
+    for r in lab.relays() {
+        let co = base.join("co").join(format!("relay{}", r.index));
+        fs::create_dir_all(&co)?;
+        for sub in ["scripts", "www", "chatmaild"] {
+            let st = Command::new("cp")
+                .arg("-a")
+                .arg(lab.checkout().join(sub))
+                .arg(&co)
+                .status()?;
+            if !st.success() {
+                bail!("cp {sub} failed");
+            }
+        }
+        std::os::unix::fs::symlink(lab.checkout().join("venv"), co.join("venv"))?;
+        fs::copy(&r.config, co.join("chatmail.ini"))?;
+        let _ = writeln!(lines, "{} {} {}", r.old.addr, r.new.addr, co.display());
+    }
+    let list = base.join("relays.txt");
+    fs::write(&list, lines)?;
+    Ok(list)
+}
+
+// ---------------------------------------------------------------- verification
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Verify {
+    relays_ok: usize,
+    files_old: usize,
+    missing: usize,
+    stale: usize,
+    bad_owner: usize,
+    differs: usize,
+    bad_state: usize,
+    example: Option<String>,
+}
+
+impl Verify {
+    fn line(&self, relays: usize) -> String {
+        format!(
+            "{}/{relays} relays ok; missing {} stale {} bad-owner {} differs {} stand-in-state {}",
+            self.relays_ok, self.missing, self.stale, self.bad_owner, self.differs, self.bad_state
+        )
+    }
+}
+
+/// NEW against OLD, tree by tree (the lab's Manifest): missing entries, stale (extra)
+/// entries, wrong owner, other differences (kind, size, file mtime, mode); plus the
+/// stand-in's record: OLD mail disabled, NEW configured and active.
+fn verify(lab: &Lab) -> Result<Verify> {
+    let mut v = Verify::default();
+    for r in lab.relays() {
+        let before = (v.missing, v.stale, v.bad_owner, v.differs, v.bad_state);
+        for tree in TREES {
+            let a = Manifest::of(&r.old.path(tree))?;
+            let b = Manifest::of(&r.new.path(tree)).unwrap_or_default();
+            v.files_old += a.files();
+            for (p, ea) in &a.0 {
+                let note = |what: &str, v: &mut Verify| {
+                    if v.example.is_none() {
+                        v.example = Some(format!("relay{} {what}: {tree}/{p}", r.index));
+                    }
+                };
+                match b.0.get(p) {
+                    None => {
+                        v.missing += 1;
+                        note("missing", &mut v);
+                    }
+                    Some(eb) if (ea.uid, ea.gid) != (eb.uid, eb.gid) => {
+                        v.bad_owner += 1;
+                        note(
+                            &format!("owner {}:{} vs {}:{}", eb.uid, eb.gid, ea.uid, ea.gid),
+                            &mut v,
+                        );
+                    }
+                    Some(eb)
+                        if ea.kind != eb.kind
+                            || ea.mode != eb.mode
+                            || (ea.kind != Kind::Dir
+                                && (ea.size != eb.size || ea.mtime != eb.mtime)) =>
+                    {
+                        v.differs += 1;
+                        note(&format!("differs ({ea} vs {eb})"), &mut v);
+                    }
+                    Some(_) => {}
+                }
+            }
+            for p in b.0.keys().filter(|p| !a.0.contains_key(*p)) {
+                v.stale += 1;
+                if v.example.is_none() {
+                    v.example = Some(format!("relay{} stale: {tree}/{p}", r.index));
+                }
+            }
+        }
+        let old = lab.host_state(r.old.addr)?;
+        let new = lab.host_state(r.new.addr)?;
+        if !(old.mail_disabled && !old.active && new.configured && new.active) {
+            v.bad_state += 1;
+        }
+        if before == (v.missing, v.stale, v.bad_owner, v.differs, v.bad_state) {
+            v.relays_ok += 1;
+        }
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------- contenders
+
+#[derive(Debug, Default, Clone)]
+struct RunResult {
+    ok: bool,
+    wall: f64,
+    pre_wall: f64,
+    cut_wall: f64,
+    /// user+sys of the whole process tree (RUSAGE_CHILDREN delta), seconds.
+    cpu: f64,
+    /// Of which the stand-in cmdeploy (accounting wrapper), seconds, and its run count.
+    cpu_cmdeploy: f64,
+    cmdeploy_runs: usize,
+    hwm_kib: u64,
+    tree_maxrss_kib: u64,
+    verify: Verify,
+    /// Per-relay downtime, seconds (cmfleet: journal; shell: relay.sh timestamps).
+    downtimes: Vec<f64>,
+    /// cmfleet: per relay, sum of steps 3-6 durations (the commands back to back).
+    busy: Vec<f64>,
+    /// ssh processes still running 3 s after the contender ended.
+    leftovers: usize,
+    /// Non-zero exits, "PHASE exit CODE".
+    codes: Vec<String>,
+}
+
+struct Phase {
+    cmd: Command,
+    name: &'static str,
+}
+
+fn cmfleet_phases(lab: &Lab, o: &Opts, defaults: bool) -> Result<Vec<Phase>> {
+    let inv = lab.inventory();
+    if !defaults {
+        let text = fs::read_to_string(&inv)?;
+        let p = o.parallel;
+        let limits = format!(
+            "[fleet]\nforks = {p}\ntransfers = {p}\ncmdeploy_runs = {p}\ncutovers = {p}\nssh_connects_per_sec = 1000\n"
+        );
+        fs::write(&inv, text.replacen("[fleet]\n", &limits, 1))?;
+    }
+    let mk = |until: Option<&str>| {
+        let mut c = Command::new(CMFLEET);
+        c.arg("migrate")
+            .arg("-i")
+            .arg(&inv)
+            .args(["--yes", "--progress", "plain"]);
+        if let Some(u) = until {
+            c.args(["--until-step", u]);
+        }
+        c.env_remove("CMDEPLOY_STAGES");
+        c
+    };
+    Ok(vec![
+        Phase {
+            cmd: mk(Some("2")),
+            name: "pre",
+        },
+        Phase {
+            cmd: mk(None),
+            name: "cut",
+        },
+    ])
+}
+
+fn shell_phases(lab: &Lab, o: &Opts) -> Result<Vec<Phase>> {
+    let list = peer_checkouts(lab)?;
+    let mk = |phase: &str| -> Result<Command> {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!(
+                "exec xargs -P {} -L 1 {PEERS}/relay.sh {phase} < {}",
+                o.parallel,
+                list.display()
+            ))
+            .env("BENCH", lab.dir())
+            .env("SSH_AUTH_SOCK", lab.agent_sock())
+            .env_remove("CMDEPLOY_STAGES");
+        Ok(c)
+    };
+    Ok(vec![
+        Phase {
+            cmd: mk("pre")?,
+            name: "pre",
+        },
+        Phase {
+            cmd: mk("cut")?,
+            name: "cut",
+        },
+    ])
+}
+
+fn ansible_venv() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-ansible-venv")
+}
+
+/// Installs ansible-core into target/bench-ansible-venv with pip (once).
+fn ensure_ansible() -> Result<()> {
+    let venv = ansible_venv();
+    if venv.join("bin/ansible-playbook").exists() {
+        return Ok(());
+    }
+    eprintln!("installing ansible-core into {} ...", venv.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()?
+        .success()
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "ansible-core"])
+            .status()?
+            .success();
+    if !ok || !venv.join("bin/ansible-playbook").exists() {
+        bail!("pip install ansible-core failed");
+    }
+    Ok(())
+}
+
+fn ansible_phases(lab: &Lab, o: &Opts) -> Result<Vec<Phase>> {
+    let list = peer_checkouts(lab)?;
+    let _ = list;
+    let ans = lab.dir().join("ans");
+    fs::create_dir_all(&ans)?;
+    fs::copy(format!("{PEERS}/ansible.cfg"), ans.join("ansible.cfg"))?;
+    fs::copy(
+        format!("{PEERS}/ansible-migrate.yml"),
+        ans.join("migrate.yml"),
+    )?;
+    let mut inv = String::from("[relays]\n");
+    for r in lab.relays() {
+        let co = lab.dir().join("peers/co").join(format!("relay{}", r.index));
+        let _ = writeln!(
+            inv,
+            "relay{i} ansible_host={o} old_ip={o} new_ip={n} new_host=relay{i}new checkout={c}",
+            i = r.index,
+            o = r.old.addr,
+            n = r.new.addr,
+            c = co.display()
+        );
+    }
+    inv += "[news]\n";
+    for r in lab.relays() {
+        let _ = writeln!(inv, "relay{}new ansible_host={}", r.index, r.new.addr);
+    }
+    inv += "[all:vars]\nansible_user=root\nansible_python_interpreter=/usr/bin/python3\n";
+    fs::write(ans.join("inventory.ini"), inv)?;
+    let mk = |phase: &str| {
+        let mut c = Command::new("bash");
+        c.arg(format!("{PEERS}/ansible-run.sh"))
+            .args([phase, "default", "linear", &o.parallel.to_string()])
+            .env("BENCH", lab.dir())
+            .env("ANSIBLE_VENV", ansible_venv())
+            .env("SSH_AUTH_SOCK", lab.agent_sock())
+            .env_remove("CMDEPLOY_STAGES");
+        c
+    };
+    Ok(vec![
+        Phase {
+            cmd: mk("pre"),
+            name: "pre",
+        },
+        Phase {
+            cmd: mk("cut"),
+            name: "cut",
+        },
+    ])
+}
+
+/// cmfleet's journal: per relay downtime and the sum of steps 3-6 durations.
+fn cmfleet_journal(lab: &Lab) -> Result<(Vec<f64>, Vec<f64>)> {
+    let state = lab.dir().join(".cmfleet");
+    let path = fs::read_dir(&state)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".journal.json"))
+        .context("no journal in the state dir")?;
+    let j: serde_json::Value = serde_json::from_str(&fs::read_to_string(path)?)?;
+    let mut down = Vec::new();
+    let mut busy = Vec::new();
+    if let Some(relays) = j["relays"].as_object() {
+        for r in relays.values() {
+            if let (Some(a), Some(b)) = (r["down_since_ms"].as_u64(), r["up_again_ms"].as_u64()) {
+                down.push((b.saturating_sub(a)) as f64 / 1000.0);
+            }
+            let mut s = 0u64;
+            for step in r["steps"].as_array().into_iter().flatten().skip(2) {
+                if let (Some(a), Some(b)) =
+                    (step["started_ms"].as_u64(), step["finished_ms"].as_u64())
+                {
+                    s += b.saturating_sub(a);
+                }
+            }
+            busy.push(s as f64 / 1000.0);
+        }
+    }
+    Ok((down, busy))
+}
+
+fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
+    let t = Instant::now();
+    let lab = fresh_lab(o)?;
+    let phases = match c {
+        Contender::Cmfleet => cmfleet_phases(&lab, o, false)?,
+        Contender::CmfleetDefaults => cmfleet_phases(&lab, o, true)?,
+        Contender::Shell => shell_phases(&lab, o)?,
+        Contender::Ansible => ansible_phases(&lab, o)?,
+    };
+    eprintln!(
+        "  [{round}] {:<16} lab up in {:.1} s",
+        c.name(),
+        t.elapsed().as_secs_f64()
+    );
+    let mut res = RunResult {
+        ok: true,
+        ..Default::default()
+    };
+    let logs = PathBuf::from(format!("{}-logs", o.dir.display()));
+    fs::create_dir_all(&logs)?;
+    let acct = lab.dir().join("cmdeploy-cpu.log");
+    for (i, mut ph) in phases.into_iter().enumerate() {
+        if i == 1 {
+            apply_activity(&lab)?;
+        }
+        settle();
+        let cpu0 = children_cpu();
+        let log = logs.join(format!("{round}-{}-{}.log", c.name(), ph.name));
+        let run = run_measured(&mut ph.cmd, &log)?;
+        res.leftovers += settle();
+        res.cpu += children_cpu() - cpu0;
+        res.wall += run.wall;
+        if i == 0 {
+            res.pre_wall = run.wall;
+        } else {
+            res.cut_wall = run.wall;
+        }
+        res.hwm_kib = res.hwm_kib.max(run.hwm_kib);
+        res.tree_maxrss_kib = res.tree_maxrss_kib.max(run.tree_maxrss_kib);
+        if !run.ok {
+            res.ok = false;
+            res.codes.push(format!("{} exit {}", ph.name, run.code));
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            eprintln!(
+                "  {} phase {} FAILED; log {} ends:",
+                c.name(),
+                ph.name,
+                log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("    {l}");
+            }
+        }
+    }
+    (res.cpu_cmdeploy, res.cmdeploy_runs) = cmdeploy_cpu(&acct);
+    res.verify = verify(&lab)?;
+    match c {
+        Contender::Cmfleet | Contender::CmfleetDefaults => {
+            (res.downtimes, res.busy) = cmfleet_journal(&lab).unwrap_or_default();
+        }
+        Contender::Shell => {
+            let t = fs::read_to_string(lab.dir().join("peers/downtime.txt")).unwrap_or_default();
+            res.downtimes = t
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<u64> = l
+                        .split_whitespace()
+                        .skip(1)
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    (f.len() == 2).then(|| (f[1] - f[0]) as f64 / 1000.0)
+                })
+                .collect();
+        }
+        Contender::Ansible => {}
+    }
+    eprintln!(
+        "  [{round}] {:<16} wall {:.1} s (pre {:.1} + cut {:.1}), cpu {:.1} s (stand-in {:.1} s, {} runs), rss {:.1} MiB, {}{}",
+        c.name(),
+        res.wall,
+        res.pre_wall,
+        res.cut_wall,
+        res.cpu,
+        res.cpu_cmdeploy,
+        res.cmdeploy_runs,
+        res.hwm_kib as f64 / 1024.0,
+        res.verify.line(o.relays),
+        if res.ok {
+            String::new()
+        } else {
+            format!(" ({})", res.codes.join(", "))
+        }
+    );
+    if let Some(e) = &res.verify.example {
+        eprintln!("      e.g. {e}");
+    }
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        Lab::down(lab.dir())?;
+    }
+    reap_zombies();
+    Ok(res)
+}
+
+// ---------------------------------------------------------------- report
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let med = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    };
+    (med, s[0], s[s.len() - 1])
+}
+
+fn fleet(o: &Opts) -> Result<()> {
+    // Orphaned ssh masters (ControlPersist, `ssh -f`) are reparented to us, so their CPU
+    // is counted once we reap them.
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let mut only = o.only.clone();
+    if only.contains(&Contender::Ansible) {
+        if let Err(e) = ensure_ansible() {
+            eprintln!("ansible unavailable: {e:#}; continuing without it");
+            only.retain(|c| *c != Contender::Ansible);
+        }
+    }
+    eprintln!(
+        "fleet benchmark: {} relays, parallelism {}, {} rounds, data {} ({} users x {} messages x {} B), lab in {}",
+        o.relays,
+        o.parallel,
+        o.rounds,
+        o.data_name,
+        o.data.users,
+        o.data.messages,
+        o.data.message_size,
+        o.dir.display()
+    );
+    let mut results: BTreeMap<Contender, Vec<RunResult>> = BTreeMap::new();
+    for round in 1..=o.rounds {
+        for &c in &only {
+            let r = run_contender(c, o, round)?;
+            results.entry(c).or_default().push(r);
+        }
+    }
+    report(o, &only, &results);
+    Ok(())
+}
+
+fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunResult>>) {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## fleet: {} relays, parallelism {}, {} rounds, data {} ({}x{}x{} B per relay)\n",
+        o.relays,
+        o.parallel,
+        o.rounds,
+        o.data_name,
+        o.data.users,
+        o.data.messages,
+        o.data.message_size
+    );
+    let _ = writeln!(
+        out,
+        "| contender | wall median (min-max) | pre / cut phase | controller CPU | CPU w/o stand-in | peak RSS main | largest process | downtime median / max | result |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for &c in only {
+        let Some(rs) = results.get(&c) else { continue };
+        let f = |g: fn(&RunResult) -> f64| stats(&rs.iter().map(g).collect::<Vec<_>>());
+        let (w, wmin, wmax) = f(|r| r.wall);
+        let (pre, _, _) = f(|r| r.pre_wall);
+        let (cut, _, _) = f(|r| r.cut_wall);
+        let (cpu, _, _) = f(|r| r.cpu);
+        let (cpux, _, _) = f(|r| r.cpu - r.cpu_cmdeploy);
+        let hwm = rs.iter().map(|r| r.hwm_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let tree = rs.iter().map(|r| r.tree_maxrss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        let all_down: Vec<f64> = rs.iter().flat_map(|r| r.downtimes.clone()).collect();
+        let down = if all_down.is_empty() {
+            format!("~{cut:.1} s (cut phase)")
+        } else {
+            let (m, _, mx) = stats(&all_down);
+            format!("{m:.2} s / {mx:.2} s")
+        };
+        let v = &rs[rs.len() - 1].verify;
+        let same = rs.iter().all(|r| r.verify == *v);
+        let fails: Vec<String> = rs.iter().flat_map(|r| r.codes.clone()).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {w:.1} s ({wmin:.1}-{wmax:.1}) | {pre:.1} / {cut:.1} s | {cpu:.1} s | {cpux:.1} s | {hwm:.1} MiB | {tree:.1} MiB | {down} | {}{}{} |",
+            c.name(),
+            v.line(o.relays),
+            if same { "" } else { " (varied by round)" },
+            if fails.is_empty() {
+                String::new()
+            } else {
+                format!("; non-zero exits: {}", fails.join(", "))
+            },
+        );
+    }
+    let cm = results.get(&Contender::Cmfleet);
+    for other in [Contender::Shell, Contender::Ansible] {
+        let (Some(a), Some(b)) = (cm, results.get(&other)) else {
+            continue;
+        };
+        let pairs = a.len().min(b.len());
+        let ratio = |g: fn(&RunResult) -> f64| {
+            let v: Vec<f64> = (0..pairs).map(|i| g(&a[i]) / g(&b[i])).collect();
+            let (m, lo, hi) = stats(&v);
+            format!(
+                "{m:.2} ({lo:.2}-{hi:.2}; {})",
+                v.iter()
+                    .map(|x| format!("{x:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        };
+        let _ = writeln!(
+            out,
+            "\ncmfleet/{} per round: wall {}, CPU {}, CPU w/o stand-in {}",
+            other.name(),
+            ratio(|r| r.wall),
+            ratio(|r| r.cpu),
+            ratio(|r| r.cpu - r.cpu_cmdeploy)
+        );
+    }
+    if let Some(a) = cm {
+        let down: Vec<f64> = a.iter().flat_map(|r| r.downtimes.clone()).collect();
+        let busy: Vec<f64> = a.iter().flat_map(|r| r.busy.clone()).collect();
+        let ratio: Vec<f64> = down.iter().zip(&busy).map(|(d, b)| d / b).collect();
+        let (dm, _, dx) = stats(&down);
+        let (bm, _, _) = stats(&busy);
+        let (rm, _, rx) = stats(&ratio);
+        let _ = writeln!(
+            out,
+            "cmfleet downtime per relay: median {dm:.2} s, max {dx:.2} s; its steps 3-6 back to back (sum of step durations): median {bm:.2} s; downtime/steps median {rm:.2}, max {rx:.2}"
+        );
+        let left: usize = a.iter().map(|r| r.leftovers).sum();
+        if left > 0 {
+            let _ = writeln!(
+                out,
+                "cmfleet left {left} ssh processes running after exit (killed by the benchmark)"
+            );
+        }
+    }
+    if let Some(s) = results.get(&Contender::Shell) {
+        let down: Vec<f64> = s.iter().flat_map(|r| r.downtimes.clone()).collect();
+        let (m, _, x) = stats(&down);
+        let _ = writeln!(out, "shell downtime per relay (relay.sh step 3 start -> step 6 end): median {m:.2} s, max {x:.2} s");
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+// ---------------------------------------------------------------- scheduler scale
+
+mod scale {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use anyhow::{bail, Result};
+    use cmfleet::events::EventSink;
+    use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
+    use cmfleet::scheduler::{Cancel, Job, Scheduler, StepRunner};
+    use cmfleet::steps::exec::StepResult;
+    use cmfleet::steps::Step;
+
+    /// Zero-duration steps.
+    struct Nop;
+
+    impl StepRunner for Nop {
+        fn run<'a>(
+            &'a self,
+            _relay: &'a Relay,
+            _step: Step,
+        ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+            Box::pin(async { Ok(None) })
+        }
+    }
+
+    fn fleet(n: usize) -> Result<(tempfile::TempDir, Vec<Relay>)> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("c.ini"), "mail_domain = x\n")?;
+        let mut toml = String::from("[fleet]\ncmdeploy = \"x\"\n");
+        for i in 0..n {
+            let (a, b) = (i / 250, i % 250 + 1);
+            toml.push_str(&format!(
+                "[[relay]]\nmail_domain = \"r{i}.example.org\"\nconfig = \"c.ini\"\n\
+                 old = {{ ssh = \"10.1.{a}.{b}\", ip4 = \"10.1.{a}.{b}\" }}\nnew = {{ ssh = \"10.2.{a}.{b}\", ip4 = \"10.2.{a}.{b}\" }}\n"
+            ));
+        }
+        let path = dir.path().join("f.toml");
+        std::fs::write(&path, toml)?;
+        let inv = Inventory::load(&path)?;
+        Ok((dir, inv.relays))
+    }
+
+    fn kib(field: &str) -> u64 {
+        super::status_kib("self", field).unwrap_or(0)
+    }
+
+    pub fn run(n: usize) -> Result<()> {
+        let t = Instant::now();
+        let (_dir, relays) = fleet(n)?;
+        println!(
+            "\n## scheduler scale: {n} simulated relays x 6 zero-duration steps (inventory of {n} relays loaded in {:.2} s)\n",
+            t.elapsed().as_secs_f64()
+        );
+        println!("| limits | wall | CPU | CPU per relay-step | peak RSS of the process | scheduler's peak RSS increase per relay | done |");
+        println!("|---|---|---|---|---|---|---|");
+        let configs = [
+            (
+                "defaults (forks 20, transfers 8, cutovers 4)",
+                Limits::default(),
+            ),
+            (
+                "all at 10,000",
+                Limits {
+                    forks: n,
+                    transfers: n,
+                    cutovers: n,
+                    cmdeploy_runs: n,
+                    ..Limits::default()
+                },
+            ),
+        ];
+        for (name, limits) in configs {
+            let jobs: Vec<Job> = relays
+                .iter()
+                .map(|r| Job {
+                    relay: r.clone(),
+                    steps: Step::ALL.to_vec(),
+                })
+                .collect();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let (_tx, cancel) = tokio::sync::watch::channel(Cancel::None);
+            let scheduler = Scheduler {
+                limits,
+                groups: Default::default(),
+                waves: vec![Wave::Percent(100)],
+                events: EventSink::discard(),
+                cancel,
+            };
+            // Peak RSS from here on (clear_refs 5 resets VmHWM to the current RSS).
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let rss0 = kib("VmRSS:");
+            let cpu0 = super::rusage_secs(libc::RUSAGE_SELF);
+            let t0 = Instant::now();
+            let outcome = rt.block_on(scheduler.run(jobs, Arc::new(Nop)));
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = super::rusage_secs(libc::RUSAGE_SELF) - cpu0;
+            let hwm = kib("VmHWM:");
+            if outcome.done.len() != n {
+                bail!(
+                    "scale: only {} of {n} relays done: {outcome:?}",
+                    outcome.done.len()
+                );
+            }
+            println!(
+                "| {name} | {:.3} s | {:.3} s | {:.2} µs | {:.1} MiB | {:.2} KiB | {} |",
+                wall,
+                cpu,
+                cpu * 1e6 / (n * 6) as f64,
+                hwm as f64 / 1024.0,
+                hwm.saturating_sub(rss0) as f64 / n as f64,
+                outcome.done.len()
+            );
+            drop(rt);
+        }
+        println!("targets: < 20 µs CPU per relay-step, < 4 KiB per relay");
+        Ok(())
+    }
+}
