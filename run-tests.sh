@@ -16,7 +16,7 @@ fi
 mkdir -p /run/sshd
 log=$(mktemp)
 set +e
-cargo test --all-targets -- --test-threads="${CMFLEET_TEST_THREADS:-4}" 2>&1 | tee "$log"
+cargo test --lib --bins --tests --examples -- --test-threads="${CMFLEET_TEST_THREADS:-4}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).
