@@ -84,7 +84,9 @@ pub async fn check(inv: &Inventory, relays: &[&Relay]) -> Result<Vec<RelayFindin
         let (ssh, journal) = (&ssh, &journal);
         async move {
             let mut findings = relay_findings(ssh, &inv.fleet.cmdeploy, r, &quiet_sink(r)).await;
-            findings.push(journal_finding(journal.relays.get(&r.name)));
+            let rec = journal.relays.get(&r.name);
+            findings.push(journal_finding(rec));
+            findings.extend(rec.and_then(ttl_wait_finding));
             RelayFindings::new(&r.name, findings)
         }
     })
@@ -129,6 +131,28 @@ pub fn journal_finding(rec: Option<&RelayRecord>) -> Finding {
         ),
         RelayState::Done => Finding::pass(CHECK, "already migrated (step 6 done)"),
     }
+}
+
+/// A TTL lowered by `cmfleet dns lower-ttl`: how long until the cutover may start.
+fn ttl_wait_finding(rec: &RelayRecord) -> Option<Finding> {
+    let t = rec.dns_ttl?;
+    let left = t.remaining(crate::journal::now_ms());
+    let what = format!("TTL lowered from {} s to {} s", t.original, t.lowered_to);
+    Some(if left.is_zero() {
+        Finding::pass(
+            "ttl wait",
+            format!("{what}; resolvers have forgotten the old TTL"),
+        )
+    } else {
+        let left = std::time::Duration::from_secs(left.as_secs() + 1);
+        Finding::warn(
+            "ttl wait",
+            format!(
+                "{what}; cutover possible in {} (migrate holds it until then)",
+                humantime::format_duration(left)
+            ),
+        )
+    })
 }
 
 /// Before a relay's step 1 `migrate` runs the checks and refuses a relay that fails

@@ -325,9 +325,8 @@ pub(crate) async fn dns_findings(relay: &Relay) -> Vec<Finding> {
         Some(t) => Finding::warn(
             "dns ttl",
             format!(
-                "{t} s: resolvers may keep sending users to OLD for up to {} after step 5; lower it to {MAX_TTL} s and wait {} before the cutover",
-                humantime::format_duration(std::time::Duration::from_secs(u64::from(t))),
-                humantime::format_duration(std::time::Duration::from_secs(u64::from(t)))
+                "{t} s: resolvers may keep sending users to OLD for up to {wait} after step 5 (hint: `cmfleet dns lower-ttl` lowers it to {MAX_TTL} s; migrate then holds the cutover for {wait})",
+                wait = humantime::format_duration(std::time::Duration::from_secs(u64::from(t))),
             ),
         ),
     });
