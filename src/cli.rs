@@ -11,11 +11,37 @@ use crate::lab::LabCommand;
     name = "cmfleet",
     version,
     about = "Migrate a fleet of chatmail relays from old machines to new ones",
-    after_help = "Exit codes: 0 success, 1 usage or inventory error, 2 some relays failed, 130 interrupted."
+    after_help = "Exit codes: 0 success, 1 usage or inventory error, 2 some relays failed, 130 interrupted.\nDocumentation: docs/quickstart.md, docs/inventory.md, docs/runbook.md."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Colours in reports: auto = on a terminal unless NO_COLOR is set.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, env = "CMFLEET_COLOR")]
+    pub color: ColorChoice,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); CMFLEET_LOG=filter overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output on stderr (-q errors only, -qq nothing). Reports are still printed.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// On a terminal, unless NO_COLOR is set to a non-empty value.
+    Auto,
+    /// Always, even into a pipe or with NO_COLOR.
+    Always,
+    /// Never.
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -25,7 +51,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
+        #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
         format: Format,
     },
     /// Migrate the selected relays; resumes each from where the journal says it stopped.
@@ -35,7 +61,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
+        #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
         format: Format,
     },
     /// Check that the selected relays are ready to move (ssh, disk, config, DNS); changes nothing.
@@ -43,7 +69,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
+        #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
         format: Format,
     },
     /// After a migration: DNS serves NEW, NEW listens, OLD is silent, NEW holds OLD's mail.
@@ -51,7 +77,7 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Text)]
+        #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
         format: Format,
     },
     /// Put DOWN relays back on their OLD machine (mail re-enabled there, DNS back).
@@ -61,6 +87,16 @@ pub enum Command {
         #[command(subcommand)]
         command: DnsCli,
     },
+    /// Render the journal as one self-contained HTML page: a timeline of every relay's steps.
+    Report(ReportArgs),
+    /// Print a shell completion script (e.g. `cmfleet completions bash > /etc/bash_completion.d/cmfleet`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print cmfleet's man page (roff), e.g. `cmfleet man | man -l -`.
+    Man,
     /// A real fleet of relay hosts on this machine, for trying cmfleet (needs root).
     Lab {
         #[command(subcommand)]
@@ -103,7 +139,7 @@ pub enum LabCli {
         #[arg(long)]
         keep: bool,
         /// Progress display.
-        #[arg(long, value_enum, default_value_t = Progress::Auto)]
+        #[arg(long, value_enum, default_value_t = Progress::Auto, env = "CMFLEET_PROGRESS")]
         progress: Progress,
     },
     #[command(flatten)]
@@ -135,9 +171,19 @@ pub struct MigrateArgs {
     /// Progress display.
     #[arg(long, value_enum, default_value_t = Progress::Auto, env = "CMFLEET_PROGRESS")]
     pub progress: Progress,
-    /// Also write the final report as JSON to this file.
-    #[arg(long)]
+    /// Also write the final report as JSON to this file (schema: docs/report-schema.md).
+    #[arg(long, env = "CMFLEET_REPORT")]
     pub report: Option<PathBuf>,
+}
+
+/// `report`: the journal as a timeline page.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Write the HTML timeline to this file (self-contained: CSS, JS and SVG inline).
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
 }
 
 /// `rollback`: never fleet-wide by accident, so `--limit` is required.
@@ -153,7 +199,7 @@ pub struct RollbackArgs {
     #[arg(long)]
     pub force: bool,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
+    #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
     pub format: Format,
 }
 
@@ -164,13 +210,15 @@ pub struct Target {
     #[arg(short, long, env = "CMFLEET_INVENTORY")]
     pub inventory: PathBuf,
     /// Relays to work on: mail domains, globs, group names, @FILE, !EXCLUDE (comma-separated).
-    #[arg(short, long)]
+    #[arg(short, long, env = "CMFLEET_LIMIT")]
     pub limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// For people: aligned columns.
     Text,
+    /// For scripts (schemas in docs/report-schema.md).
     Json,
 }
 
@@ -178,7 +226,10 @@ pub enum Format {
 pub enum Progress {
     /// Live bars on a terminal, plain lines otherwise.
     Auto,
+    /// Redrawn bars, one per relay in flight, and fleet totals.
     Live,
+    /// One timestamped line per event (logs, CI).
     Plain,
+    /// One JSON object per event (docs/report-schema.md).
     Json,
 }

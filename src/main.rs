@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 
-use cmfleet::cli::{Cli, Command, DnsCli, Format, LabCli, MigrateArgs, Progress};
+use cmfleet::cli::{
+    Cli, ColorChoice, Command, DnsCli, Format, GlobalArgs, LabCli, MigrateArgs, Progress,
+    ReportArgs,
+};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{now_ms, Journal};
 use cmfleet::migrate::{migrate, MigrateOptions};
@@ -19,6 +22,7 @@ use cmfleet::{exit, lab, plan};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli.global);
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
@@ -28,7 +32,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs (tracing) go to stderr: warnings by default, `-v`/`-q` move the level,
+/// `CMFLEET_LOG` (an env-filter such as `cmfleet=debug`) overrides both.
+fn init_logging(g: &GlobalArgs) {
+    let level = match (g.verbose, g.quiet) {
+        (0, 0) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
+        (v, _) if v >= 3 => "trace",
+        (_, 1) => "error",
+        _ => "off",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CMFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = color_override(g.color).unwrap_or_else(|| {
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .try_init();
+}
+
+/// `--color always|never` forces colours; `auto` leaves it to the terminal and NO_COLOR.
+fn color_override(c: ColorChoice) -> Option<bool> {
+    match c {
+        ColorChoice::Auto => None,
+        ColorChoice::Always => Some(true),
+        ColorChoice::Never => Some(false),
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
+    let color = color_override(cli.global.color);
     match cli.command {
         Command::Plan { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
@@ -46,7 +84,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Migrate(args) => {
             let inv = Inventory::load(&args.target.inventory)?;
-            run_migrate(&inv, &args)
+            run_migrate(&inv, &args, color)
         }
         Command::Status { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
@@ -85,6 +123,22 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(cmfleet::rollback::exit_code(&rows))
         }
         Command::Dns { command } => run_dns(command),
+        Command::Report(args) => run_report(&args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "cmfleet", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                // `cmfleet man | head` is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("cannot write the man page"))
+                }
+                _ => Ok(exit::OK),
+            }
+        }
         Command::Lab { command } => match command {
             LabCli::Other(cmd) => {
                 lab::run(cmd)?;
@@ -95,7 +149,7 @@ fn run(cli: Cli) -> Result<i32> {
                 dir,
                 keep,
                 progress,
-            } => lab_demo(relays, &dir, keep, progress),
+            } => lab_demo(relays, &dir, keep, progress, color),
         },
     }
 }
@@ -109,7 +163,7 @@ fn progress_mode(p: Progress) -> ProgressMode {
     }
 }
 
-fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
+fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Result<i32> {
     let relays = inventory::select(inv, args.target.limit.as_deref())?;
     let opts = MigrateOptions {
         from_step: args.from_step.and_then(Step::from_number),
@@ -133,6 +187,14 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
         state_dir: inv.fleet.state_dir.clone(),
     };
     let mut reporter = Reporter::new(progress_mode(args.progress), ctx);
+    if let Some(on) = color {
+        reporter = reporter.with_color(on);
+    }
+    tracing::info!(
+        relays = relays.len(),
+        state_dir = %inv.fleet.state_dir.display(),
+        "migrate"
+    );
     if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
         reporter.preload(&before);
     }
@@ -188,6 +250,24 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs) -> Result<i32> {
         return Ok(exit::RELAYS_FAILED);
     }
     Ok(finished.exit_code())
+}
+
+/// `report --html`: the journal as a timeline page.
+fn run_report(args: &ReportArgs) -> Result<i32> {
+    let inv = Inventory::load(&args.target.inventory)?;
+    let relays = inventory::select(&inv, args.target.limit.as_deref())?;
+    let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
+    let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
+    tracing::info!(journal = %cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path).display(), "read");
+    let html = report::html::render(&journal, &names, now_ms());
+    report::write_atomic(&args.html, html.as_bytes())
+        .with_context(|| format!("cannot write {}", args.html.display()))?;
+    println!(
+        "wrote {} ({} relays); open it in a browser",
+        args.html.display(),
+        names.len()
+    );
+    Ok(exit::OK)
 }
 
 /// `dns lower-ttl` / `dns restore-ttl`: one line per relay, the journal updated.
@@ -268,7 +348,13 @@ fn confirm_cutover(relays: usize, restart: bool) -> Result<()> {
 }
 
 /// `lab demo`: a whole migration on a lab, in one command.
-fn lab_demo(relays: usize, dir: &Path, keep: bool, progress: Progress) -> Result<i32> {
+fn lab_demo(
+    relays: usize,
+    dir: &Path,
+    keep: bool,
+    progress: Progress,
+    color: Option<bool>,
+) -> Result<i32> {
     let data = lab::DataOptions::default();
     let subnet = "127.77.0"
         .parse::<lab::Subnet>()
@@ -300,19 +386,25 @@ fn lab_demo(relays: usize, dir: &Path, keep: bool, progress: Progress) -> Result
                 progress,
                 report: None,
             };
-            run_migrate(&inv, &args)
+            run_migrate(&inv, &args, color)
         });
+    // Name the program as it was invoked: after ./lab-demo.sh, `cmfleet` is not on PATH.
+    let me = std::env::args().next().unwrap_or_else(|| "cmfleet".into());
+    let inv = inventory.display();
     if keep {
-        println!(
-            "the lab keeps running: cmfleet status -i {}; stop it with: cmfleet lab down --dir {}",
-            inventory.display(),
-            dir.display()
-        );
+        println!("the lab keeps running; try:");
+        println!("  {me} status -i {inv}");
+        println!("  {me} verify -i {inv}");
+        println!("  {me} report -i {inv} --html timeline.html");
+        println!("  {me} lab down --dir {}", dir.display());
     } else {
         lab::run(lab::LabCommand::Down {
             dir: dir.to_path_buf(),
             purge: false,
         })?;
+        println!(
+            "the lab is stopped; its journal stays: {me} report -i {inv} --html timeline.html"
+        );
     }
     result
 }

@@ -11,6 +11,7 @@
 mod clock;
 mod files;
 pub mod fmt;
+pub mod html;
 mod json_lines;
 mod live;
 mod plain;
