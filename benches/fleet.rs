@@ -144,6 +144,10 @@ fn parse_args() -> Result<Opts> {
                 o.data_name = v;
             }
             "--scale" => o.scale = true,
+            "--scale-config" => {
+                scale::one(val()?.parse()?, 10_000)?;
+                std::process::exit(0);
+            }
             "--no-fleet" => o.fleet = false,
             "--dir" => o.dir = val()?.into(),
             "--subnet" => o.subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -533,6 +537,14 @@ struct RunResult {
     codes: Vec<String>,
 }
 
+impl RunResult {
+    /// Every relay reached the end state with all of OLD's files on NEW (stale files
+    /// still make the result wrong, but the run is timed like the others).
+    fn completed(&self) -> bool {
+        self.verify.bad_state == 0 && self.verify.missing == 0
+    }
+}
+
 struct Phase {
     cmd: Command,
     name: &'static str,
@@ -878,7 +890,13 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for &c in only {
-        let Some(rs) = results.get(&c) else { continue };
+        let Some(all) = results.get(&c) else { continue };
+        let rs: Vec<RunResult> = all.iter().filter(|r| r.completed()).cloned().collect();
+        if rs.is_empty() {
+            let _ = writeln!(out, "| {} | no run completed | | | | | | | |", c.name());
+            continue;
+        }
+        let incomplete = all.len() - rs.len();
         let f = |g: fn(&RunResult) -> f64| stats(&rs.iter().map(g).collect::<Vec<_>>());
         let (w, wmin, wmax) = f(|r| r.wall);
         let (pre, _, _) = f(|r| r.pre_wall);
@@ -899,10 +917,15 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         let fails: Vec<String> = rs.iter().flat_map(|r| r.codes.clone()).collect();
         let _ = writeln!(
             out,
-            "| {} | {w:.1} s ({wmin:.1}-{wmax:.1}) | {pre:.1} / {cut:.1} s | {cpu:.1} s | {cpux:.1} s | {hwm:.1} MiB | {tree:.1} MiB | {down} | {}{}{} |",
+            "| {} | {w:.1} s ({wmin:.1}-{wmax:.1}) | {pre:.1} / {cut:.1} s | {cpu:.1} s | {cpux:.1} s | {hwm:.1} MiB | {tree:.1} MiB | {down} | {}{}{}{} |",
             c.name(),
             v.line(o.relays),
             if same { "" } else { " (varied by round)" },
+            if incomplete > 0 {
+                format!("; {incomplete} of {} runs did not complete (left out)", all.len())
+            } else {
+                String::new()
+            },
             if fails.is_empty() {
                 String::new()
             } else {
@@ -915,9 +938,12 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         let (Some(a), Some(b)) = (cm, results.get(&other)) else {
             continue;
         };
-        let pairs = a.len().min(b.len());
+        // Pairs of the same round where both completed.
+        let pairs: Vec<usize> = (0..a.len().min(b.len()))
+            .filter(|&i| a[i].completed() && b[i].completed())
+            .collect();
         let ratio = |g: fn(&RunResult) -> f64| {
-            let v: Vec<f64> = (0..pairs).map(|i| g(&a[i]) / g(&b[i])).collect();
+            let v: Vec<f64> = pairs.iter().map(|&i| g(&a[i]) / g(&b[i])).collect();
             let (m, lo, hi) = stats(&v);
             format!(
                 "{m:.2} ({lo:.2}-{hi:.2}; {})",
@@ -937,6 +963,7 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         );
     }
     if let Some(a) = cm {
+        let a: Vec<RunResult> = a.iter().filter(|r| r.completed()).cloned().collect();
         let down: Vec<f64> = a.iter().flat_map(|r| r.downtimes.clone()).collect();
         let busy: Vec<f64> = a.iter().flat_map(|r| r.busy.clone()).collect();
         let ratio: Vec<f64> = down.iter().zip(&busy).map(|(d, b)| d / b).collect();
@@ -1013,21 +1040,37 @@ mod scale {
         super::status_kib("self", field).unwrap_or(0)
     }
 
+    /// Each configuration in a fresh process, so one run's freed memory does not hide
+    /// the next one's peak.
     pub fn run(n: usize) -> Result<()> {
-        let t = Instant::now();
+        println!("\n## scheduler scale: {n} simulated relays x 6 zero-duration steps, 2 worker threads\n");
+        println!("| limits | wall | CPU | CPU per relay-step | peak RSS of the process | of which the inventory and jobs | scheduler's peak increase per relay | done |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for i in 0..CONFIGS {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["--scale-config", &i.to_string()])
+                .output()?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                bail!("scale config {i}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        println!("\ntargets: < 20 µs CPU per relay-step, < 4 KiB per relay");
+        Ok(())
+    }
+
+    const CONFIGS: usize = 2;
+
+    /// One configuration: prints one table row.
+    pub fn one(config: usize, n: usize) -> Result<()> {
+        let rss_start = kib("VmRSS:");
         let (_dir, relays) = fleet(n)?;
-        println!(
-            "\n## scheduler scale: {n} simulated relays x 6 zero-duration steps (inventory of {n} relays loaded in {:.2} s)\n",
-            t.elapsed().as_secs_f64()
-        );
-        println!("| limits | wall | CPU | CPU per relay-step | peak RSS of the process | scheduler's peak RSS increase per relay | done |");
-        println!("|---|---|---|---|---|---|---|");
-        let configs = [
-            (
+        let (name, limits) = match config {
+            0 => (
                 "defaults (forks 20, transfers 8, cutovers 4)",
                 Limits::default(),
             ),
-            (
+            _ => (
                 "all at 10,000",
                 Limits {
                     forks: n,
@@ -1037,54 +1080,52 @@ mod scale {
                     ..Limits::default()
                 },
             ),
-        ];
-        for (name, limits) in configs {
-            let jobs: Vec<Job> = relays
-                .iter()
-                .map(|r| Job {
-                    relay: r.clone(),
-                    steps: Step::ALL.to_vec(),
-                })
-                .collect();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let (_tx, cancel) = tokio::sync::watch::channel(Cancel::None);
-            let scheduler = Scheduler {
-                limits,
-                groups: Default::default(),
-                waves: vec![Wave::Percent(100)],
-                events: EventSink::discard(),
-                cancel,
-            };
-            // Peak RSS from here on (clear_refs 5 resets VmHWM to the current RSS).
-            let _ = std::fs::write("/proc/self/clear_refs", "5");
-            let rss0 = kib("VmRSS:");
-            let cpu0 = super::rusage_secs(libc::RUSAGE_SELF);
-            let t0 = Instant::now();
-            let outcome = rt.block_on(scheduler.run(jobs, Arc::new(Nop)));
-            let wall = t0.elapsed().as_secs_f64();
-            let cpu = super::rusage_secs(libc::RUSAGE_SELF) - cpu0;
-            let hwm = kib("VmHWM:");
-            if outcome.done.len() != n {
-                bail!(
-                    "scale: only {} of {n} relays done: {outcome:?}",
-                    outcome.done.len()
-                );
-            }
-            println!(
-                "| {name} | {:.3} s | {:.3} s | {:.2} µs | {:.1} MiB | {:.2} KiB | {} |",
-                wall,
-                cpu,
-                cpu * 1e6 / (n * 6) as f64,
-                hwm as f64 / 1024.0,
-                hwm.saturating_sub(rss0) as f64 / n as f64,
-                outcome.done.len()
-            );
-            drop(rt);
+        };
+        let jobs: Vec<Job> = relays
+            .iter()
+            .map(|r| Job {
+                relay: r.clone(),
+                steps: Step::ALL.to_vec(),
+            })
+            .collect();
+        drop(relays);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let (_tx, cancel) = tokio::sync::watch::channel(Cancel::None);
+        let scheduler = Scheduler {
+            limits,
+            groups: Default::default(),
+            waves: vec![Wave::Percent(100)],
+            events: EventSink::discard(),
+            cancel,
+        };
+        // Free memory back to the OS (so the scheduler cannot hide in memory the inventory
+        // parse freed), then peak RSS from here on (clear_refs 5 resets VmHWM).
+        // SAFETY: glibc's malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let rss0 = kib("VmRSS:");
+        let cpu0 = super::rusage_secs(libc::RUSAGE_SELF);
+        let t0 = Instant::now();
+        let outcome = rt.block_on(scheduler.run(jobs, Arc::new(Nop)));
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = super::rusage_secs(libc::RUSAGE_SELF) - cpu0;
+        let hwm = kib("VmHWM:");
+        if outcome.done.len() != n {
+            bail!("scale: only {} of {n} relays done", outcome.done.len());
         }
-        println!("targets: < 20 µs CPU per relay-step, < 4 KiB per relay");
+        println!(
+            "| {name} | {:.3} s | {:.3} s | {:.2} µs | {:.1} MiB | {:.1} MiB | {:.2} KiB | {} |",
+            wall,
+            cpu,
+            cpu * 1e6 / (n * 6) as f64,
+            hwm as f64 / 1024.0,
+            rss0.saturating_sub(rss_start) as f64 / 1024.0,
+            hwm.saturating_sub(rss0) as f64 / n as f64,
+            outcome.done.len()
+        );
         Ok(())
     }
 }
