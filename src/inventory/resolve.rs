@@ -28,9 +28,7 @@ impl<'a> Checker<'a> {
         Checker {
             file: file.display().to_string(),
             positions: Positions::new(src),
-            // Absolute, because cmdeploy runs from a workspace, not from here.
-            base: std::path::absolute(file.parent().unwrap_or(Path::new(".")))
-                .unwrap_or_else(|_| file.parent().map(Path::to_path_buf).unwrap_or_default()),
+            base: base_dir(file),
             problems: Vec::new(),
         }
     }
@@ -69,6 +67,17 @@ impl<'a> Checker<'a> {
     fn path(&self, p: &str) -> PathBuf {
         self.base.join(p)
     }
+}
+
+/// The inventory's folder, absolute, because cmdeploy runs from a workspace, not
+/// from here. `fleet.toml` has the parent `""`, which `absolute` refuses: that is
+/// the current directory (a relative state_dir once broke `migrate -i fleet.toml`).
+fn base_dir(file: &Path) -> PathBuf {
+    let parent = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_path_buf())
 }
 
 pub(crate) fn resolve(path: &Path, raw: RawInventory, c: &mut Checker) -> Inventory {
@@ -636,4 +645,16 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_dir_is_absolute_for_a_bare_file_name() {
+        assert!(base_dir(Path::new("fleet.toml")).is_absolute());
+        assert!(base_dir(Path::new("a/fleet.toml")).ends_with("a"));
+        assert_eq!(base_dir(Path::new("/x/fleet.toml")), Path::new("/x"));
+    }
 }
