@@ -410,16 +410,22 @@ impl Journal {
         let json =
             serde_json::to_vec_pretty(&self.data).map_err(|e| err(std::io::Error::other(e)))?;
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = OpenOptions::new()
+        let written = OpenOptions::new()
             .create(true)
             .write(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(err)?;
-        f.write_all(&json).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
+            .and_then(|mut f| {
+                f.write_all(&json)?;
+                f.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            // A full disk must not also leave a half-written temp file behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err(e));
+        }
         if let Some(dir) = self.path.parent() {
             File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
         }

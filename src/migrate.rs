@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use crate::events::{Event, EventSink};
 use crate::inventory::{Inventory, Relay};
-use crate::journal::{Journal, JournalError, StepStatus};
+use crate::journal::{Journal, JournalError, RelayState, StepStatus};
 use crate::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
 use crate::steps::exec::Executor;
 use crate::steps::Step;
@@ -81,6 +81,11 @@ pub async fn migrate(
     cancel: watch::Receiver<Cancel>,
     mut report: impl FnMut(&Event, &Journal) + Send,
 ) -> Result<(Outcome, Journal), MigrateError> {
+    if !opts.dry_run {
+        // A wrong cmdeploy path is refused before the journal or anything else is written.
+        crate::remote::WorkspacePool::checkout_of(&inv.fleet.cmdeploy)
+            .map_err(|e| MigrateError::Setup(e.to_string()))?;
+    }
     let mut journal = Journal::open(&inv.fleet.state_dir, &inv.path)?;
     if opts.restart {
         journal.forget(&relays.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
@@ -100,6 +105,7 @@ pub async fn migrate(
             });
         }
     }
+    held.extend(lost_relays(&journal, inv));
     journal.save()?;
     if opts.dry_run {
         return Ok((
@@ -147,6 +153,31 @@ pub async fn migrate(
         Some(e) => Err(e.into()),
         None => Ok((outcome, journal)),
     }
+}
+
+/// Relays the journal has left in the middle of a migration (staged or DOWN) that the
+/// inventory no longer lists (removed, or renamed to another mail_domain). Their record
+/// is kept as it is, never dropped; they are reported so none stays down unseen.
+fn lost_relays(journal: &Journal, inv: &Inventory) -> Vec<(String, String)> {
+    journal
+        .data
+        .relays
+        .iter()
+        .filter(|(name, _)| !inv.relays.iter().any(|r| &r.name == *name))
+        .filter_map(|(name, rec)| {
+            let state = match rec.state() {
+                RelayState::Down => "DOWN (mail on its old machine was disabled)",
+                RelayState::Staged => "staged (its old machine still serves mail)",
+                RelayState::Done | RelayState::NotStarted => return None,
+            };
+            Some((
+                name.clone(),
+                format!(
+                    "in the journal but not in the inventory, and {state}; its record is kept (hint: put it back in the inventory to finish or roll it back)"
+                ),
+            ))
+        })
+        .collect()
 }
 
 fn record(

@@ -328,7 +328,10 @@ fn settings(
         10,
         c,
     )?;
-    let cipher = inherit!(cipher).map(|s| s.get_ref().clone());
+    let cipher = match inherit!(cipher) {
+        Some(t) => Some(c.parse(t, &format!("{at}cipher"), parse_cipher)?),
+        None => None,
+    };
     // Nested tables merge key by key, so a group can set only `dns.server`.
     let dns = merge_dns([
         r.dns.as_ref(),
@@ -610,6 +613,24 @@ fn parse_user(s: &str) -> Result<String, String> {
         Ok(s.to_string())
     } else {
         Err(format!("{s:?} is not a valid user name"))
+    }
+}
+
+/// An ssh cipher list (`ssh -c`), e.g. "aes128-gcm@openssh.com,aes128-ctr". It reaches
+/// OLD's shell inside rsync's `-e` (which splits on spaces and quotes): only cipher
+/// name characters, and no leading `-` that ssh could read as an option.
+fn parse_cipher(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('-')
+        && s.chars().all(|ch| {
+            ch.is_ascii_alphanumeric() || matches!(ch, '@' | '.' | ',' | '+' | '-' | '_')
+        });
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not an ssh cipher list (names like \"aes128-gcm@openssh.com\", comma-separated)"
+        ))
     }
 }
 

@@ -22,6 +22,7 @@ const REMOTE: &str = include_str!("assets/remote.sh");
 const LISTENER: &str = include_str!("assets/listener.py");
 const POSTFIX: &str = include_str!("assets/postfix");
 const POSTSUPER: &str = include_str!("assets/postsuper");
+const RSYNC: &str = include_str!("assets/rsync");
 
 /// Writes `text` to `path` with `mode`.
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
@@ -98,5 +99,6 @@ pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
 pub fn write_host_bin(bin: &Path) -> Result<()> {
     write(&bin.join("postfix"), POSTFIX, 0o755)?;
     write(&bin.join("postsuper"), POSTSUPER, 0o755)?;
+    write(&bin.join("rsync"), RSYNC, 0o755)?;
     write(&bin.join("chatmail-lab-listener"), LISTENER, 0o755)
 }

@@ -575,6 +575,41 @@ impl Lab {
         self.state.save()
     }
 
+    /// Crashes a host: SIGKILL to its sshd and everything running inside it (sessions,
+    /// transfers), as a machine crash or a cut link does to open connections, which
+    /// `stop_host` (sshd only) leaves running. Start it again with `start_host`; a tmpfs
+    /// /home/vmail loses its content.
+    pub fn crash_host(&mut self, addr: Ipv4Addr) -> Result<()> {
+        let i = self.index_of(addr)?;
+        if let Some(rec) = self.state.hosts[i].sshd.filter(|r| r.alive()) {
+            let inside = process::namespace_processes(rec.pid);
+            for (p, _) in &inside {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            process::stop_all(&inside, Duration::from_secs(5))?;
+        }
+        self.stop_host(addr)
+    }
+
+    /// Makes the host's rsync send at most `kib_per_sec` KiB/s (a slow link), or at full
+    /// speed again (`None`). Takes effect for the next rsync started on the host.
+    pub fn set_link_limit(&self, addr: Ipv4Addr, kib_per_sec: Option<u32>) -> Result<()> {
+        let p = self.host(addr)?.path(&format!("{STATE_DIR}/bwlimit"));
+        match kib_per_sec {
+            Some(k) => fs::write(&p, format!("{k}\n"))
+                .map_err(LabError::io(format!("write {}", p.display()))),
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LabError::io(format!("remove {}", p.display()))(e))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// Starts a host's sshd again (after `stop_host`).
     pub fn start_host(&mut self, addr: Ipv4Addr) -> Result<()> {
         let i = self.index_of(addr)?;

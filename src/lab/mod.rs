@@ -7,7 +7,8 @@
 //! /var/lib/chatmail-lab, the host gets its own /etc/passwd and /etc/group (the machine's
 //! plus `vmail` and `opendkim`), an empty /root/.bashrc (the machine's runs `pyenv init`,
 //! ~100 ms per remote command) and the lab's stand-ins in /usr/local/sbin (`postfix
-//! set-permissions`, `postsuper -s`, the mail listener). So the guide's commands (tar,
+//! set-permissions`, `postsuper -s`, the mail listener, and an `rsync` wrapper that
+//! obeys a per-host link limit, see `Lab::set_link_limit`). So the guide's commands (tar,
 //! rsync, chown) run unchanged and never touch the machine's directories; the only trace
 //! on the machine is empty mount points and /run/sshd. The mounts exist only inside the
 //! namespaces and disappear with the hosts' last processes.

@@ -296,6 +296,22 @@ pub fn lab_processes(dir: &Path) -> Vec<(ProcRecord, String)> {
     out
 }
 
+/// Every process in the mount namespace of `pid` (a lab host's sshd): its sessions and
+/// whatever they run. Empty if `pid` is gone.
+pub fn namespace_processes(pid: i32) -> Vec<(ProcRecord, String)> {
+    let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    all_processes()
+        .into_iter()
+        .filter(|(p, _)| {
+            *p != me && fs::read_link(format!("/proc/{p}/ns/mnt")).is_ok_and(|n| n == ns)
+        })
+        .filter_map(|(p, argv)| Some((ProcRecord::of(p)?, argv.join(" "))))
+        .collect()
+}
+
 /// Whether any process on the machine still sees a mount out of the lab directory.
 pub fn lab_mounts_remain(dir: &Path) -> bool {
     let Some(key) = mount_key(dir) else {

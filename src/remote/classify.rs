@@ -41,6 +41,20 @@ const PERMANENT_MARKERS: [&str; 4] = [
     "Permission denied (publickey",
 ];
 
+/// The line of a failed command's output that says why: one naming a permanent cause
+/// (a full disk, a refused key) if any, else the last non-blank one. rsync ends with
+/// its summary ("rsync error: ... (code 11)") or a blank line after its progress
+/// updates, either of which alone hides the cause.
+pub fn telling_line(output_tail: &[String]) -> String {
+    output_tail
+        .iter()
+        .rev()
+        .find(|l| PERMANENT_MARKERS.iter().any(|m| l.contains(m)))
+        .or_else(|| output_tail.iter().rev().find(|l| !l.trim().is_empty()))
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default()
+}
+
 pub fn classify_exit(what: CommandKind, code: Option<i32>, output_tail: &[String]) -> ErrorKind {
     if output_tail
         .iter()

@@ -7,7 +7,7 @@ mod process;
 mod ssh;
 mod workspace;
 
-pub use classify::{classify_exit, CommandError, CommandKind};
+pub use classify::{classify_exit, telling_line, CommandError, CommandKind};
 pub use process::{run_process, LineSink, ProcessOutput};
 pub use ssh::{HostConn, SshError, SshPool, SshPoolConfig};
 pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

@@ -256,7 +256,7 @@ impl SshPool {
         if out.code == Some(0) {
             return Ok(out);
         }
-        let last = out.tail.last().cloned().unwrap_or_default();
+        let last = super::classify::telling_line(&out.tail);
         let mut kind = classify_exit(kind, out.code, &out.tail);
         if out.code == Some(255) && conn.session.check().await.is_err() {
             kind = ErrorKind::Transient;

@@ -49,12 +49,9 @@ pub struct WorkspacePool {
 }
 
 impl WorkspacePool {
-    /// Creates (or reuses) `k` worktrees of the checkout owning `cmdeploy` under `root`.
-    pub fn prepare(
-        cmdeploy: &Path,
-        root: &Path,
-        k: usize,
-    ) -> Result<WorkspacePool, WorkspaceError> {
+    /// The checkout owning `cmdeploy` and the script's path inside it; checks only,
+    /// creates nothing (so a run can refuse a wrong path before touching any state).
+    pub fn checkout_of(cmdeploy: &Path) -> Result<(PathBuf, PathBuf), WorkspaceError> {
         let not_checkout = || WorkspaceError::NotACheckout {
             path: cmdeploy.to_path_buf(),
         };
@@ -70,6 +67,17 @@ impl WorkspacePool {
             .strip_prefix(checkout)
             .map_err(|_| not_checkout())?
             .to_path_buf();
+        Ok((checkout.to_path_buf(), script))
+    }
+
+    /// Creates (or reuses) `k` worktrees of the checkout owning `cmdeploy` under `root`.
+    pub fn prepare(
+        cmdeploy: &Path,
+        root: &Path,
+        k: usize,
+    ) -> Result<WorkspacePool, WorkspaceError> {
+        let (checkout, script) = Self::checkout_of(cmdeploy)?;
+        let checkout = checkout.as_path();
         let mut dirs = Vec::with_capacity(k);
         for i in 0..k {
             let dir = root.join(format!("w{i}"));

@@ -371,7 +371,7 @@ impl Executor {
             message: format!(
                 "{program} on the controller failed ({}): {}",
                 out.code.map_or("killed".into(), |c| format!("exit {c}")),
-                out.tail.last().cloned().unwrap_or_default()
+                crate::remote::telling_line(&out.tail)
             ),
         })
     }
@@ -455,7 +455,7 @@ impl Executor {
         Err(StepError::permanent(format!(
             "cmdeploy failed ({}): {}",
             out.code.map_or("killed".into(), |c| format!("exit {c}")),
-            out.tail.last().cloned().unwrap_or_default()
+            crate::remote::telling_line(&out.tail)
         )))
     }
 
@@ -485,7 +485,7 @@ impl Executor {
             Some(0) => Ok(None),
             c => Err(StepError::permanent(format!(
                 "the {name} hook failed ({c:?}): {}",
-                out.tail.last().cloned().unwrap_or_default()
+                crate::remote::telling_line(&out.tail)
             ))),
         }
     }

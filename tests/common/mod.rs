@@ -3,3 +3,4 @@
 
 pub mod bind;
 pub mod lab;
+pub mod run;

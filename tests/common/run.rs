@@ -1,0 +1,166 @@
+//! Running migrations in tests: through the library (events collected) or the binary,
+//! inventory variants of a lab, and the data check every fault test ends with.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use cmfleet::events::Event;
+use cmfleet::inventory::{self, Inventory};
+use cmfleet::journal::{Journal, JournalData};
+use cmfleet::lab::Manifest;
+use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::scheduler::{Cancel, Outcome};
+use cmfleet::steps::Step;
+
+use super::lab::TestLab;
+
+/// The trees a migration moves (and that must be identical afterwards).
+pub const TREES: [&str; 4] = [
+    "/home/vmail/mail",
+    "/var/lib/acme",
+    "/etc/dkimkeys",
+    "/var/spool/postfix",
+];
+
+pub fn options(until: Step) -> MigrateOptions {
+    MigrateOptions {
+        from_step: None,
+        until_step: until,
+        restart: false,
+        dry_run: false,
+        force: false,
+    }
+}
+
+/// Runs migrate through the library, as `cmfleet migrate --yes` does; returns the
+/// outcome, the journal and every event.
+pub fn run(inv: &Inventory, until: Step) -> (Outcome, Journal, Vec<Event>) {
+    let relays = inventory::select(inv, None).expect("select");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let (outcome, journal) = rt
+        .block_on(migrate(inv, &relays, &options(until), rx, move |ev, _| {
+            if !matches!(ev, Event::Output { .. } | Event::Progress { .. }) {
+                seen.lock().expect("events").push(ev.clone());
+            }
+        }))
+        .unwrap_or_else(|e| panic!("migrate failed to run: {e}"));
+    let events = std::mem::take(&mut *events.lock().expect("events"));
+    (outcome, journal, events)
+}
+
+/// Failed attempts of `step` of `relay` in `events`: (kind, error, will_retry).
+pub fn failures(
+    events: &[Event],
+    relay: &str,
+    step: Step,
+) -> Vec<(cmfleet::events::ErrorKind, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepFailed {
+                relay: r,
+                step: s,
+                kind,
+                error,
+                will_retry,
+                ..
+            } if r == relay && *s == step => Some((*kind, error.clone(), *will_retry)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `cmfleet ARGS` (the binary): exit code and stdout + stderr.
+pub fn cmfleet(args: &[&str], inventory: &Path) -> (Option<i32>, String) {
+    let out = cmfleet_output(args, inventory);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+pub fn cmfleet_output(args: &[&str], inventory: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cmfleet"))
+        .args(args)
+        .arg("-i")
+        .arg(inventory)
+        .env_remove("CMFLEET_PROGRESS")
+        .output()
+        .expect("run cmfleet")
+}
+
+/// Writes a variant of the lab's inventory (`edit` gets the text) next to it.
+pub fn variant(lab: &TestLab, name: &str, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
+    let path = lab.path().join(name);
+    std::fs::write(&path, edit(text)).expect("write inventory");
+    path
+}
+
+/// Adds `lines` to the inventory's `[fleet]` and `[defaults]` tables.
+pub fn with_settings(text: String, fleet: &str, defaults: &str) -> String {
+    text.replace("[fleet]\n", &format!("[fleet]\n{fleet}"))
+        .replace("[defaults]\n", &format!("[defaults]\n{defaults}"))
+}
+
+/// Every relay's trees on NEW are exact copies of OLD's: nothing lost, nothing
+/// duplicated or resurrected. Returns the number of mail files compared.
+pub fn assert_trees_equal(lab: &TestLab) -> usize {
+    let mut files = 0;
+    for relay in lab.relays() {
+        files += assert_relay_equal(lab, relay.index);
+    }
+    files
+}
+
+/// One relay's trees on NEW equal OLD's; returns the number of mail files.
+pub fn assert_relay_equal(lab: &TestLab, index: usize) -> usize {
+    let relay = lab.relay(index).expect("relay");
+    let mut files = 0;
+    for tree in TREES {
+        let a = Manifest::of(&relay.old.path(tree)).expect("old manifest");
+        let b = Manifest::of(&relay.new.path(tree)).expect("new manifest");
+        let diff = a.diff(&b);
+        assert!(
+            diff.is_empty(),
+            "relay {} {tree} differs:\n{}",
+            relay.index,
+            diff.join("\n")
+        );
+        if tree == "/home/vmail/mail" {
+            files = a.files();
+        }
+    }
+    files
+}
+
+/// The journal as the next run would read it (unlocked).
+pub fn peek(inv: &Inventory) -> JournalData {
+    Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal")
+}
+
+/// Waits (polling) until `pred` holds for the relay's log, or panics after `secs`.
+pub fn wait_for_log(inv: &Inventory, relay: &str, secs: u64, pred: impl Fn(&str) -> bool) {
+    let log = inv
+        .fleet
+        .state_dir
+        .join("logs")
+        .join(format!("{relay}.log"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if pred(&std::fs::read_to_string(&log).unwrap_or_default()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never showed what the test waits for:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
