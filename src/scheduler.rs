@@ -122,45 +122,81 @@ impl Scheduler {
                     .extend(wave.into_iter().map(|j| j.relay.name));
                 continue;
             }
-            let mut tasks = JoinSet::new();
-            for job in wave {
-                if wave_no > 0 {
-                    self.events.send(Event::Waiting {
-                        relay: job.relay.name.clone(),
-                        reason: WaitReason::Wave(wave_no + 1),
-                    });
-                }
-                let ctx = RelayTask {
-                    gates: gates.clone(),
-                    runner: runner.clone(),
-                    events: self.events.clone(),
-                    cancel: self.cancel.clone(),
-                    retry: job.relay.settings.retry,
-                };
-                tasks.spawn(async move { (job.relay.name.clone(), ctx.drive(job).await) });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                let Ok((name, result)) = joined else { continue };
-                finished += 1;
-                match result {
-                    RelayResult::Done => outcome.done.push(name),
-                    RelayResult::Failed => outcome.failed.push(name),
-                    RelayResult::NotStarted => outcome.not_started.push(name),
-                }
-                if outcome.halted.is_none() {
-                    if let Some(why) = self.failure_rate_exceeded(&outcome, finished) {
-                        gates.halted.store(true, Ordering::SeqCst);
-                        self.events.send(Event::Halted {
-                            reason: why.clone(),
-                        });
-                        outcome.halted = Some(why);
-                    }
-                }
-            }
+            self.run_wave(wave, wave_no, &gates, &runner, &mut outcome, &mut finished)
+                .await;
         }
         outcome.not_started.extend(queue.map(|j| j.relay.name));
         outcome.interrupted = *self.cancel.borrow() > Cancel::None;
         outcome
+    }
+
+    /// Runs one wave: a relay's task is spawned only once it holds a fork slot, so
+    /// memory grows with `forks`, not with the fleet.
+    async fn run_wave(
+        &self,
+        wave: Vec<Job>,
+        wave_no: usize,
+        gates: &Arc<Gates>,
+        runner: &Arc<dyn StepRunner>,
+        outcome: &mut Outcome,
+        finished: &mut usize,
+    ) {
+        let mut queue = wave.into_iter();
+        for job in queue.as_slice().iter().skip(self.limits.forks) {
+            let reason = if wave_no > 0 {
+                WaitReason::Wave(wave_no + 1)
+            } else {
+                WaitReason::Forks
+            };
+            self.events.send(Event::Waiting {
+                relay: job.relay.name.clone(),
+                reason,
+            });
+        }
+        let mut tasks = JoinSet::new();
+        loop {
+            let may_start = queue.len() > 0
+                && !gates.halted.load(Ordering::SeqCst)
+                && *self.cancel.borrow() == Cancel::None;
+            tokio::select! {
+                fork = gates.forks.clone().acquire_owned(), if may_start => {
+                    let (Ok(fork), Some(job)) = (fork, queue.next()) else { break };
+                    let task = RelayTask {
+                        gates: gates.clone(),
+                        runner: runner.clone(),
+                        events: self.events.clone(),
+                        cancel: self.cancel.clone(),
+                        retry: job.relay.settings.retry,
+                    };
+                    tasks.spawn(async move { (job.relay.name.clone(), task.drive(job, fork).await) });
+                }
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    let Ok((name, result)) = joined else { continue };
+                    *finished += 1;
+                    match result {
+                        RelayResult::Done => outcome.done.push(name),
+                        RelayResult::Failed => outcome.failed.push(name),
+                        RelayResult::NotStarted => outcome.not_started.push(name),
+                    }
+                    self.check_failure_rate(gates, outcome, *finished);
+                }
+                else => break,
+            }
+        }
+        outcome.not_started.extend(queue.map(|j| j.relay.name));
+    }
+
+    fn check_failure_rate(&self, gates: &Gates, outcome: &mut Outcome, finished: usize) {
+        if outcome.halted.is_some() {
+            return;
+        }
+        if let Some(why) = self.failure_rate_exceeded(outcome, finished) {
+            gates.halted.store(true, Ordering::SeqCst);
+            self.events.send(Event::Halted {
+                reason: why.clone(),
+            });
+            outcome.halted = Some(why);
+        }
     }
 
     fn stopping(&self, outcome: &mut Outcome) -> bool {
@@ -216,20 +252,9 @@ struct RelayTask {
 }
 
 impl RelayTask {
-    async fn drive(mut self, job: Job) -> RelayResult {
+    /// Carries one relay through its steps; `_fork` is its slot among `forks`.
+    async fn drive(mut self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
         let name = job.relay.name.clone();
-        if self.gates.forks.available_permits() == 0 {
-            self.events.send(Event::Waiting {
-                relay: name.clone(),
-                reason: WaitReason::Forks,
-            });
-        }
-        let Ok(_fork) = self.gates.forks.clone().acquire_owned().await else {
-            return RelayResult::NotStarted;
-        };
-        if self.gates.halted.load(Ordering::SeqCst) {
-            return RelayResult::NotStarted;
-        }
         let mut cutover = None;
         let mut claim = None;
         let final_sync_ahead = job.steps.contains(&Step::FinalSync);
