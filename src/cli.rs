@@ -95,8 +95,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print cmfleet's man page (roff), e.g. `cmfleet man | man -l -`.
-    Man,
+    /// Print cmfleet's man page (roff), e.g. `cmfleet man | man -l -`, or a subcommand's
+    /// (`cmfleet man migrate`, `cmfleet man dns lower-ttl`).
+    Man {
+        /// The subcommand (and sub-subcommand) whose page to print; none for cmfleet's.
+        command: Vec<String>,
+    },
     /// A real fleet of relay hosts on this machine, for trying cmfleet (needs root).
     Lab {
         #[command(subcommand)]

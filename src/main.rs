@@ -129,9 +129,20 @@ fn run(cli: Cli) -> Result<i32> {
             clap_complete::generate(shell, &mut cmd, "cmfleet", &mut std::io::stdout());
             Ok(exit::OK)
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+        Command::Man { command } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Built, so subcommands carry the global options and their full name.
+            cmd.build();
+            let mut title = "cmfleet".to_string();
+            for name in &command {
+                cmd = cmd
+                    .find_subcommand(name)
+                    .cloned()
+                    .with_context(|| format!("no subcommand {title} {name}"))?;
+                title = format!("{title}-{name}");
+            }
+            let man = clap_mangen::Man::new(cmd).title(title);
+            match man.render(&mut std::io::stdout()) {
                 // `cmfleet man | head` is not an error.
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                     Err(anyhow::Error::new(e).context("cannot write the man page"))
