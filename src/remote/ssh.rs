@@ -93,6 +93,8 @@ type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
 pub struct SshPool {
     config_file: PathBuf,
     known_hosts: PathBuf,
+    /// `known_hosts` through a link in `control_dir`, a path ssh cannot misparse.
+    known_hosts_link: PathBuf,
     control_dir: tempfile::TempDir,
     auth_sock: Option<PathBuf>,
     slots: std::sync::Mutex<HashMap<String, Slot>>,
@@ -123,9 +125,16 @@ impl SshPool {
             .prefix("cmf-")
             .tempdir_in("/tmp")
             .map_err(setup(Path::new("/tmp")))?;
+        // ssh splits `-o UserKnownHostsFile=PATH` (all the crate can pass) at spaces
+        // and quotes: it gets a link with a plain path to the state dir's file.
+        let known_hosts = cfg.state_dir.join("known_hosts");
+        let known_hosts_link = control_dir.path().join("known_hosts");
+        std::os::unix::fs::symlink(&known_hosts, &known_hosts_link)
+            .map_err(setup(&known_hosts_link))?;
         Ok(SshPool {
             config_file,
-            known_hosts: cfg.state_dir.join("known_hosts"),
+            known_hosts,
+            known_hosts_link,
             control_dir,
             auth_sock: cfg.auth_sock.clone(),
             slots: std::sync::Mutex::new(HashMap::new()),
@@ -176,7 +185,7 @@ impl SshPool {
             }
         }
         let session = self.builder(host, policy, timeout).connect(&host.ssh).await;
-        let session = session.map_err(|e| connect_error(&dest, e))?;
+        let session = session.map_err(|e| connect_error(&dest, e, &self.known_hosts))?;
         let conn = Arc::new(HostConn {
             session,
             dest,
@@ -191,7 +200,7 @@ impl SshPool {
         b.user(host.user.clone())
             .port(host.port)
             .config_file(&self.config_file)
-            .user_known_hosts_file(&self.known_hosts)
+            .user_known_hosts_file(&self.known_hosts_link)
             .known_hosts_check(match policy {
                 HostKeyPolicy::AcceptNew => KnownHosts::Add,
                 HostKeyPolicy::Strict => KnownHosts::Strict,
@@ -308,12 +317,19 @@ impl SshPool {
     }
 }
 
-fn connect_error(dest: &str, e: openssh::Error) -> SshError {
+fn connect_error(dest: &str, e: openssh::Error, known_hosts: &Path) -> SshError {
     let mut message = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {
         message = format!("{message}: {s}");
         source = s.source();
+    }
+    if let Some(changed) = changed_host_key(dest, &message, known_hosts) {
+        return SshError::Connect {
+            dest: dest.to_string(),
+            kind: ErrorKind::Permanent,
+            message: changed,
+        };
     }
     let kind = match &e {
         openssh::Error::Connect(io) => match io.kind() {
@@ -330,6 +346,34 @@ fn connect_error(dest: &str, e: openssh::Error) -> SshError {
         kind,
         message,
     }
+}
+
+/// ssh's many-line "REMOTE HOST IDENTIFICATION HAS CHANGED" banner, said in one line
+/// that names the host and the key it offers now (reports cut long lines: the banner's
+/// @@@ would hide both).
+fn changed_host_key(dest: &str, message: &str, known_hosts: &Path) -> Option<String> {
+    if !message.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        return None;
+    }
+    let words: Vec<&str> = message.split_whitespace().collect();
+    let fingerprint = words
+        .iter()
+        .find(|w| w.starts_with("SHA256:") || w.starts_with("MD5:"))
+        .map_or("(not shown by ssh)", |w| w.trim_end_matches('.'));
+    let key_type = words
+        .windows(4)
+        .find(|w| w[0] == "for" && w[1] == "the" && w[3] == "key")
+        .map_or("the offered key", |w| w[2]);
+    let host = dest.split('@').nth(1).unwrap_or(dest);
+    let host = host.strip_suffix(":22").unwrap_or(host);
+    Some(format!(
+        "host key changed, refused: {key_type} {fingerprint} is not the key of {host} in {} \
+         (hint: if the machine was reinstalled, check that fingerprint on its console, then \
+         remove the old key with `ssh-keygen -R {host} -f {}`; otherwise someone may be \
+         intercepting the connection)",
+        known_hosts.display(),
+        crate::shell::quote(&known_hosts.display().to_string())
+    ))
 }
 
 /// The master's ssh options beyond what the builder sets. Agent forwarding must be

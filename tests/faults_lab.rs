@@ -1,0 +1,497 @@
+//! Faults a night-long fleet migration meets, injected on the lab: hosts crashing mid
+//! transfer, an unreachable OLD at the cutover, a full disk, cmdeploy failing, the
+//! controller killed at random points, a slow link. Each test ends with the relay done
+//! or in a clearly reported state, the journal consistent, and (once the fault is gone)
+//! NEW holding exactly OLD's data: no message lost, duplicated or resurrected.
+//!
+//! The full SIGKILL sweep: `CMFLEET_SIGKILL_POINTS=12 cargo test --test faults_lab sigkill`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cmfleet::events::ErrorKind;
+use cmfleet::inventory::Inventory;
+use cmfleet::journal::{RelayState, StepStatus};
+use cmfleet::lab::{Activity, DataOptions, Lab};
+use cmfleet::steps::Step;
+use common::lab::TestLab;
+use common::run::{
+    assert_relay_equal, assert_trees_equal, cmfleet, failures, peek, run, variant, wait_for_log,
+    with_settings,
+};
+
+/// Transient failures get enough attempts to outlive a host down for a few seconds.
+const RETRY: &str = "retry = { attempts = 6, backoff = \"1s\", max_backoff = \"2s\" }\n";
+
+/// Crashes the host at `addr` of the lab in `dir` (sessions and transfers die with it)
+/// and starts it again `down_for` later.
+fn crash_and_restart(dir: &std::path::Path, addr: std::net::Ipv4Addr, down_for: Duration) {
+    let mut lab = Lab::open(dir).expect("open lab");
+    lab.crash_host(addr).expect("crash host");
+    std::thread::sleep(down_for);
+    lab.start_host(addr).expect("start host again");
+}
+
+fn assert_all_transient_and_retried(f: &[(ErrorKind, String, bool)], what: &str) {
+    assert!(!f.is_empty(), "{what}: the crash caused no failed attempt");
+    for (kind, error, will_retry) in f {
+        assert_eq!(*kind, ErrorKind::Transient, "{what}: {error}");
+        assert!(*will_retry, "{what}: not retried: {error}");
+    }
+}
+
+/// NEW crashes while step 1's rsync pushes to it (OLD's link is slowed so the
+/// transfer lasts seconds) and comes back 2 s later: retried, completes, exact copy.
+#[test]
+fn new_host_crash_mid_step_1_is_retried_and_the_copy_is_exact() {
+    let lab = TestLab::start_with(
+        1,
+        DataOptions {
+            users: 6,
+            messages: 25,
+            message_size: 8192,
+            seed: 3,
+        },
+    );
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| with_settings(t, "", RETRY));
+    let inv = Inventory::load(&path).expect("inventory");
+    lab.set_link_limit(relay.old.addr, Some(400))
+        .expect("slow link");
+    let watcher = std::thread::spawn({
+        let (inv, dir, domain, new) = (
+            inv.clone(),
+            lab.path().to_path_buf(),
+            relay.mail_domain.clone(),
+            relay.new.addr,
+        );
+        move || {
+            wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aH --delete"));
+            std::thread::sleep(Duration::from_millis(300));
+            crash_and_restart(&dir, new, Duration::from_secs(2));
+        }
+    });
+    let (outcome, journal, events) = run(&inv, Step::Activate);
+    watcher.join().expect("watcher");
+    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
+    let f = failures(&events, &relay.mail_domain, Step::InitialSync);
+    assert_all_transient_and_retried(&f, "step 1");
+    let rec = &journal.data.relays[&relay.mail_domain];
+    assert!(rec.step(Step::InitialSync).attempts >= 2);
+    assert!(Step::ALL
+        .iter()
+        .all(|s| rec.step(*s).status == StepStatus::Done || *s == Step::Dns));
+    assert_eq!(rec.state(), RelayState::Done);
+    let files = assert_trees_equal(&lab);
+    assert_eq!(
+        files,
+        6 * 25 + 6 * 4,
+        "every message and state file arrived"
+    );
+}
+
+/// NEW crashes during the final sync (inside the downtime window) and comes back:
+/// retried, the relay comes up on NEW with exactly OLD's mail, including the mail
+/// that arrived after step 1.
+#[test]
+fn new_host_crash_mid_step_4_is_retried_and_the_copy_is_exact() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| with_settings(t, "", RETRY));
+    let inv = Inventory::load(&path).expect("inventory");
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    // Mail keeps arriving after the initial sync: step 4 has ~1.2 MB to move.
+    let report = lab
+        .simulate_activity(
+            1,
+            &Activity {
+                new_messages: 150,
+                seen: 3,
+                flag_changes: 3,
+                deletions: 2,
+                message_size: 8192,
+                seed: 9,
+            },
+        )
+        .expect("activity");
+    assert_eq!(report.created.len(), 150);
+    lab.set_link_limit(relay.old.addr, Some(400))
+        .expect("slow link");
+    let watcher = std::thread::spawn({
+        let (inv, dir, domain, new) = (
+            inv.clone(),
+            lab.path().to_path_buf(),
+            relay.mail_domain.clone(),
+            relay.new.addr,
+        );
+        move || {
+            wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aHR --delete"));
+            std::thread::sleep(Duration::from_millis(300));
+            crash_and_restart(&dir, new, Duration::from_secs(2));
+        }
+    });
+    let (outcome, journal, events) = run(&inv, Step::Activate);
+    watcher.join().expect("watcher");
+    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
+    let f = failures(&events, &relay.mail_domain, Step::FinalSync);
+    assert_all_transient_and_retried(&f, "step 4");
+    let rec = &journal.data.relays[&relay.mail_domain];
+    assert!(rec.step(Step::FinalSync).attempts >= 2);
+    assert_eq!(rec.state(), RelayState::Done);
+    assert!(rec.downtime().is_some());
+    assert_trees_equal(&lab);
+    let new = lab.host_state(relay.new.addr).expect("new state");
+    assert!(new.active, "{new:?}");
+}
+
+/// OLD cannot be reached when step 3 is due: the relay is not cut over, mail on OLD
+/// is never disabled (OLD keeps serving), the failure is reported at step 3 with its
+/// kind, and once OLD is back the migration finishes.
+#[test]
+fn old_unreachable_at_step_3_is_not_cut_over() {
+    let mut lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| {
+        with_settings(
+            t,
+            "",
+            "retry = { attempts = 2, backoff = \"1s\", max_backoff = \"1s\" }\n",
+        )
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    lab.stop_host(relay.old.addr).expect("stop OLD");
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    lab.start_host(relay.old.addr).expect("start OLD");
+    assert_eq!(code, Some(2), "{text}");
+    let data = peek(&inv);
+    let rec = &data.relays[&relay.mail_domain];
+    assert_eq!(rec.failed_step(), Some(Step::DisableOld), "{rec:#?}");
+    let s3 = rec.step(Step::DisableOld);
+    let error = s3.error.clone().unwrap_or_default();
+    assert!(
+        error.contains(&relay.old.addr.to_string()),
+        "the error names OLD: {error}"
+    );
+    assert!(s3.error_kind.is_some());
+    assert!(text.contains("disable-old: FAILED"), "{text}");
+    // Nothing after step 3 ran; NEW is not active; OLD still serves mail.
+    for s in [Step::FinalSync, Step::Dns, Step::Activate] {
+        assert_eq!(rec.step(s).attempts, 0, "{s:?} ran: {rec:#?}");
+    }
+    let old = lab.host_state(relay.old.addr).expect("old state");
+    assert!(!old.mail_disabled, "mail on OLD was disabled: {old:?}");
+    assert!(!lab.host_state(relay.new.addr).expect("new").active);
+    // The journal stays on the safe side: step 3 was attempted and cmfleet cannot
+    // prove what an interrupted `cmdeploy --disable-mail` left, so the relay counts
+    // as DOWN and the report offers both ways out.
+    assert_eq!(rec.state(), RelayState::Down);
+    assert!(text.contains("cmfleet rollback -i"), "{text}");
+    // OLD is back: the migration finishes from step 3.
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(0), "{text}");
+    assert_trees_equal(&lab);
+}
+
+/// NEW's disk is full at the final sync: a permanent failure (not retried), the relay
+/// is DOWN and reported so with the rollback command; the rollback puts it back on
+/// OLD; with the disk fixed, migrating again finishes with an exact copy.
+#[test]
+fn new_disk_full_at_step_4_is_down_reported_and_rolled_back() {
+    let mut lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| with_settings(t, "", RETRY));
+    let inv = Inventory::load(&path).expect("inventory");
+    // Steps 1-2 on the normal disk (step 1's preflight would refuse a tiny one).
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    // NEW restarts with an empty 16 KiB tmpfs over /home/vmail.
+    lab.set_vmail_tmpfs(relay.new.addr, Some(16 * 1024))
+        .expect("tiny disk");
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(2), "{text}");
+    let data = peek(&inv);
+    let rec = &data.relays[&relay.mail_domain];
+    let s4 = rec.step(Step::FinalSync);
+    assert_eq!(s4.status, StepStatus::Failed, "{rec:#?}");
+    assert_eq!(s4.error_kind, Some(ErrorKind::Permanent), "{rec:#?}");
+    assert_eq!(s4.attempts, 1, "a full disk is not retried");
+    assert_eq!(rec.state(), RelayState::Down);
+    let rollback = format!("cmfleet rollback -i {}", path.display());
+    assert!(text.contains("DOWN"), "{text}");
+    assert!(text.contains(&rollback), "{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(lab.host_state(relay.old.addr).expect("old").mail_disabled);
+
+    let (code, text) = cmfleet(&["rollback", "--limit", &relay.mail_domain], &path);
+    assert_eq!(code, Some(0), "{text}");
+    let old = lab.host_state(relay.old.addr).expect("old");
+    assert!(!old.mail_disabled, "{old:?}");
+    assert!(cmfleet::lab::port_accepts(relay.old.addr, 25));
+    let data = peek(&inv);
+    let rec = &data.relays[&relay.mail_domain];
+    assert_eq!(rec.rollbacks.len(), 1, "{rec:#?}");
+    assert_ne!(rec.state(), RelayState::Down);
+
+    // The disk is fixed (NEW's normal disk still holds step 1's copy): migrate again.
+    lab.set_vmail_tmpfs(relay.new.addr, None)
+        .expect("normal disk");
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(0), "{text}");
+    assert_trees_equal(&lab);
+    assert_eq!(
+        peek(&inv).relays[&relay.mail_domain].state(),
+        RelayState::Done
+    );
+}
+
+/// The stand-in cmdeploy fails (exit 1) at step 2 for relay 1, at step 3 for relay 2,
+/// at step 6 for relay 3. Each fails at that step with cmdeploy's message; relays 1
+/// and 2 keep OLD serving mail, relay 3 is DOWN and reported so. Without the faults,
+/// the next run finishes all three.
+#[test]
+fn cmdeploy_failing_at_steps_2_3_6() {
+    let lab = TestLab::start(3);
+    let relays = lab.relays();
+    let inv = Inventory::load(&lab.inventory()).expect("inventory");
+    let (r1, r2, r3) = (&relays[0], &relays[1], &relays[2]);
+    let msg = |n: u8| format!("injected failure at step {n}");
+    lab.set_cmdeploy_fault(&r1.new.addr.to_string(), &msg(2))
+        .expect("fault");
+    lab.set_cmdeploy_fault(&r2.old.addr.to_string(), &msg(3))
+        .expect("fault");
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert_eq!(outcome.failed, vec![r1.mail_domain.clone()]);
+    drop(journal);
+    lab.set_cmdeploy_fault(&r3.new.addr.to_string(), &msg(6))
+        .expect("fault");
+    let (code, text) = cmfleet(
+        &["migrate", "--yes", "--progress", "plain"],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    let data = peek(&inv);
+    for (r, step, n) in [
+        (r1, Step::Preconfigure, 2),
+        (r2, Step::DisableOld, 3),
+        (r3, Step::Activate, 6),
+    ] {
+        let rec = &data.relays[&r.mail_domain];
+        assert_eq!(rec.failed_step(), Some(step), "{rec:#?}");
+        let s = rec.step(step);
+        let error = s.error.clone().unwrap_or_default();
+        assert!(error.contains(&msg(n)), "{error}");
+        assert_eq!(s.error_kind, Some(ErrorKind::Permanent));
+        assert!(
+            text.contains(&msg(n)),
+            "the report shows the message:\n{text}"
+        );
+    }
+    // Relay 1: never started its cutover. Relay 2: cmdeploy failed before touching
+    // OLD; as with any step-3 failure the journal counts it DOWN (see
+    // old_unreachable_at_step_3_is_not_cut_over), but nothing was disabled.
+    for r in [r1, r2] {
+        let old = lab.host_state(r.old.addr).expect("old");
+        assert!(!old.mail_disabled, "{old:?}");
+        assert!(!lab.host_state(r.new.addr).expect("new").active);
+    }
+    assert_eq!(data.relays[&r1.mail_domain].state(), RelayState::Staged);
+    assert_eq!(data.relays[&r2.mail_domain].state(), RelayState::Down);
+    assert_eq!(
+        data.relays[&r2.mail_domain].step(Step::FinalSync).attempts,
+        0
+    );
+    // Relay 3: OLD disabled, data and DNS moved, NEW not active: DOWN, and said so.
+    let rec3 = &data.relays[&r3.mail_domain];
+    assert_eq!(rec3.state(), RelayState::Down);
+    assert!(lab.host_state(r3.old.addr).expect("old").mail_disabled);
+    assert!(!lab.host_state(r3.new.addr).expect("new").active);
+    assert!(
+        text.contains(&format!("{}  DOWN", r3.mail_domain)),
+        "relay 3 reported DOWN:\n{text}"
+    );
+    assert_relay_equal(&lab, 3);
+
+    for r in [r1, r2, r3] {
+        lab.clear_cmdeploy_fault(&r.new.addr.to_string())
+            .expect("clear");
+        lab.clear_cmdeploy_fault(&r.old.addr.to_string())
+            .expect("clear");
+    }
+    let (code, text) = cmfleet(
+        &["migrate", "--yes", "--progress", "plain"],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert_trees_equal(&lab);
+    assert!(peek(&inv)
+        .relays
+        .values()
+        .all(|r| r.state() == RelayState::Done));
+}
+
+/// A tiny deterministic generator (splitmix64): the kill points depend on the seed only.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The controller is SIGKILLed at seeded random points across a 6-relay migration
+/// (CMFLEET_SIGKILL_POINTS times, default 3; seed CMFLEET_SIGKILL_SEED), each time
+/// started again; then one last run finishes. Every relay ends done with exact data,
+/// and the journal is readable after every kill.
+#[test]
+fn sigkill_at_random_points_then_migrate_again_finishes_exactly() {
+    let points = env_u64("CMFLEET_SIGKILL_POINTS", 3);
+    let seed = env_u64("CMFLEET_SIGKILL_SEED", 20240907);
+    let lab = TestLab::start_with(
+        6,
+        DataOptions {
+            users: 4,
+            messages: 10,
+            message_size: 4096,
+            seed: 5,
+        },
+    );
+    let path = variant(&lab, "sweep.toml", |t| {
+        with_settings(t, "forks = 3\ncutovers = 2\n", RETRY)
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let bin = env!("CARGO_BIN_EXE_cmfleet");
+    let mut rng = SplitMix(seed);
+    let mut seen = Vec::new();
+    for point in 0..points {
+        // Kill after 0.3 to 3.3 s of a run: anywhere from the preflight to activation.
+        let after = Duration::from_millis(300 + rng.next() % 3000);
+        let started = Instant::now();
+        let mut child = std::process::Command::new(bin)
+            .args(["migrate", "--yes", "--progress", "plain", "-i"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start cmfleet");
+        let finished = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if started.elapsed() >= after {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if finished.is_none() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+        // Readable, consistent, never half-written.
+        let data = peek(&inv);
+        let where_: Vec<String> = data
+            .relays
+            .iter()
+            .map(|(n, r)| format!("{n}:{:?}", r.next_step().map(|s| s.number())))
+            .collect();
+        eprintln!(
+            "kill point {}: after {} ms ({}): {}",
+            point + 1,
+            after.as_millis(),
+            if finished.is_some() {
+                "run had finished"
+            } else {
+                "killed"
+            },
+            where_.join(" ")
+        );
+        seen.push(where_);
+        for r in data.relays.values() {
+            if r.state() == RelayState::Done {
+                assert!(r.downtime().is_some());
+            }
+        }
+    }
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(0), "{text}");
+    let data = peek(&inv);
+    assert_eq!(data.relays.len(), 6);
+    assert!(data.relays.values().all(|r| r.state() == RelayState::Done));
+    assert_trees_equal(&lab);
+}
+
+/// One relay's OLD sends over a slow link (16 KiB/s): with 2 transfer slots for 3
+/// relays, the slow host holds one slot, not the fleet. The others are never queued
+/// behind it, copy faster and finish before it. (Relative timings
+/// only: on a loaded CI machine everything is slow, the slow link is slower still.)
+#[test]
+fn a_slow_host_does_not_delay_the_others() {
+    let lab = TestLab::start_with(
+        3,
+        DataOptions {
+            users: 2,
+            messages: 10,
+            message_size: 4096,
+            seed: 8,
+        },
+    );
+    let relays = lab.relays();
+    let path = variant(&lab, "slow.toml", |t| {
+        with_settings(t, "transfers = 2\n", "")
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    lab.set_link_limit(relays[0].old.addr, Some(16))
+        .expect("slow link");
+    let started = Instant::now();
+    let (outcome, journal, _) = run(&inv, Step::Activate);
+    eprintln!(
+        "3 relays, one slow: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(outcome.done.len(), 3, "{outcome:?}\n{:#?}", journal.data);
+    let span = |r: &cmfleet::journal::RelayRecord, s: Step| {
+        let rec = r.step(s);
+        (
+            rec.started_ms.expect("started"),
+            rec.finished_ms.expect("finished"),
+        )
+    };
+    let slow = &journal.data.relays[&relays[0].mail_domain];
+    let (slow_start, slow_end) = span(slow, Step::InitialSync);
+    let slow_up = slow.up_again_ms.expect("slow relay up");
+    for r in &relays[1..] {
+        let rec = &journal.data.relays[&r.mail_domain];
+        let (start, end) = span(rec, Step::InitialSync);
+        let msg = format!(
+            "{}: step 1 {start}-{end}, slow relay's {slow_start}-{slow_end}",
+            r.mail_domain
+        );
+        assert!(start < slow_end, "queued behind the slow relay: {msg}");
+        assert!(
+            end - start < slow_end - slow_start,
+            "not faster than the slow link: {msg}"
+        );
+        assert!(
+            rec.up_again_ms.expect("up") < slow_up,
+            "finished after the slow relay: {msg}"
+        );
+    }
+    assert_trees_equal(&lab);
+}
