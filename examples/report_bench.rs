@@ -102,6 +102,7 @@ fn main() {
             inventory: "fleet.toml".into(),
             relays: names.clone(),
             state_dir: state.clone(),
+            until_step: cmfleet::steps::Step::Activate,
         };
         let mut reporter = Reporter::with_writer(mode, ctx, Box::new(std::io::sink()));
         let start = Instant::now();
@@ -138,6 +139,7 @@ fn paced(names: &[String], evs: &[Event], state: &std::path::Path) {
         inventory: "fleet.toml".into(),
         relays: names.to_vec(),
         state_dir: state.to_path_buf(),
+        until_step: cmfleet::steps::Step::Activate,
     };
     let mut reporter = Reporter::with_writer(ProgressMode::Live, ctx, Box::new(std::io::sink()));
     let start = Instant::now();
@@ -215,6 +217,7 @@ mod demo {
             inventory: "fleet.toml".into(),
             relays: names.clone(),
             state_dir: state.clone(),
+            until_step: cmfleet::steps::Step::Activate,
         };
         let mut reporter = Reporter::new(mode, ctx);
         let mut send = |reporter: &mut Reporter, ev: Event| {

@@ -43,6 +43,7 @@ fn ctx(state_dir: PathBuf, relays: &[&str]) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: relays.iter().map(|s| s.to_string()).collect(),
         state_dir,
+        until_step: cmfleet::steps::Step::Activate,
     }
 }
 

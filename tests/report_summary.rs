@@ -109,6 +109,7 @@ fn ctx(state_dir: &Path) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: NAMES.iter().map(|s| s.to_string()).collect(),
         state_dir: state_dir.to_path_buf(),
+        until_step: cmfleet::steps::Step::Activate,
     }
 }
 
@@ -173,6 +174,7 @@ fn all_done_means_exit_zero_and_nothing_to_do() {
             inventory: "fleet.toml".into(),
             relays: vec!["c1.example.org".into(), "c2.example.org".into()],
             state_dir: "/var/lib/cmfleet".into(),
+            until_step: cmfleet::steps::Step::Activate,
         },
         &j,
         &RunStats {

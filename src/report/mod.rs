@@ -79,6 +79,9 @@ pub struct ReportContext {
     pub relays: Vec<String>,
     /// The fleet's state directory (logs, `failed.txt`).
     pub state_dir: PathBuf,
+    /// The last step this run was asked to reach (`--until-step`): a relay that got
+    /// there succeeded, even if it is not migrated yet (pre-staging).
+    pub until_step: crate::steps::Step,
 }
 
 /// Facts about the run that the journal does not hold.

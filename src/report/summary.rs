@@ -158,7 +158,13 @@ impl Summary {
             median_ms: median(&windows),
             max_ms: windows[windows.len() - 1],
         });
-        let next = advice(&counts, &inv, &failed_file, stats.interrupted);
+        let next = advice(
+            &counts,
+            &inv,
+            &failed_file,
+            stats.interrupted,
+            ctx.until_step,
+        );
         Summary {
             version: REPORT_VERSION,
             inventory: ctx.inventory.clone(),
@@ -217,12 +223,14 @@ fn relay_summary(
 ) -> RelaySummary {
     let state = rec.state();
     let failed = rec.failed_step();
+    let reached_target = rec.next_step().is_none_or(|next| next > ctx.until_step);
     let outcome = match state {
         RelayState::Done if rec.up_again_ms.is_some_and(|t| t < stats.started_ms) => {
             Outcome::AlreadyDone
         }
         RelayState::Done => Outcome::Succeeded,
         _ if failed.is_some() => Outcome::Failed,
+        _ if reached_target && state != RelayState::NotStarted => Outcome::Succeeded,
         RelayState::NotStarted => Outcome::NotStarted,
         _ => Outcome::Incomplete,
     };
@@ -279,7 +287,13 @@ fn relay_summary(
     }
 }
 
-fn advice(c: &Counts, inv: &str, failed_file: &std::path::Path, interrupted: bool) -> String {
+fn advice(
+    c: &Counts,
+    inv: &str,
+    failed_file: &std::path::Path,
+    interrupted: bool,
+    until: Step,
+) -> String {
     let retry = format!(
         "cmfleet migrate -i {inv} --limit {}",
         quote(&format!("@{}", failed_file.display()))
@@ -315,7 +329,11 @@ fn advice(c: &Counts, inv: &str, failed_file: &std::path::Path, interrupted: boo
             plural(c.not_started)
         ));
     }
-    if todo.is_empty() {
+    if todo.is_empty() && until < Step::Activate {
+        format!(
+            "every selected relay reached step {until}; when the time comes, cut over with: cmfleet migrate -i {inv}"
+        )
+    } else if todo.is_empty() {
         "nothing: every selected relay is migrated.".to_string()
     } else {
         todo.join("; then ")
