@@ -21,7 +21,19 @@ use cmfleet::ttl::TtlOutcome;
 use cmfleet::{exit, lab, plan};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own exit code for usage errors is 2, which cmfleet reserves for
+    // "some relays failed": usage errors exit 1 here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE as u8
+            } else {
+                exit::OK as u8
+            });
+        }
+    };
     init_logging(&cli.global);
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
@@ -196,6 +208,7 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
         inventory: args.target.inventory.clone(),
         relays: relays.iter().map(|r| r.name.clone()).collect(),
         state_dir: inv.fleet.state_dir.clone(),
+        until_step: opts.until_step,
     };
     let mut reporter = Reporter::new(progress_mode(args.progress), ctx);
     if let Some(on) = color {
