@@ -67,7 +67,30 @@ fn new_host_crash_mid_step_1_is_retried_and_the_copy_is_exact() {
             relay.new.addr,
         );
         move || {
-            wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aH --delete"));
+            let waited = std::panic::catch_unwind(|| {
+                wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aH "))
+            });
+            if let Err(e) = waited {
+                // Diagnostics for a run that never reached its transfer.
+                let lab = Lab::open(&dir).expect("open lab");
+                for host in lab.hosts() {
+                    eprintln!(
+                        "--- {} sshd log:\n{}",
+                        host.addr,
+                        std::fs::read_to_string(host.sshd_log()).unwrap_or_default()
+                    );
+                }
+                let ps = std::process::Command::new("ps")
+                    .args(["-eo", "pid,ppid,stat,etime,args"])
+                    .output()
+                    .expect("ps");
+                for l in String::from_utf8_lossy(&ps.stdout).lines() {
+                    if l.contains("ssh") || l.contains("rsync") || l.contains("cmdeploy") {
+                        eprintln!("{l}");
+                    }
+                }
+                std::panic::resume_unwind(e);
+            }
             std::thread::sleep(Duration::from_millis(300));
             crash_and_restart(&dir, new, Duration::from_secs(2));
         }
@@ -128,7 +151,7 @@ fn new_host_crash_mid_step_4_is_retried_and_the_copy_is_exact() {
             relay.new.addr,
         );
         move || {
-            wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aHR --delete"));
+            wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aHR "));
             std::thread::sleep(Duration::from_millis(300));
             crash_and_restart(&dir, new, Duration::from_secs(2));
         }
