@@ -309,8 +309,46 @@ impl Lab {
         )?);
         self.state.save()?;
         self.start_hosts(None)?;
+        self.serve_mail_on_old_hosts()?;
         write(&self.inventory(), &inventory_file::render(&self.state))?;
         self.state.save()
+    }
+
+    /// OLD hosts are production relays: configured, active, answering on 25, 465 and
+    /// 993, so that disabling mail at step 3 is a real, checkable change. Done with the
+    /// stand-in's host side directly, all hosts at once.
+    fn serve_mail_on_old_hosts(&self) -> Result<()> {
+        let script = self.checkout().join("venv/lib/cmdeploy-lab/remote.sh");
+        let mut children = Vec::new();
+        for h in self.state.hosts.iter().filter(|h| h.side == Side::Old) {
+            let stdin = fs::File::open(&script)
+                .map_err(LabError::io(format!("open {}", script.display())))?;
+            let child = self
+                .ssh(h.addr, &["-o", "BatchMode=yes"])
+                .arg(format!(
+                    "bash -s -- 0 0 install,configure,activate {} 'lab up'",
+                    crate::shell::quote(&self.state.dir.display().to_string())
+                ))
+                .stdin(stdin)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(LabError::io("run ssh"))?;
+            children.push((h.addr, child));
+        }
+        for (addr, child) in children {
+            let out = child
+                .wait_with_output()
+                .map_err(LabError::io("wait for ssh"))?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    command: format!("activate the old host {addr}"),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Writes the OLD hosts' data, spread over the machine's cores.
