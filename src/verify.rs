@@ -117,8 +117,8 @@ async fn ports_finding(host: &Host, want_open: bool) -> Finding {
 async fn mailbox_finding(ssh: &SshPool, relay: &Relay) -> Finding {
     const CHECK: &str = "mailboxes";
     let ((f_old, old), (f_new, new)) = tokio::join!(
-        ssh_host(ssh, relay, &relay.old, CHECK),
-        ssh_host(ssh, relay, &relay.new, CHECK)
+        ssh_host(ssh, relay, &relay.old, CHECK, || {}),
+        ssh_host(ssh, relay, &relay.new, CHECK, || {})
     );
     let (Some(old), Some(new)) = (old, new) else {
         let mut f = if f_old.status == crate::check::Status::Fail {

@@ -27,6 +27,7 @@ pub(crate) async fn ssh_host(
     relay: &Relay,
     host: &Host,
     check: &str,
+    on_wait: impl Fn(),
 ) -> (Finding, Option<Arc<HostConn>>) {
     let known = !ssh.known_host_lines(host).is_empty();
     let s = &relay.settings;
@@ -36,7 +37,7 @@ pub(crate) async fn ssh_host(
             relay.group.as_deref(),
             s.host_key_policy,
             s.connect_timeout,
-            || {},
+            on_wait,
         )
         .await
     {
@@ -354,9 +355,11 @@ pub async fn relay_findings(
     sink: &LineSink,
 ) -> Vec<Finding> {
     let mut out = config_findings(cmdeploy, relay);
+    // Held back by the connection rate: say so, the relay is waiting, not stuck.
+    let wait = || sink.waiting(crate::events::WaitReason::ConnectRate);
     let ((f_old, old), (f_new, new), dns) = tokio::join!(
-        ssh_host(ssh, relay, &relay.old, "ssh old"),
-        ssh_host(ssh, relay, &relay.new, "ssh new"),
+        ssh_host(ssh, relay, &relay.old, "ssh old", wait),
+        ssh_host(ssh, relay, &relay.new, "ssh new", wait),
         dns_findings(relay),
     );
     out.push(f_old);

@@ -36,6 +36,14 @@ impl LineSink {
         }
     }
 
+    /// Tells the world the relay waits on a limit (not running, not stuck).
+    pub fn waiting(&self, reason: crate::events::WaitReason) {
+        self.events.send(Event::Waiting {
+            relay: self.relay.clone(),
+            reason,
+        });
+    }
+
     fn line(&self, line: &str) {
         self.log(line);
         if let Some((bytes, percent, rate)) = parse_progress(line) {
