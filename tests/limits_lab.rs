@@ -73,7 +73,7 @@ fn new_ssh_connections_are_rate_limited_and_relays_say_they_wait() {
 /// are killed (not orphaned) and the journal records the step as interrupted.
 #[test]
 fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
-    let mut lab = TestLab::start(1);
+    let lab = TestLab::start(1);
     let relay = lab.relays()[0].clone();
     // A slow link keeps step 1 busy long enough to interrupt it.
     lab.set_link_limit(relay.old.addr, Some(16))
