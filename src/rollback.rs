@@ -26,7 +26,7 @@ use crate::events::EventSink;
 use crate::inventory::{DnsProviderKind, Inventory, MailDomain, Relay};
 use crate::journal::{now_ms, Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::LineSink;
-use crate::steps::commands::{self, CmdeployRun};
+use crate::steps::commands;
 use crate::steps::dns::addrs;
 use crate::steps::exec::{expect_port, Executor};
 use crate::steps::Step;
@@ -92,22 +92,6 @@ fn record_rollback(rec: &mut RelayRecord, at_ms: u64) {
     rec.down_since_ms = None;
     rec.up_again_ms = None;
     rec.rollbacks.push(at_ms);
-}
-
-/// Stops mail on NEW (only when step 6 was attempted; `--disable-mail` is the one
-/// cmdeploy switch that stops postfix and dovecot).
-fn disable_new(relay: &Relay) -> CmdeployRun {
-    CmdeployRun {
-        stages: None,
-        args: vec![
-            "run".into(),
-            "--config".into(),
-            relay.config.display().to_string(),
-            "--disable-mail".into(),
-            "--ssh-host".into(),
-            relay.new.ssh.clone(),
-        ],
-    }
 }
 
 /// Rolls back the selected relays. Holds the journal lock throughout, so no
@@ -188,7 +172,7 @@ async fn roll_back(
     sink.log(&format!("== {} rollback", now_ms()));
     let mut done = Vec::new();
     if stop_new {
-        x.cmdeploy(disable_new(relay), &sink)
+        x.cmdeploy(commands::disable_new(relay), &sink)
             .await
             .and(expect_port(&relay.new, false).await)
             .map_err(|e| format!("cannot stop mail on NEW: {}", e.message))?;

@@ -336,7 +336,7 @@ fn concurrent_cmdeploy_runs_succeed_with_the_workspace_pool() {
         let runs = relays.iter().map(|r| {
             let (pool, sock) = (&pool, &sock);
             async move {
-                let ws = pool.borrow().await.expect("workspace");
+                let ws = pool.borrow(false).await.expect("workspace");
                 tokio::process::Command::new(ws.dir().join(&pool.script))
                     .args(["run", "--config"])
                     .arg(&r.config)

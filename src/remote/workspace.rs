@@ -7,6 +7,7 @@
 //! run borrows one for its duration. K is the cmdeploy concurrency limit.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use thiserror::Error;
@@ -44,8 +45,26 @@ impl Drop for Workspace<'_> {
 pub struct WorkspacePool {
     free: Mutex<Vec<PathBuf>>,
     permits: std::sync::Arc<Semaphore>,
+    /// Urgent borrowers waiting right now.
+    urgent_waiting: AtomicUsize,
     /// `scripts/cmdeploy` relative to a workspace.
     pub script: PathBuf,
+}
+
+/// Counts an urgent borrower while it waits.
+struct UrgentWait<'a>(&'a AtomicUsize);
+
+impl<'a> UrgentWait<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        UrgentWait(counter)
+    }
+}
+
+impl Drop for UrgentWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl WorkspacePool {
@@ -90,13 +109,23 @@ impl WorkspacePool {
         Ok(WorkspacePool {
             free: Mutex::new(dirs),
             permits: std::sync::Arc::new(Semaphore::new(k)),
+            urgent_waiting: AtomicUsize::new(0),
             script,
         })
     }
 
-    /// Waits for a free workspace.
-    pub async fn borrow(&self) -> Option<Workspace<'_>> {
-        let permit = self.permits.clone().acquire_owned().await.ok()?;
+    /// Waits for a free workspace. `urgent` borrowers (a relay that is down) go
+    /// first: the others give a workspace back while one of them waits.
+    pub async fn borrow(&self, urgent: bool) -> Option<Workspace<'_>> {
+        let _waiting = urgent.then(|| UrgentWait::new(&self.urgent_waiting));
+        let permit = loop {
+            let permit = self.permits.clone().acquire_owned().await.ok()?;
+            if urgent || self.urgent_waiting.load(Ordering::SeqCst) == 0 {
+                break permit;
+            }
+            drop(permit);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         let dir = self.free.lock().ok()?.pop();
         Some(Workspace {
             pool: self,
@@ -151,4 +180,68 @@ fn link_venv(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkspacePool;
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+
+    /// A minimal chatmail relay checkout: a git repository with scripts/cmdeploy.
+    fn checkout(dir: &std::path::Path) -> std::path::PathBuf {
+        let scripts = dir.join("scripts");
+        std::fs::create_dir_all(&scripts).expect("mkdir");
+        std::fs::write(scripts.join("cmdeploy"), "#!/bin/sh\n").expect("write");
+        let git = |args: &[&str]| {
+            let ok = Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .output()
+                .expect("git")
+                .status
+                .success();
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        git(&["add", "."]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "x",
+        ]);
+        scripts.join("cmdeploy")
+    }
+
+    /// A relay that is down gets the next workspace before pre-staging runs that
+    /// queued earlier.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn urgent_borrowers_go_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cmdeploy = checkout(&dir.path().join("relay"));
+        let pool =
+            Arc::new(WorkspacePool::prepare(&cmdeploy, &dir.path().join("ws"), 1).expect("pool"));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let held = pool.borrow(false).await.expect("first");
+        let spawn = |name: &'static str, urgent: bool| {
+            let (pool, order) = (pool.clone(), order.clone());
+            tokio::spawn(async move {
+                let _ws = pool.borrow(urgent).await.expect("workspace");
+                order.lock().expect("lock").push(name);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            })
+        };
+        let prestage = spawn("pre-staging", false);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let cutover = spawn("cutover", true);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(held);
+        let _ = tokio::join!(prestage, cutover);
+        assert_eq!(*order.lock().expect("lock"), ["cutover", "pre-staging"]);
+    }
 }

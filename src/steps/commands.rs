@@ -123,6 +123,9 @@ pub struct CmdeployRun {
     /// default (all stages) applies and nothing stale from the operator's shell leaks in.
     pub stages: Option<&'static str>,
     pub args: Vec<String>,
+    /// Runs while a relay is down (or to bring it back): it goes before pre-staging
+    /// runs in the queue for a workspace.
+    pub urgent: bool,
 }
 
 impl CmdeployRun {
@@ -152,12 +155,19 @@ fn cmdeploy(
         args.push("--disable-mail".into());
     }
     args.extend(["--ssh-host".to_string(), host.ssh.clone()]);
-    CmdeployRun { stages, args }
+    CmdeployRun {
+        stages,
+        args,
+        urgent: true,
+    }
 }
 
 /// Step 2: install and configure NEW, keep it inactive.
 pub fn preconfigure(relay: &Relay) -> CmdeployRun {
-    cmdeploy(&relay.config, &relay.new, Some("install,configure"), false)
+    CmdeployRun {
+        urgent: false,
+        ..cmdeploy(&relay.config, &relay.new, Some("install,configure"), false)
+    }
 }
 
 /// Step 3: stop and disable postfix and dovecot on OLD.
@@ -173,6 +183,11 @@ pub fn activate(relay: &Relay) -> CmdeployRun {
 /// Rollback: a full run against OLD without `--disable-mail` re-enables mail there.
 pub fn reenable_old(relay: &Relay) -> CmdeployRun {
     cmdeploy(&relay.config, &relay.old, None, false)
+}
+
+/// Rollback: make sure NEW does not serve mail (the relay must have one active site).
+pub fn disable_new(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.new, None, true)
 }
 
 /// Staged mode: where a relay's data waits on the controller between the two hops.

@@ -428,10 +428,14 @@ impl Executor {
 
     /// One cmdeploy run in a borrowed workspace (also for rollback).
     pub async fn cmdeploy(&self, run: commands::CmdeployRun, sink: &LineSink) -> StepResult {
-        let ws = self.workspaces.borrow().await.ok_or_else(|| StepError {
-            kind: ErrorKind::Interrupted,
-            message: "no cmdeploy workspace (shutting down)".into(),
-        })?;
+        let ws = self
+            .workspaces
+            .borrow(run.urgent)
+            .await
+            .ok_or_else(|| StepError {
+                kind: ErrorKind::Interrupted,
+                message: "no cmdeploy workspace (shutting down)".into(),
+            })?;
         let mut cmd = Command::new(ws.dir().join(&self.workspaces.script));
         cmd.args(&run.args).current_dir(ws.dir());
         match run.stages {
