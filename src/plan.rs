@@ -107,11 +107,13 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
         Step::DisableOld => cmdeploy(commands::disable_old(r)),
         Step::FinalSync => {
             let mut a = sync_actions(fleet, r, true);
-            a.push(act(Site::New, commands::fix_ownership()));
             a.push(act(Site::Old, commands::manifest()));
             a.push(act(
                 Site::New,
-                format!("{}   # must equal old's", commands::manifest()),
+                format!(
+                    "{}   # the manifest must equal old's",
+                    commands::settle_new()
+                ),
             ));
             a
         }
@@ -122,20 +124,17 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
 
 fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
     match r.settings.transfer {
-        TransferMode::Direct => vec![
-            act(
+        TransferMode::Direct => {
+            let sync = if last {
+                commands::final_sync(r)
+            } else {
+                commands::initial_sync(r)
+            };
+            vec![act(
                 Site::OldForwarded,
-                commands::install_known_host(NEW_HOST_KEY),
-            ),
-            act(
-                Site::OldForwarded,
-                if last {
-                    commands::final_sync(r)
-                } else {
-                    commands::initial_sync(r)
-                },
-            ),
-        ],
+                commands::vouched_push(NEW_HOST_KEY, &sync),
+            )]
+        }
         TransferMode::Staged => staged_actions(&fleet.state_dir.join("staging"), r, last),
     }
 }

@@ -45,10 +45,17 @@ pub fn inner_ssh(new: &Host, cipher: Option<&str>) -> String {
 
 /// On OLD: install NEW's host key (as cmfleet verified it) for the inner ssh.
 pub fn install_known_host(known_hosts_line: &str) -> String {
+    // A subshell keeps the umask to this file, not to what follows.
     format!(
-        "umask 077 && printf '%s\\n' {} > {OLD_KNOWN_HOSTS}",
+        "(umask 077 && printf '%s\\n' {} > {OLD_KNOWN_HOSTS})",
         quote(known_hosts_line)
     )
+}
+
+/// On OLD, one command: vouch for NEW's host key, then push. One command, not two:
+/// each costs an ssh client process and a round trip.
+pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
+    format!("{} && {{ {sync}; }}", install_known_host(known_hosts_line))
 }
 
 fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
@@ -97,6 +104,12 @@ pub fn fix_ownership() -> String {
     "chown root: -R /var/lib/acme && chown opendkim: -R /etc/dkimkeys && \
      chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s"
         .to_string()
+}
+
+/// On NEW after the final sync, in one command: the ownership repair, then the
+/// manifest (taken while OLD's is, the shortest path through the downtime).
+pub fn settle_new() -> String {
+    format!("{} && {}", fix_ownership(), manifest())
 }
 
 /// On OLD or NEW: one line per entry of the mailbox tree, sorted the same way on

@@ -226,15 +226,12 @@ impl Executor {
             )));
         }
         let old = self.connect(relay, &relay.old).await?;
-        let install = commands::install_known_host(&lines.join("\n"));
-        self.ssh
-            .run(&old, &install, false, CommandKind::Plain, sink, false)
-            .await?;
-        let script = if last {
+        let sync = if last {
             commands::final_sync(relay)
         } else {
             commands::initial_sync(relay)
         };
+        let script = commands::vouched_push(&lines.join("\n"), &sync);
         self.ssh
             .run(&old, &script, true, CommandKind::Transfer, sink, false)
             .await?;
@@ -378,18 +375,8 @@ impl Executor {
 
     async fn final_sync(&self, relay: &Relay, sink: &LineSink) -> StepResult {
         self.sync(relay, true, sink).await?;
-        let new = self.connect(relay, &relay.new).await?;
-        self.ssh
-            .run(
-                &new,
-                &commands::fix_ownership(),
-                false,
-                CommandKind::Plain,
-                sink,
-                false,
-            )
+        self.verify_copy(relay, &commands::settle_new(), sink)
             .await?;
-        self.verify_copy(relay, sink).await?;
         if relay.settings.transfer == TransferMode::Staged {
             self.release_staging(relay);
         }
@@ -397,8 +384,14 @@ impl Executor {
     }
 
     /// The copy is proven before anything proceeds to DNS: OLD's and NEW's mailbox
-    /// manifests (path, type, size, mtime, owner) must be identical.
-    pub async fn verify_copy(&self, relay: &Relay, sink: &LineSink) -> Result<(), StepError> {
+    /// manifests (path, type, size, mtime, owner) must be identical. `on_new` is
+    /// NEW's command, ending in the manifest.
+    async fn verify_copy(
+        &self,
+        relay: &Relay,
+        on_new: &str,
+        sink: &LineSink,
+    ) -> Result<(), StepError> {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         let script = commands::manifest();
@@ -406,7 +399,7 @@ impl Executor {
             self.ssh
                 .run(&old, &script, false, CommandKind::Plain, sink, true),
             self.ssh
-                .run(&new, &script, false, CommandKind::Plain, sink, true),
+                .run(&new, on_new, false, CommandKind::Plain, sink, true),
         );
         let (a, b) = (a?.stdout.unwrap_or_default(), b?.stdout.unwrap_or_default());
         let differences = manifest::diff(&a, &b);
