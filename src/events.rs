@@ -99,6 +99,10 @@ pub enum Event {
         /// Whether the scheduler will try again after a backoff.
         will_retry: bool,
     },
+    /// Step 3 failed but OLD still accepts mail: the relay is not down.
+    OldStillServing {
+        relay: String,
+    },
     /// The run stopped starting relays (max_fail_percent, Ctrl-C), and why.
     Halted {
         reason: String,
@@ -116,7 +120,8 @@ impl Event {
             | Event::Output { relay, .. }
             | Event::Progress { relay, .. }
             | Event::StepDone { relay, .. }
-            | Event::StepFailed { relay, .. } => Some(relay),
+            | Event::StepFailed { relay, .. }
+            | Event::OldStillServing { relay } => Some(relay),
             _ => None,
         }
     }

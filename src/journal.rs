@@ -87,6 +87,9 @@ pub struct RelayRecord {
     /// Set by `cmfleet dns lower-ttl`: what to restore, and when the cutover may start.
     #[serde(default)]
     pub dns_ttl: Option<TtlRecord>,
+    /// Step 3 failed and OLD was seen still accepting mail afterwards: not down.
+    #[serde(default)]
+    pub old_still_serving: bool,
 }
 
 /// A TTL lowered ahead of the migration (the guide's advice).
@@ -130,6 +133,7 @@ impl Default for RelayRecord {
             up_again_ms: None,
             rollbacks: Vec::new(),
             dns_ttl: None,
+            old_still_serving: false,
         }
     }
 }
@@ -164,13 +168,18 @@ impl RelayRecord {
             |s: Step| self.step(s).status != StepStatus::Pending || self.step(s).attempts > 0;
         if self.finished(Step::Activate) {
             RelayState::Done
-        } else if touched(Step::DisableOld) {
+        } else if touched(Step::DisableOld) && !self.failed_before_disabling() {
             RelayState::Down
         } else if Step::ALL.iter().any(|s| touched(*s)) {
             RelayState::Staged
         } else {
             RelayState::NotStarted
         }
+    }
+
+    /// Step 3 failed and left OLD serving mail: the relay is staged, not down.
+    fn failed_before_disabling(&self) -> bool {
+        self.old_still_serving && self.step(Step::DisableOld).status == StepStatus::Failed
     }
 
     /// The failed step, if the relay's last attempt failed.
@@ -347,8 +356,11 @@ impl Journal {
                 attempt,
             } => {
                 let r = self.relay(relay);
-                if *step == Step::DisableOld && r.down_since_ms.is_none() {
-                    r.down_since_ms = Some(now);
+                if *step == Step::DisableOld {
+                    r.old_still_serving = false;
+                    if r.down_since_ms.is_none() {
+                        r.down_since_ms = Some(now);
+                    }
                 }
                 let s = r.step_mut(*step);
                 s.status = StepStatus::Running;
@@ -374,6 +386,12 @@ impl Journal {
                 s.error = None;
                 s.error_kind = None;
                 s.note = note.clone();
+                true
+            }
+            Event::OldStillServing { relay } => {
+                let r = self.relay(relay);
+                r.old_still_serving = true;
+                r.down_since_ms = None;
                 true
             }
             Event::StepFailed {

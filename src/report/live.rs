@@ -323,6 +323,16 @@ impl LiveView {
                     self.finish_relay(relay, true);
                 }
             }
+            Event::OldStillServing { relay } => {
+                // Step 3 failed before disabling anything: not down after all.
+                if let Some(r) = self.relays.get_mut(relay.as_str()) {
+                    if r.down {
+                        r.down = false;
+                        self.down -= 1;
+                        self.update_fleet();
+                    }
+                }
+            }
             Event::Halted { reason } => {
                 let _ = self.multi.println(format!("halted: {reason}"));
             }

@@ -143,7 +143,7 @@ impl PlainView {
                 r.waiting = None;
                 let then = if *will_retry {
                     "; will retry"
-                } else if r.down_since_ms.is_some() || step.in_cutover() {
+                } else if r.down_since_ms.is_some() {
                     "; the relay is left DOWN"
                 } else {
                     ""
@@ -153,6 +153,13 @@ impl PlainView {
                     ts(),
                     kind_name(*kind),
                     fmt::one_line(error, ERROR_WIDTH)
+                ));
+            }
+            Event::OldStillServing { relay } => {
+                self.relay(relay).down_since_ms = None;
+                out.line(&format!(
+                    "{} {relay}: the old host still accepts mail: the relay is not down",
+                    ts()
                 ));
             }
             Event::Halted { reason } => {

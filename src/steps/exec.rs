@@ -158,7 +158,16 @@ impl Executor {
                     &sink,
                 )
                 .await?;
-                self.cmdeploy(commands::disable_old(relay), &sink).await?;
+                if let Err(e) = self.cmdeploy(commands::disable_old(relay), &sink).await {
+                    // Say whether the failure took the relay down: users care.
+                    if port_open(&relay.old).await {
+                        sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
+                        self.events.send(crate::events::Event::OldStillServing {
+                            relay: relay.name.clone(),
+                        });
+                    }
+                    return Err(e);
+                }
                 expect_port(&relay.old, false).await
             }
             Step::FinalSync => self.final_sync(relay, &sink).await,
@@ -490,6 +499,14 @@ impl Executor {
     pub async fn close(&self) {
         self.ssh.close().await;
     }
+}
+
+/// Whether `host` accepts SMTP right now.
+async fn port_open(host: &Host) -> bool {
+    let addr = std::net::SocketAddr::from((host.ip4, 25));
+    tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .is_ok_and(|r| r.is_ok())
 }
 
 /// cmdeploy exits 0 even when things went wrong, so the effect is checked: after
