@@ -7,27 +7,11 @@ use std::path::Path;
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{Journal, RelayState};
 use cmfleet::lab::{Activity, Manifest};
-use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
 use common::lab::TestLab;
-
-const TREES: [&str; 4] = [
-    "/home/vmail/mail",
-    "/var/lib/acme",
-    "/etc/dkimkeys",
-    "/var/spool/postfix",
-];
-
-fn options(until: Step) -> MigrateOptions {
-    MigrateOptions {
-        from_step: None,
-        until_step: until,
-        restart: false,
-        dry_run: false,
-        force: false,
-    }
-}
+use common::run::{assert_trees_equal, options};
 
 /// Runs migrate through the library, as `cmfleet migrate --yes` does.
 fn run(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {
@@ -36,22 +20,6 @@ fn run(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
     rt.block_on(migrate(inv, &relays, &options(until), rx, |_, _| {}))
         .unwrap_or_else(|e| panic!("migrate failed to run: {e}"))
-}
-
-fn assert_trees_equal(lab: &TestLab) {
-    for relay in lab.relays() {
-        for tree in TREES {
-            let a = Manifest::of(&relay.old.path(tree)).expect("old manifest");
-            let b = Manifest::of(&relay.new.path(tree)).expect("new manifest");
-            let diff = a.diff(&b);
-            assert!(
-                diff.is_empty(),
-                "relay {} {tree} differs:\n{}",
-                relay.index,
-                diff.join("\n")
-            );
-        }
-    }
 }
 
 #[test]
