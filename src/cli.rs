@@ -169,6 +169,10 @@ pub struct MigrateArgs {
     /// Cut over even if a TTL lowered with `dns lower-ttl` has not elapsed yet.
     #[arg(long)]
     pub force: bool,
+    /// Run step 1 again for relays not cut over yet (a last delta just before the
+    /// cutover, so the final sync inside the downtime moves little).
+    #[arg(long)]
+    pub refresh: bool,
     /// Print what would run, change nothing.
     #[arg(long)]
     pub dry_run: bool,

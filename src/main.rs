@@ -194,6 +194,7 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
         restart: args.restart,
         dry_run: args.dry_run,
         force: args.force,
+        refresh: args.refresh,
     };
     if args.dry_run {
         let plan = plan::plan(&inv.fleet, &relays);
@@ -406,6 +407,7 @@ fn lab_demo(
                 restart: false,
                 yes: true,
                 force: false,
+                refresh: false,
                 dry_run: false,
                 progress,
                 report: None,

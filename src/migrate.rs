@@ -31,6 +31,9 @@ pub struct MigrateOptions {
     pub dry_run: bool,
     /// Cut over even if a lowered TTL has not elapsed yet.
     pub force: bool,
+    /// Run step 1 again for relays not cut over yet: a last delta right before the
+    /// cutover, so the final sync inside the downtime moves little.
+    pub refresh: bool,
 }
 
 /// A relay's work in this run, and why it stops short of its cutover, if it does.
@@ -48,6 +51,12 @@ fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work
         .into_iter()
         .filter(|s| !done(*s) && *s <= opts.until_step && opts.from_step.is_none_or(|f| *s >= f))
         .collect();
+    // Step 1 is repeatable while the old site is authoritative and the new one inactive.
+    let before_cutover =
+        rec.step(Step::DisableOld).status == StepStatus::Pending && rec.down_since_ms.is_none();
+    if opts.refresh && before_cutover && done(Step::InitialSync) {
+        steps.insert(0, Step::InitialSync);
+    }
     let mut held = None;
     // Never take a relay down whose data and new site are not ready.
     if steps.contains(&Step::DisableOld) {

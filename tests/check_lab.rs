@@ -45,6 +45,7 @@ fn migrate_step_1(inv: &Inventory) -> Journal {
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     };
     rt.block_on(migrate(inv, &relays, &opts, rx, |_, _| {}))
         .expect("migrate runs")

@@ -38,6 +38,7 @@ fn new_ssh_connections_are_rate_limited_and_relays_say_they_wait() {
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
@@ -86,6 +87,7 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = tokio::sync::watch::channel(Cancel::None);

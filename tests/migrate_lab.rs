@@ -430,3 +430,80 @@ fn a_new_host_down_at_first_is_retried_and_the_fleet_finishes() {
     }
     assert_trees_equal(&lab);
 }
+
+/// `--refresh` runs step 1 again before the cutover: NEW catches up with mail that
+/// arrived since the pre-stage, while OLD keeps serving, so the final sync inside
+/// the downtime has little left to move.
+#[test]
+fn refresh_reruns_step_1_before_the_cutover_only() {
+    let lab = TestLab::start(1);
+    let inv = Inventory::load(&lab.inventory()).expect("inventory");
+    let (outcome, journal) = run(&inv, Step::Preconfigure);
+    assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    drop(journal);
+    let relay = &lab.relays()[0];
+    lab.simulate_activity(
+        1,
+        &Activity {
+            new_messages: 5,
+            seen: 2,
+            flag_changes: 2,
+            deletions: 1,
+            message_size: 500,
+            seed: 3,
+        },
+    )
+    .expect("activity");
+    let bin = env!("CARGO_BIN_EXE_cmfleet");
+    let refresh = |until: &str| {
+        std::process::Command::new(bin)
+            .args([
+                "migrate",
+                "--yes",
+                "--progress",
+                "plain",
+                "--refresh",
+                "--until-step",
+                until,
+                "-i",
+            ])
+            .arg(lab.inventory())
+            .output()
+            .expect("run cmfleet")
+    };
+    let out = refresh("1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let old = Manifest::of(&relay.old.path("/home/vmail/mail")).expect("old");
+    let new = Manifest::of(&relay.new.path("/home/vmail/mail")).expect("new");
+    assert!(
+        old.diff(&new).is_empty(),
+        "NEW caught up: {:?}",
+        old.diff(&new)
+    );
+    let data = Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal");
+    let rec = &data.relays[&relay.mail_domain];
+    assert_eq!(
+        rec.step(Step::InitialSync).attempts,
+        1,
+        "a fresh run of step 1, not a retry"
+    );
+    assert!(
+        !lab.host_state(relay.old.addr).expect("old").mail_disabled,
+        "OLD still serves"
+    );
+    // Once the relay is cut over, --refresh never touches step 1 again.
+    let (outcome, journal) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    drop(journal);
+    let out = refresh("6");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("initial-sync: started"));
+}

@@ -23,6 +23,7 @@ fn run_migrate(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Jo
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     };
     rt.block_on(migrate(inv, &relays, &opts, rx, |_, _| {}))
         .expect("migrate runs")

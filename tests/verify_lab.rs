@@ -61,6 +61,7 @@ fn verify_passes_after_migration_and_names_a_stopped_listener_and_a_lost_message
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     };
     let (outcome, journal) = rt
         .block_on(migrate(&inv, &relays, &opts, rx, |_, _| {}))

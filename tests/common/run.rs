@@ -30,6 +30,7 @@ pub fn options(until: Step) -> MigrateOptions {
         restart: false,
         dry_run: false,
         force: false,
+        refresh: false,
     }
 }
 
