@@ -6,7 +6,7 @@ mod common;
 use cmfleet::check::{self, RelayFindings, Status};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{Journal, StepStatus};
-use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
 use common::bind::Bind;
@@ -39,14 +39,7 @@ fn migrate_step_1(inv: &Inventory) -> Journal {
     let relays = inventory::select(inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
-    let opts = MigrateOptions {
-        from_step: None,
-        until_step: Step::InitialSync,
-        restart: false,
-        dry_run: false,
-        force: false,
-        refresh: false,
-    };
+    let opts = common::run::options(Step::InitialSync);
     rt.block_on(migrate(inv, &relays, &opts, rx, |_, _| {}))
         .expect("migrate runs")
         .1

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cmfleet::events::{ErrorKind, Event, WaitReason};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{Journal, StepStatus};
-use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
 use common::lab::TestLab;
@@ -32,14 +32,7 @@ fn new_ssh_connections_are_rate_limited_and_relays_say_they_wait() {
     let lab = TestLab::start(4);
     let inv = inventory_with(&lab, "rate.toml", "ssh_connects_per_sec = 1");
     let relays = inventory::select(&inv, None).expect("select");
-    let opts = MigrateOptions {
-        from_step: None,
-        until_step: Step::InitialSync,
-        restart: false,
-        dry_run: false,
-        force: false,
-        refresh: false,
-    };
+    let opts = common::run::options(Step::InitialSync);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
     let mut waits = 0;
@@ -81,14 +74,7 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
         .expect("slow link");
     let inv = inventory_with(&lab, "cancel.toml", "");
     let relays = inventory::select(&inv, None).expect("select");
-    let opts = MigrateOptions {
-        from_step: None,
-        until_step: Step::Activate,
-        restart: false,
-        dry_run: false,
-        force: false,
-        refresh: false,
-    };
+    let opts = common::run::options(Step::Activate);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = tokio::sync::watch::channel(Cancel::None);
     let journal_path = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);

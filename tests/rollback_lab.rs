@@ -7,7 +7,7 @@ use cmfleet::check;
 use cmfleet::inventory::{self, Inventory, Relay};
 use cmfleet::journal::{Journal, RelayState};
 use cmfleet::lab::{port_accepts, DataOptions};
-use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::migrate::migrate;
 use cmfleet::rollback::{self, RollbackStatus};
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
@@ -17,14 +17,7 @@ fn run_migrate(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Jo
     let relays = inventory::select(inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
-    let opts = MigrateOptions {
-        from_step: None,
-        until_step: until,
-        restart: false,
-        dry_run: false,
-        force: false,
-        refresh: false,
-    };
+    let opts = common::run::options(until);
     rt.block_on(migrate(inv, &relays, &opts, rx, |_, _| {}))
         .expect("migrate runs")
 }

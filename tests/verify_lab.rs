@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use cmfleet::check::{RelayFindings, Status};
 use cmfleet::inventory::{self, Inventory};
-use cmfleet::migrate::{migrate, MigrateOptions};
+use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
 use common::lab::TestLab;
@@ -55,14 +55,7 @@ fn verify_passes_after_migration_and_names_a_stopped_listener_and_a_lost_message
     let relays = inventory::select(&inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
-    let opts = MigrateOptions {
-        from_step: None,
-        until_step: Step::Activate,
-        restart: false,
-        dry_run: false,
-        force: false,
-        refresh: false,
-    };
+    let opts = common::run::options(Step::Activate);
     let (outcome, journal) = rt
         .block_on(migrate(&inv, &relays, &opts, rx, |_, _| {}))
         .expect("migrate runs");
