@@ -250,6 +250,10 @@ fn new_disk_full_at_step_4_is_down_reported_and_rolled_back() {
     assert!(text.contains("DOWN"), "{text}");
     assert!(text.contains(&rollback), "{text}");
     assert!(text.contains("No space left on device"), "{text}");
+    // cmfleet's own diagnosis, which does not depend on rsync's message making it
+    // back through two ssh hops.
+    let error = s4.error.clone().unwrap_or_default();
+    assert!(error.contains("KiB free on its /home/vmail"), "{error}");
     assert!(lab.host_state(relay.old.addr).expect("old").mail_disabled);
 
     let (code, text) = cmfleet(&["rollback", "--limit", &relay.mail_domain], &path);

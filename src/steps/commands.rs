@@ -129,6 +129,18 @@ pub fn disk_usage() -> String {
     format!("du -sbc {} | tail -n 1 | cut -f1", paths.join(" "))
 }
 
+/// On OLD: KiB used by the mailboxes.
+pub fn used_kib() -> String {
+    format!("du -sk {MAIL_DIR} | cut -f1")
+}
+
+/// On NEW: KiB free on the mailboxes' filesystem, then KiB they use so far.
+pub fn free_and_used_kib() -> String {
+    format!(
+        "df -Pk /home/vmail | awk 'NR==2 {{print $4}}'; u=$(du -sk {MAIL_DIR} 2>/dev/null | cut -f1); echo \"${{u:-0}}\""
+    )
+}
+
 /// One cmdeploy invocation on the controller (argv and the stages it must see).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CmdeployRun {

@@ -215,10 +215,46 @@ impl Executor {
     }
 
     async fn sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
-        match relay.settings.transfer {
+        let result = match relay.settings.transfer {
             TransferMode::Direct => self.direct_sync(relay, last, sink).await,
             TransferMode::Staged => self.staged_sync(relay, last, sink).await,
+        };
+        match result {
+            Err(e) if e.kind != ErrorKind::Interrupted => {
+                Err(match self.out_of_space(relay, sink).await {
+                    Some(why) => StepError::permanent(format!("{}: {why}", e.message)),
+                    None => e,
+                })
+            }
+            other => other,
         }
+    }
+
+    /// After a failed transfer: is NEW simply full? rsync's own "No space left on
+    /// device" does not always make it back through two ssh hops, and the operator
+    /// must not have to guess (and a retry cannot help).
+    async fn out_of_space(&self, relay: &Relay, sink: &LineSink) -> Option<String> {
+        let old = self.connect(relay, &relay.old).await.ok()?;
+        let new = self.connect(relay, &relay.new).await.ok()?;
+        let kib = |out: Result<crate::remote::ProcessOutput, CommandError>| -> Option<Vec<u64>> {
+            let text = out.ok()?.stdout?;
+            text.split_whitespace().map(|w| w.parse().ok()).collect()
+        };
+        let (used, free_and_used) = (commands::used_kib(), commands::free_and_used_kib());
+        let (on_old, on_new) = tokio::join!(
+            self.ssh
+                .run(&old, &used, false, CommandKind::Plain, sink, true),
+            self.ssh
+                .run(&new, &free_and_used, false, CommandKind::Plain, sink, true),
+        );
+        let (old_used, new) = (kib(on_old)?, kib(on_new)?);
+        let (old_used, free, new_used) = (*old_used.first()?, *new.first()?, *new.get(1)?);
+        let missing = old_used.saturating_sub(new_used);
+        (free < missing).then(|| {
+            format!(
+                "No space left on device on the new host: {missing} KiB of mail still to copy, {free} KiB free on its /home/vmail"
+            )
+        })
     }
 
     /// OLD pushes to NEW with the forwarded agent; NEW's host key, as cmfleet
