@@ -377,6 +377,8 @@ impl Journal {
                     r.up_again_ms = Some(now);
                 }
                 let s = r.step_mut(*step);
+                // Step 5 reports a note exactly when it changed nothing (an IP
+                // mail_domain, provider "none"): that is a skip, not a switch.
                 s.status = if note.is_some() && *step == Step::Dns {
                     StepStatus::Skipped
                 } else {

@@ -11,7 +11,7 @@ use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
 use cmfleet::steps::Step;
 use common::lab::TestLab;
-use common::run::{assert_trees_equal, options};
+use common::run::{assert_trees_equal, options, rfc2136_inventory};
 
 /// Runs migrate through the library, as `cmfleet migrate --yes` does.
 fn run(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {
@@ -163,29 +163,6 @@ fn a_second_concurrent_migrate_refuses() {
             .contains("another cmfleet run holds the journal lock"),
         "{err}"
     );
-}
-
-/// Writes a copy of the lab inventory whose relays use rfc2136 against `primary`.
-fn rfc2136_inventory(
-    lab: &TestLab,
-    primary: &common::bind::Bind,
-    ns: std::collections::BTreeMap<String, std::net::SocketAddr>,
-) -> std::path::PathBuf {
-    let ns: Vec<String> = ns
-        .iter()
-        .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
-        .collect();
-    let dns = format!(
-        "dns = {{ provider = \"rfc2136\", server = \"{}\", zone = \"lab.test\", tsig_key_file = \"{}\", propagation_timeout = \"30s\", nameservers = {{ {} }} }}",
-        primary.addr,
-        primary.key_file.display(),
-        ns.join(", ")
-    );
-    let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
-    let text = text.replace("dns = { provider = \"none\" }", &dns);
-    let path = lab.path().join("dns.toml");
-    std::fs::write(&path, text).expect("write inventory");
-    path
 }
 
 #[test]

@@ -190,21 +190,9 @@ fn mode(p: &Path) -> u32 {
         & 0o777
 }
 
-/// Writes a copy of the lab inventory whose relays use rfc2136 against `primary`.
+/// The lab inventory with rfc2136 against `primary` as its only nameserver.
 fn rfc2136_inventory(lab: &TestLab, primary: &common::bind::Bind) -> PathBuf {
-    let ns: Vec<String> = common::bind::Bind::nameservers(primary, None)
-        .iter()
-        .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
-        .collect();
-    let dns = format!(
-        "dns = {{ provider = \"rfc2136\", server = \"{}\", zone = \"lab.test\", tsig_key_file = \"{}\", propagation_timeout = \"30s\", nameservers = {{ {} }} }}",
-        primary.addr,
-        primary.key_file.display(),
-        ns.join(", ")
-    );
-    variant(lab, "dns.toml", |t| {
-        t.replace("dns = { provider = \"none\" }", &dns)
-    })
+    common::run::rfc2136_inventory(lab, primary, common::bind::Bind::nameservers(primary, None))
 }
 
 /// Every file under `dir`, with its path.

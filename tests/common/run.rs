@@ -165,3 +165,26 @@ pub fn wait_for_log(inv: &Inventory, relay: &str, secs: u64, pred: impl Fn(&str)
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Writes a copy of the lab inventory whose relays use rfc2136 against `primary`.
+pub fn rfc2136_inventory(
+    lab: &TestLab,
+    primary: &super::bind::Bind,
+    ns: std::collections::BTreeMap<String, std::net::SocketAddr>,
+) -> std::path::PathBuf {
+    let ns: Vec<String> = ns
+        .iter()
+        .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
+        .collect();
+    let dns = format!(
+        "dns = {{ provider = \"rfc2136\", server = \"{}\", zone = \"lab.test\", tsig_key_file = \"{}\", propagation_timeout = \"30s\", nameservers = {{ {} }} }}",
+        primary.addr,
+        primary.key_file.display(),
+        ns.join(", ")
+    );
+    let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
+    let text = text.replace("dns = { provider = \"none\" }", &dns);
+    let path = lab.path().join("dns.toml");
+    std::fs::write(&path, text).expect("write inventory");
+    path
+}
