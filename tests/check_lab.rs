@@ -170,6 +170,19 @@ fn check_catches_old_unable_to_reach_new() {
     let f = finding(&results, &relay.mail_domain, "old -> new");
     assert!(f.reason.contains("cannot log in"), "{f:?}");
 
+    // migrate does not test this before step 1 (the push is the test), but a failed
+    // push is diagnosed the same way.
+    let journal = migrate_step_1(&inv);
+    let step = journal.data.relays[&relay.mail_domain]
+        .step(Step::InitialSync)
+        .clone();
+    assert_eq!(step.status, StepStatus::Failed, "{step:?}");
+    let error = step.error.unwrap_or_default();
+    assert!(
+        error.contains("old -> new") && error.contains("cannot log in"),
+        "{error}"
+    );
+
     // Staged mode does not need OLD to reach NEW.
     let staged = no_retries(&lab, "staged.toml", "transfer = \"staged\"\n");
     let results = run_check(&Inventory::load(&staged).expect("inventory"));

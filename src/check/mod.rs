@@ -15,7 +15,8 @@ use std::path::Path;
 use futures::StreamExt;
 use thiserror::Error;
 
-pub use relay::{relay_findings, MAX_TTL};
+pub(crate) use relay::reach_finding;
+pub use relay::{relay_findings, Reach, MAX_TTL};
 pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, Status};
 
 pub(crate) use relay::ssh_host;
@@ -83,7 +84,8 @@ pub async fn check(inv: &Inventory, relays: &[&Relay]) -> Result<Vec<RelayFindin
     let results = for_each_relay(relays, inv.fleet.limits.forks, |r| {
         let (ssh, journal) = (&ssh, &journal);
         async move {
-            let mut findings = relay_findings(ssh, &inv.fleet.cmdeploy, r, &quiet_sink(r)).await;
+            let mut findings =
+                relay_findings(ssh, &inv.fleet.cmdeploy, r, &quiet_sink(r), Reach::Test).await;
             let rec = journal.relays.get(&r.name);
             findings.push(journal_finding(rec));
             findings.extend(rec.and_then(ttl_wait_finding));
@@ -164,7 +166,7 @@ pub async fn preflight(
     relay: &Relay,
     sink: &LineSink,
 ) -> Result<(), StepError> {
-    let findings = relay_findings(ssh, cmdeploy, relay, sink).await;
+    let findings = relay_findings(ssh, cmdeploy, relay, sink, Reach::AtTransfer).await;
     for f in &findings {
         sink.log(&format!(
             "preflight {:?} {}: {}",

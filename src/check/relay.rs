@@ -10,7 +10,7 @@ use super::report::Finding;
 use crate::dns::{Dns, Rrsets};
 use crate::events::ErrorKind;
 use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
-use crate::remote::{CommandKind, HostConn, LineSink, SshPool};
+use crate::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool};
 use crate::shell::quote;
 use crate::steps::commands;
 use crate::steps::dns::addrs;
@@ -30,15 +30,8 @@ pub(crate) async fn ssh_host(
     on_wait: impl Fn(),
 ) -> (Finding, Option<Arc<HostConn>>) {
     let known = !ssh.known_host_lines(host).is_empty();
-    let s = &relay.settings;
     match ssh
-        .connect(
-            host,
-            relay.group.as_deref(),
-            s.host_key_policy,
-            s.connect_timeout,
-            on_wait,
-        )
+        .connect(host, ConnectOptions::for_relay(relay), on_wait)
         .await
     {
         Ok(conn) => {
@@ -173,9 +166,23 @@ fn disk_finding(old: &HostFacts, new: &HostFacts) -> Finding {
     }
 }
 
+/// Whether to try OLD -> NEW now. Right before step 1 the push itself is that
+/// test: an extra ssh handshake per relay only to learn what the push will tell,
+/// and a failed push is diagnosed with the same test (`reach_finding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    Test,
+    AtTransfer,
+}
+
 /// In direct mode OLD pushes to NEW with the forwarded agent: try exactly that, with
 /// NEW's host key installed on OLD the way step 1 does it.
-async fn reach_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &LineSink) -> Finding {
+pub(crate) async fn reach_finding(
+    ssh: &SshPool,
+    relay: &Relay,
+    old: &HostConn,
+    sink: &LineSink,
+) -> Finding {
     const CHECK: &str = "old -> new";
     let lines = ssh.known_host_lines(&relay.new);
     if lines.is_empty() {
@@ -191,7 +198,7 @@ async fn reach_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &Line
     let script = format!(
         "{} && {} -o ConnectTimeout=10 {} true",
         commands::install_known_host(&lines.join("\n")),
-        commands::inner_ssh(&relay.new, relay.settings.cipher.as_deref()),
+        commands::inner_ssh(relay),
         quote(&relay.new.ssh)
     );
     match ssh
@@ -214,7 +221,10 @@ async fn reach_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &Line
                     e.message
                 ),
             );
-            f.transient = e.kind == ErrorKind::Transient;
+            // The inner ssh exits 255 for a NEW that is merely down, too: judge by
+            // what it said (a refused key is permanent, a refused connection is not).
+            f.transient = e.kind == ErrorKind::Transient
+                || crate::remote::classify_connect(&e.message) == ErrorKind::Transient;
             f
         }
     }
@@ -353,6 +363,7 @@ pub async fn relay_findings(
     cmdeploy: &Path,
     relay: &Relay,
     sink: &LineSink,
+    reach: Reach,
 ) -> Vec<Finding> {
     let mut out = config_findings(cmdeploy, relay);
     // Held back by the connection rate: say so, the relay is waiting, not stuck.
@@ -395,7 +406,7 @@ pub async fn relay_findings(
         (Some(Ok(o)), Some(Ok(n))) => disk_finding(o, n),
         _ => Finding::warn("disk new", "not checked: needs OLD and NEW"),
     });
-    if relay.settings.transfer == TransferMode::Direct {
+    if relay.settings.transfer == TransferMode::Direct && reach == Reach::Test {
         match (&old, &new) {
             (Some(o), Some(_)) => out.push(reach_finding(ssh, relay, o, sink).await),
             _ => out.push(Finding::warn(
@@ -403,7 +414,7 @@ pub async fn relay_findings(
                 "not checked: needs ssh to OLD and NEW",
             )),
         }
-    } else {
+    } else if relay.settings.transfer == TransferMode::Staged {
         out.push(Finding::pass(
             "old -> new",
             "not needed: staged transfer through the controller",

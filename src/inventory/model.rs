@@ -146,6 +146,9 @@ pub struct RelaySettings {
     pub connect_timeout: Duration,
     pub host_key_policy: HostKeyPolicy,
     pub cipher: Option<String>,
+    /// ssh KexAlgorithms for every connection of the relay (controller and OLD->NEW);
+    /// `None` keeps OpenSSH's own.
+    pub kex: Option<String>,
     pub dns: DnsConfig,
     pub retry: RetryPolicy,
     pub hooks: Hooks,

@@ -66,6 +66,7 @@ macro_rules! with_settings {
             pub connect_timeout: Option<Text>,
             pub host_key_policy: Option<Text>,
             pub cipher: Option<Text>,
+            pub kex: Option<Text>,
             pub dns: Option<RawDns>,
             pub retry: Option<RawRetry>,
             pub hooks: Option<RawHooks>,

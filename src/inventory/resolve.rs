@@ -332,6 +332,10 @@ fn settings(
         Some(t) => Some(c.parse(t, &format!("{at}cipher"), parse_cipher)?),
         None => None,
     };
+    let kex = match inherit!(kex) {
+        Some(t) => c.parse(t, &format!("{at}kex"), parse_kex)?,
+        None => Some(DEFAULT_KEX.to_string()),
+    };
     // Nested tables merge key by key, so a group can set only `dns.server`.
     let dns = merge_dns([
         r.dns.as_ref(),
@@ -355,6 +359,7 @@ fn settings(
         connect_timeout,
         host_key_policy,
         cipher,
+        kex,
         dns: dns?,
         retry: retry?,
         hooks: Hooks {
@@ -631,6 +636,28 @@ fn parse_cipher(s: &str) -> Result<String, String> {
         Err(format!(
             "{s:?} is not an ssh cipher list (names like \"aes128-gcm@openssh.com\", comma-separated)"
         ))
+    }
+}
+
+/// cmfleet's key exchange: curve25519 first, OpenSSH's own list behind it. OpenSSH
+/// 9.2's default, sntrup761x25519, costs ~145 ms of client CPU per connection
+/// against ~25 ms (measured on a lab host; docs/performance.md): the controller
+/// opens two per relay and run, and that alone was most of a fleet's controller CPU.
+pub const DEFAULT_KEX: &str = "^curve25519-sha256";
+
+/// `kex`: "openssh" keeps OpenSSH's own order (`None`), anything else is a
+/// KexAlgorithms list (a leading `^`, `+` or `-` edits OpenSSH's default list).
+/// It reaches OLD's shell like the cipher does, so the same characters only.
+fn parse_kex(s: &str) -> Result<Option<String>, String> {
+    if s == "openssh" {
+        return Ok(None);
+    }
+    let names = s.strip_prefix(['^', '+', '-']).unwrap_or(s);
+    match parse_cipher(names) {
+        Ok(_) => Ok(Some(s.to_string())),
+        Err(_) => Err(format!(
+            "{s:?} is not an ssh key exchange list (names like \"curve25519-sha256\", comma-separated, optionally after ^, + or -; or \"openssh\" for OpenSSH's own order)"
+        )),
     }
 }
 

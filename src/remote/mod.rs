@@ -2,12 +2,13 @@
 //! staged rsync hops). Output streams line by line into the relay's log and into
 //! events; failures are classified transient or permanent for the scheduler.
 
+mod channel;
 mod classify;
 mod process;
 mod ssh;
 mod workspace;
 
-pub use classify::{classify_exit, telling_line, CommandError, CommandKind};
+pub use classify::{classify_connect, classify_exit, telling_line, CommandError, CommandKind};
 pub use process::{run_process, LineSink, ProcessOutput};
-pub use ssh::{HostConn, SshError, SshPool, SshPoolConfig};
+pub use ssh::{ConnectOptions, HostConn, SshError, SshPool, SshPoolConfig};
 pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

@@ -89,8 +89,25 @@ pub async fn run_process(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (captured, tail) = stream_output(stdout, stderr, sink, capture).await?;
+    let status = child.wait().await?;
+    Ok(ProcessOutput {
+        code: status.code(),
+        tail,
+        stdout: captured,
+    })
+}
+
+/// Reads a command's stdout and stderr to their ends: lines go to `sink` (and the
+/// last ones into the returned tail); with `capture`, stdout is returned whole
+/// instead. Shared by local processes and remote channels.
+pub async fn stream_output(
+    stdout: Option<impl AsyncRead + Unpin>,
+    stderr: Option<impl AsyncRead + Unpin>,
+    sink: &LineSink,
+    capture: bool,
+) -> std::io::Result<(Option<String>, Vec<String>)> {
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
     let out_task = async {
         match stdout {
@@ -106,16 +123,11 @@ pub async fn run_process(
         }
     };
     let (captured, _) = tokio::try_join!(out_task, err_task)?;
-    let status = child.wait().await?;
     let tail = tail
         .lock()
         .map(|t| t.iter().cloned().collect())
         .unwrap_or_default();
-    Ok(ProcessOutput {
-        code: status.code(),
-        tail,
-        stdout: captured,
-    })
+    Ok((captured, tail))
 }
 
 async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {

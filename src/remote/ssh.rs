@@ -1,9 +1,9 @@
 //! One multiplexed ssh connection per host, shared by every command for that host.
 //!
 //! The `openssh` crate owns the master connection (options, host key policy,
-//! liveness). Commands run as `ssh -S <control socket>` children: that is the one
-//! way to ask for agent forwarding over the crate's master (its own `command()`
-//! never requests it), and it gives plain process handles to stream and kill.
+//! liveness). Commands run as channels on it, opened in-process over the mux
+//! protocol (`channel.rs`): no process per command, and agent forwarding per
+//! channel, which the crate's own `command()` never requests.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -14,13 +14,13 @@ use std::time::Duration;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use openssh::{KnownHosts, Session, SessionBuilder};
 use thiserror::Error;
-use tokio::process::Command;
 use tokio::sync::{Mutex, Semaphore};
 
+use super::channel::run_channel;
 use super::classify::{classify_connect, classify_exit, CommandError, CommandKind};
-use super::process::{run_process, LineSink, ProcessOutput};
+use super::process::{LineSink, ProcessOutput};
 use crate::events::ErrorKind;
-use crate::inventory::{Host, HostKeyPolicy};
+use crate::inventory::{Host, HostKeyPolicy, Relay};
 
 /// Channels open at once per connection: sshd's MaxSessions defaults to 10.
 const CHANNELS_PER_HOST: usize = 8;
@@ -64,6 +64,29 @@ pub struct SshPoolConfig {
     pub group_connects_per_sec: HashMap<String, u32>,
 }
 
+/// How to connect to a relay's hosts: the relay's settings that shape a master.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions<'a> {
+    /// Rate-limited with this group's connection rate too.
+    pub group: Option<&'a str>,
+    pub policy: HostKeyPolicy,
+    pub timeout: Duration,
+    /// KexAlgorithms for the master; `None` keeps OpenSSH's own.
+    pub kex: Option<&'a str>,
+}
+
+impl<'a> ConnectOptions<'a> {
+    pub fn for_relay(relay: &'a Relay) -> Self {
+        let s = &relay.settings;
+        ConnectOptions {
+            group: relay.group.as_deref(),
+            policy: s.host_key_policy,
+            timeout: s.connect_timeout,
+            kex: s.kex.as_deref(),
+        }
+    }
+}
+
 /// An open master connection to one host.
 pub struct HostConn {
     session: Session,
@@ -91,7 +114,9 @@ type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
 
 /// All master connections of a run.
 pub struct SshPool {
-    config_file: PathBuf,
+    state_dir: PathBuf,
+    /// The masters' ssh config files, one per key exchange setting in use.
+    config_files: std::sync::Mutex<HashMap<Option<String>, PathBuf>>,
     known_hosts: PathBuf,
     /// `known_hosts` through a link in `control_dir`, a path ssh cannot misparse.
     known_hosts_link: PathBuf,
@@ -118,8 +143,6 @@ impl SshPool {
             path: cfg.state_dir.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let config_file = cfg.state_dir.join("ssh_config");
-        std::fs::write(&config_file, SSH_CONFIG).map_err(setup(&config_file))?;
         // Control sockets need a short path (at most ~100 bytes in total).
         let control_dir = tempfile::Builder::new()
             .prefix("cmf-")
@@ -132,7 +155,8 @@ impl SshPool {
         std::os::unix::fs::symlink(&known_hosts, &known_hosts_link)
             .map_err(setup(&known_hosts_link))?;
         Ok(SshPool {
-            config_file,
+            state_dir: cfg.state_dir.clone(),
+            config_files: std::sync::Mutex::new(HashMap::new()),
             known_hosts,
             known_hosts_link,
             control_dir,
@@ -164,9 +188,7 @@ impl SshPool {
     pub async fn connect(
         &self,
         host: &Host,
-        group: Option<&str>,
-        policy: HostKeyPolicy,
-        timeout: Duration,
+        opts: ConnectOptions<'_>,
         on_wait: impl Fn(),
     ) -> Result<Arc<HostConn>, SshError> {
         let dest = format!("{}@{}:{}", host.user, host.ssh, host.port);
@@ -177,14 +199,15 @@ impl SshPool {
                 return Ok(conn.clone());
             }
         }
-        let group_limiter = group.and_then(|g| self.group_limiters.get(g));
+        let group_limiter = opts.group.and_then(|g| self.group_limiters.get(g));
         for limiter in std::iter::once(&self.limiter).chain(group_limiter) {
             if limiter.check().is_err() {
                 on_wait();
                 limiter.until_ready().await;
             }
         }
-        let session = self.builder(host, policy, timeout).connect(&host.ssh).await;
+        let builder = self.builder(host, opts)?;
+        let session = builder.connect_mux(&host.ssh).await;
         let session = session.map_err(|e| connect_error(&dest, e, &self.known_hosts))?;
         let conn = Arc::new(HostConn {
             session,
@@ -195,17 +218,44 @@ impl SshPool {
         Ok(conn)
     }
 
-    fn builder(&self, host: &Host, policy: HostKeyPolicy, timeout: Duration) -> SessionBuilder {
+    /// The ssh config file for masters with this key exchange setting (the crate
+    /// has no way to pass `-o`, so options beyond its own go through `-F`).
+    fn config_file(&self, kex: Option<&str>) -> Result<PathBuf, SshError> {
+        let mut files = match self.config_files.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let key = kex.map(str::to_string);
+        if let Some(path) = files.get(&key) {
+            return Ok(path.clone());
+        }
+        let path = match files.len() {
+            0 => self.state_dir.join("ssh_config"),
+            n => self.state_dir.join(format!("ssh_config.{n}")),
+        };
+        let mut text = SSH_CONFIG.to_string();
+        if let Some(k) = kex {
+            text.push_str(&format!("  KexAlgorithms {k}\n"));
+        }
+        std::fs::write(&path, text).map_err(|source| SshError::Setup {
+            path: path.clone(),
+            source,
+        })?;
+        files.insert(key, path.clone());
+        Ok(path)
+    }
+
+    fn builder(&self, host: &Host, opts: ConnectOptions<'_>) -> Result<SessionBuilder, SshError> {
         let mut b = SessionBuilder::default();
         b.user(host.user.clone())
             .port(host.port)
-            .config_file(&self.config_file)
+            .config_file(self.config_file(opts.kex)?)
             .user_known_hosts_file(&self.known_hosts_link)
-            .known_hosts_check(match policy {
+            .known_hosts_check(match opts.policy {
                 HostKeyPolicy::AcceptNew => KnownHosts::Add,
                 HostKeyPolicy::Strict => KnownHosts::Strict,
             })
-            .connect_timeout(timeout)
+            .connect_timeout(opts.timeout)
             .server_alive_interval(Duration::from_secs(15))
             .control_directory(self.control_dir.path())
             .control_persist(openssh::ControlPersist::IdleFor(
@@ -218,7 +268,7 @@ impl SshPool {
         if let Some(sock) = &self.auth_sock {
             b.ssh_auth_sock(sock);
         }
-        b
+        Ok(b)
     }
 
     /// Runs `script` on the host through its master. With `forward_agent`, the
@@ -236,31 +286,17 @@ impl SshPool {
             kind: ErrorKind::Interrupted,
             message: "the connection pool is shutting down".into(),
         })?;
-        let mut cmd = Command::new("ssh");
-        cmd.args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "BatchMode=yes",
-            "-T",
-        ])
-        .arg("-S")
-        .arg(conn.control_socket())
-        .arg(if forward_agent { "-A" } else { "-a" });
-        if let Some(sock) = &self.auth_sock {
-            cmd.env("SSH_AUTH_SOCK", sock);
-        }
-        // The destination is ignored over a control socket; "none" makes sure a
-        // dead master can never silently fall back to a fresh, unchecked connection.
-        cmd.args(["none", "--", script]);
         sink.log(&format!("$ [{}] {script}", conn.dest));
-        let out = run_process(cmd, sink, capture)
+        let out = run_channel(conn.control_socket(), script, forward_agent, sink, capture)
             .await
             .map_err(|e| CommandError {
-                kind: ErrorKind::Permanent,
-                message: format!("cannot run ssh: {e}"),
+                // A master that will not open a channel is gone or overloaded: the
+                // next attempt reconnects.
+                kind: match e {
+                    super::channel::ChannelError::NulByte => ErrorKind::Permanent,
+                    _ => ErrorKind::Transient,
+                },
+                message: format!("command on {} did not run: {e}", conn.dest),
             })?;
         if out.code == Some(0) {
             return Ok(out);

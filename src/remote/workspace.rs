@@ -98,8 +98,18 @@ impl WorkspacePool {
         let (checkout, script) = Self::checkout_of(cmdeploy)?;
         let checkout = checkout.as_path();
         let mut dirs = Vec::with_capacity(k);
-        for i in 0..k {
+        // A cmdeploy left running by a controller that was killed (SIGKILL, a lost
+        // terminal) still works in its worktree: sharing it would break both runs,
+        // so such a worktree is passed over and the pool takes the next one.
+        let busy = busy_dirs(root);
+        for i in 0.. {
+            if dirs.len() == k {
+                break;
+            }
             let dir = root.join(format!("w{i}"));
+            if busy.iter().any(|b| b.starts_with(&dir)) {
+                continue;
+            }
             if !dir.join(&script).is_file() {
                 add_worktree(checkout, &dir)?;
             }
@@ -138,6 +148,25 @@ impl WorkspacePool {
     pub fn available(&self) -> usize {
         self.permits.available_permits()
     }
+}
+
+/// Working directories of running processes under `root` (Linux's /proc; a process
+/// of another user that cannot be read is not ours to worry about).
+fn busy_dirs(root: &Path) -> Vec<PathBuf> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            p.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|p| std::fs::read_link(p.path().join("cwd")).ok())
+        .filter(|cwd| cwd.starts_with(root))
+        .collect()
 }
 
 fn add_worktree(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {
@@ -216,6 +245,26 @@ mod tests {
             "x",
         ]);
         scripts.join("cmdeploy")
+    }
+
+    /// A worktree where a process still works (a cmdeploy orphaned by a killed
+    /// controller) is passed over: the pool uses the next one.
+    #[test]
+    fn a_worktree_in_use_by_a_leftover_process_is_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cmdeploy = checkout(&dir.path().join("relay"));
+        let root = dir.path().join("ws");
+        drop(WorkspacePool::prepare(&cmdeploy, &root, 2).expect("pool"));
+        let mut leftover = Command::new("sleep")
+            .arg("30")
+            .current_dir(root.join("w0"))
+            .spawn()
+            .expect("sleep");
+        let pool = WorkspacePool::prepare(&cmdeploy, &root, 2);
+        let _ = leftover.kill();
+        let _ = leftover.wait();
+        let free = pool.expect("pool").free.into_inner().expect("lock");
+        assert_eq!(free, [root.join("w1"), root.join("w2")]);
     }
 
     /// A relay that is down gets the next workspace before pre-staging runs that

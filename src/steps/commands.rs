@@ -22,7 +22,8 @@ pub const OLD_KNOWN_HOSTS: &str = "/root/.ssh/cmfleet_known_hosts";
 
 /// The ssh command OLD uses to reach NEW: batch mode, and strict checking against
 /// the single key cmfleet installed — never the host's own known_hosts.
-pub fn inner_ssh(new: &Host, cipher: Option<&str>) -> String {
+pub fn inner_ssh(relay: &Relay) -> String {
+    let new = &relay.new;
     let mut words = vec![
         "ssh".to_string(),
         "-p".into(),
@@ -36,9 +37,13 @@ pub fn inner_ssh(new: &Host, cipher: Option<&str>) -> String {
         "-o".into(),
         format!("UserKnownHostsFile={OLD_KNOWN_HOSTS}"),
     ];
-    if let Some(c) = cipher {
+    if let Some(c) = &relay.settings.cipher {
         words.push("-c".into());
-        words.push(c.to_string());
+        words.push(c.clone());
+    }
+    if let Some(k) = &relay.settings.kex {
+        words.push("-o".into());
+        words.push(format!("KexAlgorithms={k}"));
     }
     join(&words)
 }
@@ -61,7 +66,7 @@ pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
 fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
     format!(
         "rsync {flags} --info=progress2 -e {} {sources} {}",
-        quote(&inner_ssh(&relay.new, relay.settings.cipher.as_deref())),
+        quote(&inner_ssh(relay)),
         quote(&format!("{}:{dest}", relay.new.ssh)),
     )
 }

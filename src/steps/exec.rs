@@ -200,18 +200,14 @@ impl Executor {
     }
 
     async fn connect(&self, relay: &Relay, host: &Host) -> Result<Arc<HostConn>, StepError> {
-        let s = &relay.settings;
         let wait = || {
             self.events.send(crate::events::Event::Waiting {
                 relay: relay.name.clone(),
                 reason: crate::events::WaitReason::ConnectRate,
             })
         };
-        let group = relay.group.as_deref();
-        Ok(self
-            .ssh
-            .connect(host, group, s.host_key_policy, s.connect_timeout, wait)
-            .await?)
+        let opts = crate::remote::ConnectOptions::for_relay(relay);
+        Ok(self.ssh.connect(host, opts, wait).await?)
     }
 
     async fn sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
@@ -221,13 +217,26 @@ impl Executor {
         };
         match result {
             Err(e) if e.kind != ErrorKind::Interrupted => {
-                Err(match self.out_of_space(relay, sink).await {
-                    Some(why) => StepError::permanent(format!("{}: {why}", e.message)),
-                    None => e,
-                })
+                if let Some(why) = self.out_of_space(relay, sink).await {
+                    return Err(StepError::permanent(format!("{}: {why}", e.message)));
+                }
+                Err(self.unreachable(relay, sink).await.unwrap_or(e))
             }
             other => other,
         }
+    }
+
+    /// After a failed direct transfer: can OLD log in to NEW at all? If it never
+    /// can (a refused key), that is the cause to report, with its hint, rather than
+    /// rsync's last words; a NEW that is merely down keeps the transfer's own error.
+    async fn unreachable(&self, relay: &Relay, sink: &LineSink) -> Option<StepError> {
+        if relay.settings.transfer != TransferMode::Direct {
+            return None;
+        }
+        let old = self.connect(relay, &relay.old).await.ok()?;
+        let finding = crate::check::reach_finding(&self.ssh, relay, &old, sink).await;
+        (finding.status == crate::check::Status::Fail && !finding.transient)
+            .then(|| StepError::permanent(format!("{}: {}", finding.check, finding.reason)))
     }
 
     /// After a failed transfer: is NEW simply full? rsync's own "No space left on

@@ -1,0 +1,80 @@
+//! One remote command as a channel on a host's master connection, opened in-process.
+//!
+//! OpenSSH's mux protocol lets a client ask the master for a session and hand it the
+//! session's stdin/stdout/stderr as file descriptors. Speaking it from here (with
+//! `openssh-mux-client`) costs no process: an `ssh -S` client per command cost the
+//! controller ~13 ms of CPU each (exec, libcrypto, config), the largest share of its
+//! CPU after the handshakes. It also asks for agent forwarding per channel, which
+//! the `openssh` crate's own command API never requests.
+
+use std::borrow::Cow;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+
+use openssh_mux_client::{Connection, NonZeroByteSlice, Session, SessionStatus};
+use tokio::net::unix::pipe::Receiver;
+
+use super::process::{stream_output, LineSink, ProcessOutput};
+
+/// What ssh itself exits with when the connection fails; a channel whose master
+/// went away without an exit status reports the same, so classification is shared.
+pub const CONNECTION_LOST: i32 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("the command contains a NUL byte")]
+    NulByte,
+    #[error("cannot create a pipe: {0}")]
+    Pipe(std::io::Error),
+    #[error("the master connection refused a channel: {0}")]
+    Mux(#[from] openssh_mux_client::Error),
+    #[error("reading the command's output: {0}")]
+    Output(std::io::Error),
+}
+
+/// Runs `script` on the master behind `control`, streaming its output into `sink`.
+///
+/// Dropping the future closes the mux connection, and the master then closes the
+/// channel: the same as killing an `ssh -S` client.
+pub async fn run_channel(
+    control: &Path,
+    script: &str,
+    forward_agent: bool,
+    sink: &LineSink,
+    capture: bool,
+) -> Result<ProcessOutput, ChannelError> {
+    let cmd = NonZeroByteSlice::new(script.as_bytes()).ok_or(ChannelError::NulByte)?;
+    let session = Session::builder()
+        .cmd(Cow::Borrowed(cmd))
+        .agent(forward_agent)
+        .build();
+    let stdin = std::fs::File::open("/dev/null").map_err(ChannelError::Pipe)?;
+    let (out_r, out_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
+    let (err_r, err_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
+    // The master gets copies of these (blocking, as the protocol needs); ours must
+    // close right after, or the readers would never see the end of the output.
+    let fds = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let established = Connection::connect(control)
+        .await?
+        .open_new_session(&session, &fds)
+        .await?;
+    drop((stdin, out_w, err_w));
+    let reader = |r: std::io::PipeReader| Receiver::from_owned_fd(OwnedFd::from(r));
+    let stdout = reader(out_r).map_err(ChannelError::Pipe)?;
+    let stderr = reader(err_r).map_err(ChannelError::Pipe)?;
+    let output = stream_output(Some(stdout), Some(stderr), sink, capture);
+    let (output, status) = tokio::join!(output, established.wait());
+    let (captured, tail) = output.map_err(ChannelError::Output)?;
+    let code = match status {
+        Ok(SessionStatus::Exited {
+            exit_value: Some(v),
+        }) => i32::try_from(v).unwrap_or(CONNECTION_LOST),
+        // No exit status: the master or the connection went away mid-command.
+        Ok(_) | Err(_) => CONNECTION_LOST,
+    };
+    Ok(ProcessOutput {
+        code: Some(code),
+        tail,
+        stdout: captured,
+    })
+}
