@@ -124,17 +124,23 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
 
 fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
     match r.settings.transfer {
-        TransferMode::Direct => {
-            let sync = if last {
-                commands::final_sync(r)
-            } else {
-                commands::initial_sync(r)
-            };
-            vec![act(
+        TransferMode::Direct if last => vec![act(
+            Site::OldForwarded,
+            commands::vouched_push(NEW_HOST_KEY, &commands::final_sync(r)),
+        )],
+        TransferMode::Direct => vec![
+            act(
                 Site::OldForwarded,
-                commands::vouched_push(NEW_HOST_KEY, &sync),
-            )]
-        }
+                format!(
+                    "{}   # when new has no mail yet; else:",
+                    commands::vouched_push(NEW_HOST_KEY, &commands::first_copy(r, None))
+                ),
+            ),
+            act(
+                Site::OldForwarded,
+                commands::vouched_push(NEW_HOST_KEY, &commands::initial_sync(r)),
+            ),
+        ],
         TransferMode::Staged => staged_actions(&fleet.state_dir.join("staging"), r, last),
     }
 }

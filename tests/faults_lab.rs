@@ -68,7 +68,8 @@ fn new_host_crash_mid_step_1_is_retried_and_the_copy_is_exact() {
         );
         move || {
             let waited = std::panic::catch_unwind(|| {
-                wait_for_log(&inv, &domain, 60, |l| l.contains("rsync -aH "))
+                // The first copy (tar, NEW is empty); the retry is an rsync delta.
+                wait_for_log(&inv, &domain, 60, |l| l.contains("tar c -C / "))
             });
             if let Err(e) = waited {
                 // Diagnostics for a run that never reached its transfer.

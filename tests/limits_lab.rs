@@ -107,13 +107,24 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
         .clone();
     assert_eq!(step1.status, StepStatus::Failed, "{step1:?}");
     assert_eq!(step1.error_kind, Some(ErrorKind::Interrupted), "{step1:?}");
-    // Nothing of the step survives it on the controller.
-    std::thread::sleep(Duration::from_millis(300));
-    let leftovers = cmfleet::lab::lab_processes(lab.path())
-        .into_iter()
-        .filter(|(_, what)| what.contains("rsync") && !what.contains("inside a lab host"))
-        .count();
-    assert_eq!(leftovers, 0, "rsync processes outlived the kill");
+    // Nothing of the step survives it, on the controller or on OLD (the copy's
+    // next progress line, at most 100 KiB = ~6 s later on this link, ends it).
+    let copying = || {
+        cmfleet::lab::lab_processes(lab.path())
+            .into_iter()
+            .filter(|(_, what)| what.contains("rsync") || what.contains("cmfleet-copied"))
+            .map(|(_, what)| what)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !copying().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        copying(),
+        Vec::<String>::new(),
+        "the copy outlived the kill"
+    );
     drop(journal);
     // The next run resumes and finishes the relay.
     lab.set_link_limit(relay.old.addr, None)

@@ -15,8 +15,9 @@ use std::path::Path;
 use futures::StreamExt;
 use thiserror::Error;
 
+pub use probe::HostFacts;
 pub(crate) use relay::reach_finding;
-pub use relay::{relay_findings, Reach, MAX_TTL};
+pub use relay::{inspect, relay_findings, Inspection, Reach, MAX_TTL};
 pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, Status};
 
 pub(crate) use relay::ssh_host;
@@ -165,9 +166,10 @@ pub async fn preflight(
     cmdeploy: &Path,
     relay: &Relay,
     sink: &LineSink,
-) -> Result<(), StepError> {
-    let findings = relay_findings(ssh, cmdeploy, relay, sink, Reach::AtTransfer).await;
-    for f in &findings {
+) -> Result<Inspection, StepError> {
+    let inspection = inspect(ssh, cmdeploy, relay, sink, Reach::AtTransfer).await;
+    let findings = &inspection.findings;
+    for f in findings {
         sink.log(&format!(
             "preflight {:?} {}: {}",
             f.status, f.check, f.reason
@@ -178,7 +180,7 @@ pub async fn preflight(
         .filter(|f| f.status == Status::Fail)
         .collect();
     if failed.is_empty() {
-        return Ok(());
+        return Ok(inspection);
     }
     let kind = if failed.iter().all(|f| f.transient) {
         ErrorKind::Transient

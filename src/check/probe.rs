@@ -22,6 +22,8 @@ pub struct HostFacts {
     pub mail_used: Option<u64>,
     /// The legacy password database exists.
     pub passdb: bool,
+    /// The mailbox tree is absent or empty (a NEW that was never copied to).
+    pub mail_empty: bool,
 }
 
 /// The probe run on every host.
@@ -33,7 +35,8 @@ pub fn script() -> String {
          d=/home/vmail; [ -d \"$d\" ] || d=/home; \
          echo avail=$(df -P -B1 \"$d\" | awk 'NR==2 {{print $4}}'); \
          if [ -d {MAIL_DIR} ]; then echo mail_used=$(du -sb {MAIL_DIR} | cut -f1); else echo mail_used=0; fi; \
-         if [ -e {LEGACY_PASSDB} ]; then echo passdb=1; else echo passdb=0; fi"
+         if [ -e {LEGACY_PASSDB} ]; then echo passdb=1; else echo passdb=0; fi; \
+         if [ -n \"$(ls -A {MAIL_DIR} 2>/dev/null)\" ]; then echo mail_empty=0; else echo mail_empty=1; fi"
     )
 }
 
@@ -56,6 +59,7 @@ pub fn parse(out: &str) -> HostFacts {
         avail: num("avail"),
         mail_used: num("mail_used"),
         passdb: kv.get("passdb") == Some(&"1"),
+        mail_empty: kv.get("mail_empty") == Some(&"1"),
     }
 }
 
@@ -66,11 +70,11 @@ mod tests {
     #[test]
     fn parses_a_probe() {
         let f = parse(
-            "uid=0\nos=debian 12\nhas_rsync=1\nhas_tar=0\navail=1000\nmail_used=10\npassdb=0\n",
+            "uid=0\nos=debian 12\nhas_rsync=1\nhas_tar=0\navail=1000\nmail_used=10\npassdb=0\nmail_empty=1\n",
         );
         assert_eq!(f.uid, Some(0));
         assert_eq!(f.os, Some(("debian".into(), "12".into())));
-        assert!(f.has_rsync && !f.has_tar && !f.passdb);
+        assert!(f.has_rsync && !f.has_tar && !f.passdb && f.mail_empty);
         assert_eq!((f.avail, f.mail_used), (Some(1000), Some(10)));
     }
 

@@ -358,6 +358,14 @@ async fn resolve(name: &str) -> std::io::Result<Rrsets> {
 
 /// Every check of one relay except the journal's view: what `migrate` runs before
 /// step 1, and the bulk of `check`.
+/// The checks of one relay, and what the probes learned of its hosts (step 1 uses
+/// the facts: the size to copy, whether NEW is still empty).
+pub struct Inspection {
+    pub findings: Vec<Finding>,
+    pub old: Option<HostFacts>,
+    pub new: Option<HostFacts>,
+}
+
 pub async fn relay_findings(
     ssh: &SshPool,
     cmdeploy: &Path,
@@ -365,6 +373,16 @@ pub async fn relay_findings(
     sink: &LineSink,
     reach: Reach,
 ) -> Vec<Finding> {
+    inspect(ssh, cmdeploy, relay, sink, reach).await.findings
+}
+
+pub async fn inspect(
+    ssh: &SshPool,
+    cmdeploy: &Path,
+    relay: &Relay,
+    sink: &LineSink,
+    reach: Reach,
+) -> Inspection {
     let mut out = config_findings(cmdeploy, relay);
     // Held back by the connection rate: say so, the relay is waiting, not stuck.
     let wait = || sink.waiting(crate::events::WaitReason::ConnectRate);
@@ -422,7 +440,11 @@ pub async fn relay_findings(
     }
     out.extend(dns);
     out.sort_by_key(|f| order(&f.check));
-    out
+    Inspection {
+        findings: out,
+        old: facts_old.and_then(Result::ok),
+        new: facts_new.and_then(Result::ok),
+    }
 }
 
 /// A stable reading order: connectivity, hosts, data, config, DNS.

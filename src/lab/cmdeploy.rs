@@ -23,6 +23,7 @@ const LISTENER: &str = include_str!("assets/listener.py");
 const POSTFIX: &str = include_str!("assets/postfix");
 const POSTSUPER: &str = include_str!("assets/postsuper");
 const RSYNC: &str = include_str!("assets/rsync");
+const TAR: &str = include_str!("assets/tar");
 
 /// Writes `text` to `path` with `mode`.
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
@@ -100,5 +101,6 @@ pub fn write_host_bin(bin: &Path) -> Result<()> {
     write(&bin.join("postfix"), POSTFIX, 0o755)?;
     write(&bin.join("postsuper"), POSTSUPER, 0o755)?;
     write(&bin.join("rsync"), RSYNC, 0o755)?;
+    write(&bin.join("tar"), TAR, 0o755)?;
     write(&bin.join("chatmail-lab-listener"), LISTENER, 0o755)
 }

@@ -180,8 +180,28 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
     }
 }
 
-/// Parses an rsync `--info=progress2` line: `  1,234,567  45%   12.34MB/s    0:00:03 ...`.
+/// Parses a progress line: rsync's `--info=progress2` or tar's checkpoints (see
+/// `commands::first_copy`).
 pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
+    parse_rsync_progress(line).or_else(|| parse_tar_progress(line))
+}
+
+/// `tar: cmfleet-copied 10240 (10KiB, 9.9MiB/s) of 20480`.
+fn parse_tar_progress(line: &str) -> Option<(u64, u8, String)> {
+    let rest = line
+        .strip_prefix("tar: ")?
+        .strip_prefix(crate::steps::commands::TAR_PROGRESS)?;
+    let (bytes, rest) = rest.trim_start().split_once(' ')?;
+    let bytes: u64 = bytes.parse().ok()?;
+    let (inside, total) = rest.strip_prefix('(')?.split_once(") of ")?;
+    let rate = inside.rsplit(", ").next()?.to_string();
+    let total: u64 = total.trim().parse().ok()?;
+    let percent = (bytes.saturating_mul(100) / total.max(1)).min(100);
+    Some((bytes, u8::try_from(percent).ok()?, rate))
+}
+
+/// `  1,234,567  45%   12.34MB/s    0:00:03 ...`.
+fn parse_rsync_progress(line: &str) -> Option<(u64, u8, String)> {
     let mut words = line.split_whitespace();
     let bytes: u64 = words.next()?.replace(',', "").parse().ok()?;
     let percent: u8 = words.next()?.strip_suffix('%')?.parse().ok()?;
@@ -201,5 +221,19 @@ mod tests {
             Some((12_345_678, 45, "12.34MB/s".to_string()))
         );
         assert_eq!(parse_progress("sending incremental file list"), None);
+    }
+
+    #[test]
+    fn parses_tar_checkpoints() {
+        assert_eq!(
+            parse_progress("tar: cmfleet-copied 5120000 (4.9MiB, 9.9MiB/s) of 10240000"),
+            Some((5_120_000, 50, "9.9MiB/s".to_string()))
+        );
+        // du counts directories too: tar can pass the estimate.
+        assert_eq!(
+            parse_progress("tar: cmfleet-copied 300 (300B, 1KiB/s) of 200").map(|p| p.1),
+            Some(100)
+        );
+        assert_eq!(parse_progress("tar: file changed as we read it"), None);
     }
 }

@@ -71,6 +71,29 @@ fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
     )
 }
 
+/// Marks tar's progress lines (`--checkpoint-action=echo`) for the progress parser.
+pub const TAR_PROGRESS: &str = "cmfleet-copied";
+
+/// Step 1 on OLD when NEW has no mail yet: the guide's `tar c | ssh NEW tar x`,
+/// reporting progress every 100 KiB as `tar: cmfleet-copied BYTES (..., RATE) of
+/// TOTAL`. The progress lines also end the copy when cmfleet is killed: sshd does
+/// not kill a closed channel's command, but its next write to the closed pipe does.
+/// A stream cut short fails `tar x` (no end-of-archive), so the pipe's status is
+/// the copy's; tar c's own warnings about files that change under it (a live
+/// maildir) are only that: step 4 mirrors exactly. `bytes` unknown (the plan)
+/// renders as `?`.
+pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
+    let total = bytes.map_or("?".to_string(), |b| b.to_string());
+    format!(
+        "tar c -C / --checkpoint=10 --checkpoint-action={} {} | {} {} {}",
+        quote(&format!("echo={TAR_PROGRESS} %{{r}}T of {total}")),
+        MAIL_DIR.trim_start_matches('/'),
+        inner_ssh(relay),
+        quote(&relay.new.ssh),
+        quote("tar x -C /"),
+    )
+}
+
 /// Step 1 on OLD: mirror the mailboxes to NEW. Repeatable and resumable (rsync, not
 /// the guide's one-shot tar); `--delete` is safe because NEW is inactive until step 6.
 pub fn initial_sync(relay: &Relay) -> String {
