@@ -1,9 +1,12 @@
 //! The fleet benchmark (issue 10): cmfleet against the guide's shell script and Ansible on
-//! the same lab fleet, in the same run, alternating; plus the scheduler scale benchmark.
+//! the same lab fleet, in the same run, alternating; the transfer throughput of one relay
+//! (`--throughput`: cmfleet's direct and staged step 1 against the raw `tar | ssh tar`
+//! pipe, see fleet/throughput.rs); and the scheduler scale benchmark.
 //!
 //! ```sh
 //! cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N]
 //!     [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny]
+//!     [--throughput] [--size-mib 500] [--tp-subnet 127.79.2]
 //!     [--scale] [--no-fleet] [--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]
 //! ```
 //!
@@ -28,6 +31,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use cmfleet::lab::{Activity, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
+
+// Not benches/throughput.rs: Cargo would make every file in benches/ a bench target.
+#[path = "fleet/throughput.rs"]
+mod throughput;
 
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peers");
 const CMFLEET: &str = env!("CARGO_BIN_EXE_cmfleet");
@@ -91,6 +98,9 @@ struct Opts {
     data_name: String,
     scale: bool,
     fleet: bool,
+    throughput: bool,
+    size_mib: u64,
+    tp_subnet: Subnet,
     dir: PathBuf,
     subnet: Subnet,
 }
@@ -105,6 +115,9 @@ fn parse_args() -> Result<Opts> {
         data_name: "default".into(),
         scale: false,
         fleet: true,
+        throughput: false,
+        size_mib: 500,
+        tp_subnet: Subnet::new(79, 2),
         dir: PathBuf::from("/dev/shm/cmfleet-bench"),
         subnet: Subnet::new(79, 1),
     };
@@ -149,6 +162,9 @@ fn parse_args() -> Result<Opts> {
                 std::process::exit(0);
             }
             "--no-fleet" => o.fleet = false,
+            "--throughput" => o.throughput = true,
+            "--size-mib" => o.size_mib = val()?.parse()?,
+            "--tp-subnet" => o.tp_subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
             "--dir" => o.dir = val()?.into(),
             "--subnet" => o.subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
             "-h" | "--help" => {
@@ -165,13 +181,27 @@ fn parse_args() -> Result<Opts> {
 }
 
 const HELP: &str = "cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N (default: relays)] \
-[--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] [--scale] [--no-fleet] \
-[--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]";
+[--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] \
+[--throughput [--size-mib 500] [--tp-subnet 127.79.2]] [--scale] [--no-fleet] \
+[--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]
+
+--throughput: one relay with --size-mib MiB of random mail; the raw pipe (ssh -A OLD \"tar c | ssh NEW tar x\"), \
+cmfleet direct and cmfleet staged step 1, alternating for --rounds rounds, each with the default cipher and \
+aes128-gcm; lab in DIR-tp on --tp-subnet. --no-fleet skips the fleet benchmark.";
 
 fn main() -> Result<()> {
     let o = parse_args()?;
     if o.fleet {
         fleet(&o)?;
+    }
+    if o.throughput {
+        throughput::run(&throughput::Opts {
+            size_mib: o.size_mib,
+            rounds: o.rounds,
+            dir: PathBuf::from(format!("{}-tp", o.dir.display())),
+            logs: PathBuf::from(format!("{}-logs", o.dir.display())),
+            subnet: o.tp_subnet,
+        })?;
     }
     if o.scale {
         scale::run(10_000)?;
