@@ -14,7 +14,7 @@ use std::path::Path;
 use openssh_mux_client::{Connection, NonZeroByteSlice, Session, SessionStatus};
 use tokio::net::unix::pipe::Receiver;
 
-use super::process::{stream_output, LineSink, ProcessOutput};
+use super::process::{stream_output, LineSink, ProcessOutput, Stdout};
 
 /// What ssh itself exits with when the connection fails; a channel whose master
 /// went away without an exit status reports the same, so classification is shared.
@@ -41,7 +41,7 @@ pub async fn run_channel(
     script: &str,
     forward_agent: bool,
     sink: &LineSink,
-    capture: bool,
+    to: Stdout,
 ) -> Result<ProcessOutput, ChannelError> {
     let cmd = NonZeroByteSlice::new(script.as_bytes()).ok_or(ChannelError::NulByte)?;
     let session = Session::builder()
@@ -62,7 +62,7 @@ pub async fn run_channel(
     let reader = |r: std::io::PipeReader| Receiver::from_owned_fd(OwnedFd::from(r));
     let stdout = reader(out_r).map_err(ChannelError::Pipe)?;
     let stderr = reader(err_r).map_err(ChannelError::Pipe)?;
-    let output = stream_output(Some(stdout), Some(stderr), sink, capture);
+    let output = stream_output(Some(stdout), Some(stderr), sink, to);
     let (output, status) = tokio::join!(output, established.wait());
     let (captured, tail) = output.map_err(ChannelError::Output)?;
     let code = match status {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::events::{Event, EventSink};
@@ -90,7 +90,12 @@ pub async fn run_process(
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (captured, tail) = stream_output(stdout, stderr, sink, capture).await?;
+    let to = if capture {
+        Stdout::Capture
+    } else {
+        Stdout::Sink
+    };
+    let (captured, tail) = stream_output(stdout, stderr, sink, to).await?;
     let status = child.wait().await?;
     Ok(ProcessOutput {
         code: status.code(),
@@ -99,21 +104,33 @@ pub async fn run_process(
     })
 }
 
-/// Reads a command's stdout and stderr to their ends: lines go to `sink` (and the
-/// last ones into the returned tail); with `capture`, stdout is returned whole
-/// instead. Shared by local processes and remote channels.
+/// Where a command's stdout goes.
+pub enum Stdout {
+    /// Line by line into the sink (the log and events), like stderr.
+    Sink,
+    /// Returned whole (small outputs only, e.g. a probe's facts).
+    Capture,
+    /// Line by line into a bounded channel, for a consumer that reads as the
+    /// command writes (a manifest of millions of files is never held whole).
+    Lines(tokio::sync::mpsc::Sender<String>),
+}
+
+/// Reads a command's stdout and stderr to their ends: stderr's lines go to `sink`
+/// (and the last ones into the returned tail), stdout's as `to` says. Shared by
+/// local processes and remote channels.
 pub async fn stream_output(
     stdout: Option<impl AsyncRead + Unpin>,
     stderr: Option<impl AsyncRead + Unpin>,
     sink: &LineSink,
-    capture: bool,
+    to: Stdout,
 ) -> std::io::Result<(Option<String>, Vec<String>)> {
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
     let out_task = async {
-        match stdout {
-            Some(s) if capture => read_all(s).await.map(Some),
-            Some(s) => pump(s, sink, &tail).await.map(|_| None),
-            None => Ok(None),
+        match (stdout, to) {
+            (Some(s), Stdout::Capture) => read_all(s).await.map(Some),
+            (Some(s), Stdout::Sink) => pump(s, sink, &tail).await.map(|_| None),
+            (Some(s), Stdout::Lines(tx)) => forward(s, tx).await.map(|_| None),
+            (None, _) => Ok(None),
         }
     };
     let err_task = async {
@@ -128,6 +145,27 @@ pub async fn stream_output(
         .map(|t| t.iter().cloned().collect())
         .unwrap_or_default();
     Ok((captured, tail))
+}
+
+/// Sends each line of `r` to `tx`. A consumer that stops listening ends the read
+/// (and the writer, through its closed pipe).
+async fn forward(
+    r: impl AsyncRead + Unpin,
+    tx: tokio::sync::mpsc::Sender<String>,
+) -> std::io::Result<()> {
+    let mut r = tokio::io::BufReader::new(r);
+    let mut buf = Vec::new();
+    // Bytes, not `lines()`: a file name need not be UTF-8, and must not fail the read.
+    while r.read_until(b'\n', &mut buf).await? > 0 {
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches('\n')
+            .to_string();
+        buf.clear();
+        if tx.send(line).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {

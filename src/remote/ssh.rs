@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 
 use super::channel::run_channel;
 use super::classify::{classify_connect, classify_exit, CommandError, CommandKind};
-use super::process::{LineSink, ProcessOutput};
+use super::process::{LineSink, ProcessOutput, Stdout};
 use crate::events::ErrorKind;
 use crate::inventory::{Host, HostKeyPolicy, Relay};
 
@@ -273,6 +273,7 @@ impl SshPool {
 
     /// Runs `script` on the host through its master. With `forward_agent`, the
     /// controller's agent is forwarded (OLD pushing to NEW, as in the guide).
+    /// With `capture`, stdout is returned whole instead of logged.
     pub async fn run(
         &self,
         conn: &HostConn,
@@ -282,12 +283,44 @@ impl SshPool {
         sink: &LineSink,
         capture: bool,
     ) -> Result<ProcessOutput, CommandError> {
+        let to = if capture {
+            Stdout::Capture
+        } else {
+            Stdout::Sink
+        };
+        self.run_to(conn, script, forward_agent, kind, sink, to)
+            .await
+    }
+
+    /// Runs `script` (no agent), sending its stdout line by line to `lines` as it
+    /// comes, for a consumer that reads while the command writes.
+    pub async fn run_lines(
+        &self,
+        conn: &HostConn,
+        script: &str,
+        sink: &LineSink,
+        lines: tokio::sync::mpsc::Sender<String>,
+    ) -> Result<ProcessOutput, CommandError> {
+        let to = Stdout::Lines(lines);
+        self.run_to(conn, script, false, CommandKind::Plain, sink, to)
+            .await
+    }
+
+    async fn run_to(
+        &self,
+        conn: &HostConn,
+        script: &str,
+        forward_agent: bool,
+        kind: CommandKind,
+        sink: &LineSink,
+        to: Stdout,
+    ) -> Result<ProcessOutput, CommandError> {
         let _channel = conn.channels.acquire().await.map_err(|_| CommandError {
             kind: ErrorKind::Interrupted,
             message: "the connection pool is shutting down".into(),
         })?;
         sink.log(&format!("$ [{}] {script}", conn.dest));
-        let out = run_channel(conn.control_socket(), script, forward_agent, sink, capture)
+        let out = run_channel(conn.control_socket(), script, forward_agent, sink, to)
             .await
             .map_err(|e| CommandError {
                 // A master that will not open a channel is gone or overloaded: the

@@ -57,6 +57,9 @@ impl From<crate::remote::SshError> for StepError {
 /// What a successful step reports: `Some(note)` when it had nothing to do.
 pub type StepResult = Result<Option<String>, StepError>;
 
+/// Manifest lines buffered between a host and the comparison, per side.
+const MANIFEST_LINES_IN_FLIGHT: usize = 1024;
+
 /// Which copy a transfer makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -474,18 +477,22 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         let script = commands::manifest();
-        let (a, b) = tokio::join!(
-            self.ssh
-                .run(&old, &script, false, CommandKind::Plain, sink, true),
-            self.ssh
-                .run(&new, on_new, false, CommandKind::Plain, sink, true),
+        // Both manifests stream into the merge as the hosts list their trees:
+        // nothing of a relay's millions of files is held whole.
+        let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
+        let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
+        let (a, b, compared) = tokio::join!(
+            self.ssh.run_lines(&old, &script, sink, old_tx),
+            self.ssh.run_lines(&new, on_new, sink, new_tx),
+            manifest::diff_streams(old_rx, new_rx),
         );
-        let (a, b) = (a?.stdout.unwrap_or_default(), b?.stdout.unwrap_or_default());
-        let differences = manifest::diff(&a, &b);
+        a?;
+        b?;
+        let entries = compared.entries;
+        let differences = compared.into_lines();
         if differences.is_empty() {
             sink.log(&format!(
-                "manifest: {} entries identical on old and new",
-                a.lines().count()
+                "manifest: {entries} entries identical on old and new"
             ));
             return Ok(());
         }
