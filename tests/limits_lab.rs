@@ -108,7 +108,7 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
     assert_eq!(step1.status, StepStatus::Failed, "{step1:?}");
     assert_eq!(step1.error_kind, Some(ErrorKind::Interrupted), "{step1:?}");
     // Nothing of the step survives it, on the controller or on OLD (the copy's
-    // next progress line, at most 100 KiB = ~6 s later on this link, ends it).
+    // next progress line ends it, or the end of this small relay's data).
     let copying = || {
         cmfleet::lab::lab_processes(lab.path())
             .into_iter()

@@ -73,6 +73,8 @@ pub struct ConnectOptions<'a> {
     pub timeout: Duration,
     /// KexAlgorithms for the master; `None` keeps OpenSSH's own.
     pub kex: Option<&'a str>,
+    /// Ciphers for the master (staged transfers run over it); `None`: OpenSSH's.
+    pub cipher: Option<&'a str>,
 }
 
 impl<'a> ConnectOptions<'a> {
@@ -83,6 +85,7 @@ impl<'a> ConnectOptions<'a> {
             policy: s.host_key_policy,
             timeout: s.connect_timeout,
             kex: s.kex.as_deref(),
+            cipher: s.cipher.as_deref(),
         }
     }
 }
@@ -112,11 +115,14 @@ impl HostConn {
 
 type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
 
+/// A master's (KexAlgorithms, Ciphers); `None`s keep OpenSSH's own.
+type Algorithms = (Option<String>, Option<String>);
+
 /// All master connections of a run.
 pub struct SshPool {
     state_dir: PathBuf,
-    /// The masters' ssh config files, one per key exchange setting in use.
-    config_files: std::sync::Mutex<HashMap<Option<String>, PathBuf>>,
+    /// The masters' ssh config files, one per (key exchange, cipher) in use.
+    config_files: std::sync::Mutex<HashMap<Algorithms, PathBuf>>,
     known_hosts: PathBuf,
     /// `known_hosts` through a link in `control_dir`, a path ssh cannot misparse.
     known_hosts_link: PathBuf,
@@ -218,14 +224,17 @@ impl SshPool {
         Ok(conn)
     }
 
-    /// The ssh config file for masters with this key exchange setting (the crate
-    /// has no way to pass `-o`, so options beyond its own go through `-F`).
-    fn config_file(&self, kex: Option<&str>) -> Result<PathBuf, SshError> {
+    /// The ssh config file for masters with these algorithms (the crate has no way
+    /// to pass `-o`, so options beyond its own go through `-F`).
+    fn config_file(&self, opts: ConnectOptions<'_>) -> Result<PathBuf, SshError> {
         let mut files = match self.config_files.lock() {
             Ok(f) => f,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let key = kex.map(str::to_string);
+        let key = (
+            opts.kex.map(str::to_string),
+            opts.cipher.map(str::to_string),
+        );
         if let Some(path) = files.get(&key) {
             return Ok(path.clone());
         }
@@ -234,8 +243,11 @@ impl SshPool {
             n => self.state_dir.join(format!("ssh_config.{n}")),
         };
         let mut text = SSH_CONFIG.to_string();
-        if let Some(k) = kex {
+        if let Some(k) = opts.kex {
             text.push_str(&format!("  KexAlgorithms {k}\n"));
+        }
+        if let Some(c) = opts.cipher {
+            text.push_str(&format!("  Ciphers {c}\n"));
         }
         std::fs::write(&path, text).map_err(|source| SshError::Setup {
             path: path.clone(),
@@ -249,7 +261,7 @@ impl SshPool {
         let mut b = SessionBuilder::default();
         b.user(host.user.clone())
             .port(host.port)
-            .config_file(self.config_file(opts.kex)?)
+            .config_file(self.config_file(opts)?)
             .user_known_hosts_file(&self.known_hosts_link)
             .known_hosts_check(match opts.policy {
                 HostKeyPolicy::AcceptNew => KnownHosts::Add,
@@ -292,21 +304,8 @@ impl SshPool {
             .await
     }
 
-    /// Runs `script` (no agent), sending its stdout line by line to `lines` as it
-    /// comes, for a consumer that reads while the command writes.
-    pub async fn run_lines(
-        &self,
-        conn: &HostConn,
-        script: &str,
-        sink: &LineSink,
-        lines: tokio::sync::mpsc::Sender<String>,
-    ) -> Result<ProcessOutput, CommandError> {
-        let to = Stdout::Lines(lines);
-        self.run_to(conn, script, false, CommandKind::Plain, sink, to)
-            .await
-    }
-
-    async fn run_to(
+    /// `run`, with stdout going where `to` says (e.g. line by line to a consumer).
+    pub async fn run_to(
         &self,
         conn: &HostConn,
         script: &str,
@@ -456,3 +455,47 @@ Host *
   ServerAliveCountMax 3
   LogLevel ERROR
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay's kex and cipher reach its masters (staged transfers run over them),
+    /// each distinct pair in its own config file.
+    #[test]
+    fn masters_get_the_relays_algorithms() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = SshPool::new(&SshPoolConfig {
+            state_dir: dir.path().join("state"),
+            auth_sock: None,
+            connects_per_sec: 1,
+            group_connects_per_sec: HashMap::new(),
+        })
+        .expect("pool");
+        let opts = |kex, cipher| ConnectOptions {
+            group: None,
+            policy: HostKeyPolicy::Strict,
+            timeout: Duration::from_secs(1),
+            kex,
+            cipher,
+        };
+        let fast = pool
+            .config_file(opts(
+                Some("^curve25519-sha256"),
+                Some("aes128-gcm@openssh.com"),
+            ))
+            .expect("config");
+        let plain = pool.config_file(opts(None, None)).expect("config");
+        assert_ne!(fast, plain);
+        let text = std::fs::read_to_string(&fast).expect("read");
+        assert!(
+            text.contains("KexAlgorithms ^curve25519-sha256\n"),
+            "{text}"
+        );
+        assert!(text.contains("Ciphers aes128-gcm@openssh.com\n"), "{text}");
+        let text = std::fs::read_to_string(&plain).expect("read");
+        assert!(!text.contains("Kex") && !text.contains("Ciphers"), "{text}");
+        let again = pool.config_file(opts(None, None)).expect("config");
+        assert_eq!(again, plain);
+    }
+}

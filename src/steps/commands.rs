@@ -75,9 +75,10 @@ fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
 pub const TAR_PROGRESS: &str = "cmfleet-copied";
 
 /// Step 1 on OLD when NEW has no mail yet: the guide's `tar c | ssh NEW tar x`,
-/// reporting progress every 100 KiB as `tar: cmfleet-copied BYTES (..., RATE) of
-/// TOTAL`. The progress lines also end the copy when cmfleet is killed: sshd does
-/// not kill a closed channel's command, but its next write to the closed pipe does.
+/// reporting progress every MiB as `tar: cmfleet-copied BYTES (..., RATE) of
+/// TOTAL` (every 100 KiB cost ~2% of the copy's wall time: docs/performance.md).
+/// The progress lines also end the copy when cmfleet is killed: sshd does not kill
+/// a closed channel's command, but its next write to the closed pipe does.
 /// A stream cut short fails `tar x` (no end-of-archive), so the pipe's status is
 /// the copy's; tar c's own warnings about files that change under it (a live
 /// maildir) are only that: step 4 mirrors exactly. `bytes` unknown (the plan)
@@ -85,7 +86,7 @@ pub const TAR_PROGRESS: &str = "cmfleet-copied";
 pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
     let total = bytes.map_or("?".to_string(), |b| b.to_string());
     format!(
-        "tar c -C / --checkpoint=10 --checkpoint-action={} {} | {} {} {}",
+        "tar c -C / --checkpoint=100 --checkpoint-action={} {} | {} {} {}",
         quote(&format!("echo={TAR_PROGRESS} %{{r}}T of {total}")),
         MAIL_DIR.trim_start_matches('/'),
         inner_ssh(relay),

@@ -477,13 +477,16 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         let script = commands::manifest();
+        use crate::remote::{CommandKind::Plain, Stdout};
         // Both manifests stream into the merge as the hosts list their trees:
         // nothing of a relay's millions of files is held whole.
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (a, b, compared) = tokio::join!(
-            self.ssh.run_lines(&old, &script, sink, old_tx),
-            self.ssh.run_lines(&new, on_new, sink, new_tx),
+            self.ssh
+                .run_to(&old, &script, false, Plain, sink, Stdout::Lines(old_tx)),
+            self.ssh
+                .run_to(&new, on_new, false, Plain, sink, Stdout::Lines(new_tx)),
             manifest::diff_streams(old_rx, new_rx),
         );
         a?;
