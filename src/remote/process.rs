@@ -226,9 +226,8 @@ pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
 
 /// `tar: cmfleet-copied 10240 (10KiB, 9.9MiB/s) of 20480`.
 fn parse_tar_progress(line: &str) -> Option<(u64, u8, String)> {
-    let rest = line
-        .strip_prefix("tar: ")?
-        .strip_prefix(crate::steps::commands::TAR_PROGRESS)?;
+    // tar names itself as it was called: "tar: ", "/usr/bin/tar: ".
+    let (_, rest) = line.split_once(&format!("tar: {}", crate::steps::commands::TAR_PROGRESS))?;
     let (bytes, rest) = rest.trim_start().split_once(' ')?;
     let bytes: u64 = bytes.parse().ok()?;
     let (inside, total) = rest.strip_prefix('(')?.split_once(") of ")?;
@@ -273,5 +272,10 @@ mod tests {
             Some(100)
         );
         assert_eq!(parse_progress("tar: file changed as we read it"), None);
+        assert_eq!(
+            parse_progress("/usr/bin/tar: cmfleet-copied 10240 (10KiB, 1MiB/s) of 20480")
+                .map(|p| p.1),
+            Some(50)
+        );
     }
 }
