@@ -144,12 +144,23 @@ pub fn settle_new() -> String {
 /// On OLD or NEW: one line per entry of the mailbox tree, sorted the same way on
 /// both sides (bytewise): relative path, type, size, mtime, owner. Directory sizes
 /// and times depend on the filesystem and are left out.
+///
+/// find prints numeric owners and awk names them from one `getent` each: find's own
+/// `%u:%g` asks NSS per file, which made find 22% of a cutover's CPU (116 vs 23 ms
+/// for 3,400 files). Names, not numbers, are compared: NEW's vmail uid may differ.
 pub fn manifest() -> String {
     format!(
-        "cd {MAIL_DIR} && find . -mindepth 1 \\( -type d -printf '%P\\td\\t0\\t0\\t%u:%g\\n' \\) \
-         -o -printf '%P\\t%y\\t%s\\t%T@\\t%u:%g\\n' | LC_ALL=C sort"
+        "cd {MAIL_DIR} && find . -mindepth 1 \\( -type d -printf '%P\\td\\t0\\t0\\t%U:%G\\n' \\) \
+         -o -printf '%P\\t%y\\t%s\\t%T@\\t%U:%G\\n' | {OWNER_NAMES} | LC_ALL=C sort"
     )
 }
+
+/// awk: the last tab-separated field `UID:GID` becomes `user:group` (numbers stay
+/// where no name exists).
+const OWNER_NAMES: &str = "awk -F '\\t' -v OFS='\\t' 'BEGIN { \
+     while ((\"getent passwd\" | getline l) > 0) { split(l, a, \":\"); u[a[3]] = a[1] } \
+     while ((\"getent group\" | getline l) > 0) { split(l, a, \":\"); g[a[3]] = a[1] } } \
+     { split($NF, o, \":\"); $NF = ((o[1] in u) ? u[o[1]] : o[1]) \":\" ((o[2] in g) ? g[o[2]] : o[2]); print }'";
 
 /// On OLD before a staged transfer: bytes the relay will occupy in staging.
 pub fn disk_usage() -> String {
