@@ -58,7 +58,7 @@ impl From<crate::remote::SshError> for StepError {
 pub type StepResult = Result<Option<String>, StepError>;
 
 /// Manifest lines buffered between a host and the comparison, per side.
-const MANIFEST_LINES_IN_FLIGHT: usize = 1024;
+const MANIFEST_LINES_IN_FLIGHT: usize = 128;
 
 /// Which copy a transfer makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
