@@ -126,7 +126,8 @@ pub async fn migrate(
         ));
     }
     let (events, mut rx) = EventSink::channel();
-    let executor = Executor::new(&inv.fleet, &inv.groups, events.clone())
+    // migrate holds the journal lock, so it alone may reuse and keep masters.
+    let executor = Executor::new(&inv.fleet, &inv.groups, events.clone(), true)
         .map_err(|e| MigrateError::Setup(e.message))?;
     let executor = Arc::new(executor);
     let scheduler = Scheduler {
@@ -149,7 +150,17 @@ pub async fn migrate(
             Some(ev) = rx.recv() => record(&mut journal, &ev, &mut report, &mut save_error),
         }
     };
-    executor.close().await;
+    // A relay pre-staged by this run (`--until-step`) keeps its two masters for a
+    // while: a cutover run soon after reuses them instead of two new handshakes.
+    let staged: Vec<&Relay> = match opts.until_step {
+        Step::Activate => Vec::new(),
+        _ => relays
+            .iter()
+            .filter(|r| outcome.done.contains(&r.name))
+            .copied()
+            .collect(),
+    };
+    executor.close_keeping(&staged).await;
     events.send(Event::RunFinished {
         elapsed: started.elapsed(),
     });

@@ -118,7 +118,7 @@ pub async fn rollback(
         .collect();
     let executor = if plans.iter().any(|p| matches!(p, Plan::Go { .. })) {
         Some(
-            Executor::new(&inv.fleet, &inv.groups, EventSink::discard())
+            Executor::new(&inv.fleet, &inv.groups, EventSink::discard(), false)
                 .map_err(|e| RollbackError::Setup(e.message))?,
         )
     } else {

@@ -484,3 +484,38 @@ fn refresh_reruns_step_1_before_the_cutover_only() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("initial-sync: started"));
 }
+
+/// A cutover run soon after the pre-staging run reuses the pre-staging run's ssh
+/// masters (kept idle for a while) instead of logging in to OLD and NEW again; after
+/// the cutover none is kept.
+#[test]
+fn a_cutover_soon_after_pre_staging_reuses_its_connections() {
+    let lab = TestLab::start(1);
+    let relay = lab.relays()[0].clone();
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    let kept = || {
+        std::fs::read_to_string(inv.fleet.state_dir.join("masters"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let logins = || {
+        let host = lab.host(relay.old.addr).expect("old host");
+        std::fs::read_to_string(host.sshd_log())
+            .expect("sshd log")
+            .matches("Accepted publickey")
+            .count()
+    };
+
+    let (outcome, journal) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    assert_eq!(kept(), 2, "OLD's and NEW's masters are kept");
+    let before = logins();
+    let (outcome, journal) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    // The one new login on OLD is the stand-in cmdeploy's own (step 3).
+    assert_eq!(logins() - before, 1, "cmfleet logged in to OLD again");
+    assert_eq!(kept(), 0, "nothing is kept after the cutover");
+    assert_trees_equal(&lab);
+}

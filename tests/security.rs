@@ -343,7 +343,9 @@ fn a_changed_host_key_on_new_is_refused_with_host_and_fingerprint() {
         .expect("fingerprint")
         .to_string();
     assert!(fingerprint.starts_with("SHA256:"));
-    lab.stop_host(relay.new.addr).expect("stop");
+    // A new host key means a reinstalled machine: its open connections (the master
+    // the last run kept) are gone with it.
+    lab.crash_host(relay.new.addr).expect("stop");
     lab.start_host(relay.new.addr).expect("start");
 
     // Step 1 again (cmfleet's own connection; cmdeploy at step 2 would check the key

@@ -49,6 +49,7 @@ pub(crate) fn ssh_pool(inv: &Inventory) -> Result<SshPool, SshError> {
             .iter()
             .filter_map(|(g, l)| l.ssh_connects_per_sec.map(|r| (g.clone(), r)))
             .collect(),
+        keep_masters: false,
     })
 }
 

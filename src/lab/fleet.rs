@@ -661,7 +661,9 @@ impl Lab {
     /// with the normal bind mount again (`None`). A tmpfs's content is lost when the host
     /// stops; reach it meanwhile with `LabHost::path`.
     pub fn set_vmail_tmpfs(&mut self, addr: Ipv4Addr, bytes: Option<u64>) -> Result<()> {
-        self.stop_host(addr)?;
+        // A new disk means a restart: open sessions (a controller's kept master among
+        // them) must not go on seeing the old one.
+        self.crash_host(addr)?;
         let i = self.index_of(addr)?;
         self.state.hosts[i].vmail_tmpfs = bytes;
         self.start_host(addr)

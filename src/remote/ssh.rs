@@ -62,6 +62,10 @@ pub struct SshPoolConfig {
     pub connects_per_sec: u32,
     /// Per-group connection rates (e.g. one datacenter's firewall), by group name.
     pub group_connects_per_sec: HashMap<String, u32>,
+    /// Reuse masters the last run kept, and keep some at the end (`close_keeping`).
+    /// Only for a run that holds the journal lock: no other run may close a master
+    /// this one uses.
+    pub keep_masters: bool,
 }
 
 /// How to connect to a relay's hosts: the relay's settings that shape a master.
@@ -97,6 +101,12 @@ pub struct HostConn {
     pub dest: String,
     /// Bounds channels in flight on this master.
     channels: Semaphore,
+    /// The ssh config the master was started with (a kept master is reused only
+    /// with the same).
+    config: PathBuf,
+    /// A master resumed from an earlier run: its control directory, which is ours to
+    /// remove once it is closed.
+    resumed_dir: Option<PathBuf>,
 }
 
 impl HostConn {
@@ -115,6 +125,13 @@ impl HostConn {
 
 type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
 
+/// A master left running by an earlier run, as recorded in `state_dir/masters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeptMaster {
+    config: PathBuf,
+    ctl: PathBuf,
+}
+
 /// A master's (KexAlgorithms, Ciphers); `None`s keep OpenSSH's own.
 type Algorithms = (Option<String>, Option<String>);
 
@@ -126,7 +143,13 @@ pub struct SshPool {
     known_hosts: PathBuf,
     /// `known_hosts` through a link in `control_dir`, a path ssh cannot misparse.
     known_hosts_link: PathBuf,
-    control_dir: tempfile::TempDir,
+    /// Held for its lifetime: the known_hosts link lives there.
+    _control_dir: tempfile::TempDir,
+    /// Where masters put their control sockets: a per-user directory that outlives
+    /// the run when masters are kept, else `control_dir`.
+    masters_dir: PathBuf,
+    /// Masters the last run kept (by dest), not yet resumed; `None`: not keeping.
+    kept: Option<std::sync::Mutex<HashMap<String, KeptMaster>>>,
     auth_sock: Option<PathBuf>,
     slots: std::sync::Mutex<HashMap<String, Slot>>,
     limiter: DefaultDirectRateLimiter,
@@ -160,12 +183,21 @@ impl SshPool {
         let known_hosts_link = control_dir.path().join("known_hosts");
         std::os::unix::fs::symlink(&known_hosts, &known_hosts_link)
             .map_err(setup(&known_hosts_link))?;
+        let masters_dir = match cfg.keep_masters {
+            true => per_user_dir().unwrap_or_else(|| control_dir.path().to_path_buf()),
+            false => control_dir.path().to_path_buf(),
+        };
+        let kept = cfg
+            .keep_masters
+            .then(|| std::sync::Mutex::new(read_kept(&cfg.state_dir)));
         Ok(SshPool {
+            masters_dir,
+            kept,
             state_dir: cfg.state_dir.clone(),
             config_files: std::sync::Mutex::new(HashMap::new()),
             known_hosts,
             known_hosts_link,
-            control_dir,
+            _control_dir: control_dir,
             auth_sock: cfg.auth_sock.clone(),
             slots: std::sync::Mutex::new(HashMap::new()),
             limiter: per_second(cfg.connects_per_sec),
@@ -197,13 +229,19 @@ impl SshPool {
         opts: ConnectOptions<'_>,
         on_wait: impl Fn(),
     ) -> Result<Arc<HostConn>, SshError> {
-        let dest = format!("{}@{}:{}", host.user, host.ssh, host.port);
+        let dest = dest_of(host);
         let slot = self.slot(&dest);
         let mut guard = slot.lock().await;
         if let Some(conn) = guard.as_ref() {
             if conn.session.check().await.is_ok() {
                 return Ok(conn.clone());
             }
+        }
+        let config = self.config_file(opts)?;
+        if let Some(conn) = self.resume(&dest, &config).await {
+            let conn = Arc::new(conn);
+            *guard = Some(conn.clone());
+            return Ok(conn);
         }
         let group_limiter = opts.group.and_then(|g| self.group_limiters.get(g));
         for limiter in std::iter::once(&self.limiter).chain(group_limiter) {
@@ -212,13 +250,15 @@ impl SshPool {
                 limiter.until_ready().await;
             }
         }
-        let builder = self.builder(host, opts)?;
+        let builder = self.builder(host, opts, &config);
         let session = builder.connect_mux(&host.ssh).await;
         let session = session.map_err(|e| connect_error(&dest, e, &self.known_hosts))?;
         let conn = Arc::new(HostConn {
             session,
             dest,
             channels: Semaphore::new(CHANNELS_PER_HOST),
+            config,
+            resumed_dir: None,
         });
         *guard = Some(conn.clone());
         Ok(conn)
@@ -257,11 +297,33 @@ impl SshPool {
         Ok(path)
     }
 
-    fn builder(&self, host: &Host, opts: ConnectOptions<'_>) -> Result<SessionBuilder, SshError> {
+    /// A master the last run kept for `dest`, if it is alive and was started with
+    /// the same settings (else it is told to stop; it would idle out anyway).
+    async fn resume(&self, dest: &str, config: &Path) -> Option<HostConn> {
+        let kept = self.kept.as_ref()?.lock().ok()?.remove(dest)?;
+        let session = Session::resume_mux(kept.ctl.clone().into_boxed_path(), None);
+        let resumed_dir = kept.ctl.parent().map(Path::to_path_buf);
+        if kept.config != config || session.check().await.is_err() {
+            let _ = session.close().await;
+            if let Some(dir) = resumed_dir {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return None;
+        }
+        Some(HostConn {
+            session,
+            dest: dest.to_string(),
+            channels: Semaphore::new(CHANNELS_PER_HOST),
+            config: config.to_path_buf(),
+            resumed_dir,
+        })
+    }
+
+    fn builder(&self, host: &Host, opts: ConnectOptions<'_>, config: &Path) -> SessionBuilder {
         let mut b = SessionBuilder::default();
         b.user(host.user.clone())
             .port(host.port)
-            .config_file(self.config_file(opts)?)
+            .config_file(config)
             .user_known_hosts_file(&self.known_hosts_link)
             .known_hosts_check(match opts.policy {
                 HostKeyPolicy::AcceptNew => KnownHosts::Add,
@@ -269,7 +331,7 @@ impl SshPool {
             })
             .connect_timeout(opts.timeout)
             .server_alive_interval(Duration::from_secs(15))
-            .control_directory(self.control_dir.path())
+            .control_directory(&self.masters_dir)
             .control_persist(openssh::ControlPersist::IdleFor(
                 std::num::NonZeroUsize::new(MASTER_IDLE_SECS)
                     .unwrap_or(std::num::NonZeroUsize::MIN),
@@ -280,7 +342,7 @@ impl SshPool {
         if let Some(sock) = &self.auth_sock {
             b.ssh_auth_sock(sock);
         }
-        Ok(b)
+        b
     }
 
     /// Runs `script` on the host through its master. With `forward_agent`, the
@@ -371,18 +433,95 @@ impl SshPool {
 
     /// Closes every master (the crate's Drop would block a tokio worker).
     pub async fn close(&self) {
+        self.close_keeping(&[]).await;
+    }
+
+    /// Closes every master except those of `keep` (relays pre-staged by this run:
+    /// their cutover run reuses them instead of two new handshakes per relay). Kept
+    /// masters are recorded in `state_dir/masters` for the next run; they exit by
+    /// themselves after `MASTER_IDLE_SECS` without a channel (ControlPersist).
+    pub async fn close_keeping(&self, keep: &[&Host]) {
+        let keep: Vec<String> = keep.iter().map(|h| dest_of(h)).collect();
         let slots: Vec<Slot> = match self.slots.lock() {
             Ok(mut s) => s.drain().map(|(_, v)| v).collect(),
             Err(_) => Vec::new(),
         };
+        let mut kept = Vec::new();
         for slot in slots {
-            if let Some(conn) = slot.lock().await.take() {
-                if let Ok(conn) = Arc::try_unwrap(conn) {
-                    let _ = conn.session.close().await;
-                }
+            let Some(conn) = slot.lock().await.take() else {
+                continue;
+            };
+            let Ok(conn) = Arc::try_unwrap(conn) else {
+                continue;
+            };
+            if self.kept.is_some() && keep.contains(&conn.dest) {
+                let (ctl, _) = conn.session.detach();
+                kept.push((
+                    conn.dest,
+                    KeptMaster {
+                        config: conn.config,
+                        ctl: ctl.into(),
+                    },
+                ));
+                continue;
+            }
+            let _ = conn.session.close().await;
+            if let Some(dir) = conn.resumed_dir {
+                let _ = std::fs::remove_dir_all(dir);
             }
         }
+        if let Some(earlier) = self.kept.as_ref().and_then(|k| k.lock().ok()) {
+            // Kept by an earlier run and not touched by this one: still recorded.
+            kept.extend(earlier.iter().map(|(d, k)| (d.clone(), k.clone())));
+            let _ = write_kept(&self.state_dir, &kept);
+        }
     }
+}
+
+fn dest_of(host: &Host) -> String {
+    format!("{}@{}:{}", host.user, host.ssh, host.port)
+}
+
+/// `/tmp/cmfleet-UID`, private to this user (kept masters' sockets outlive a run, so
+/// they cannot live in the run's temporary directory). `None` when it exists but is
+/// not a private directory of ours: then nothing is kept across runs.
+fn per_user_dir() -> Option<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let uid = nix::unistd::getuid().as_raw();
+    let dir = PathBuf::from(format!("/tmp/cmfleet-{uid}"));
+    let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    (meta.is_dir() && meta.uid() == uid && meta.mode() & 0o077 == 0).then_some(dir)
+}
+
+const KEPT_FILE: &str = "masters";
+
+/// `dest TAB config TAB control-socket` lines; anything unreadable is ignored (a
+/// master not found is only a fresh connection).
+fn read_kept(state_dir: &Path) -> HashMap<String, KeptMaster> {
+    let text = std::fs::read_to_string(state_dir.join(KEPT_FILE)).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (dest, config, ctl) = (f.next()?, f.next()?, f.next()?);
+            let kept = KeptMaster {
+                config: PathBuf::from(config),
+                ctl: PathBuf::from(ctl),
+            };
+            Some((dest.to_string(), kept))
+        })
+        .collect()
+}
+
+fn write_kept(state_dir: &Path, kept: &[(String, KeptMaster)]) -> std::io::Result<()> {
+    let text: String = kept
+        .iter()
+        .map(|(d, k)| format!("{d}\t{}\t{}\n", k.config.display(), k.ctl.display()))
+        .collect();
+    let path = state_dir.join(KEPT_FILE);
+    let tmp = state_dir.join(format!("{KEPT_FILE}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, &path)
 }
 
 fn connect_error(dest: &str, e: openssh::Error, known_hosts: &Path) -> SshError {
@@ -470,6 +609,7 @@ mod tests {
             auth_sock: None,
             connects_per_sec: 1,
             group_connects_per_sec: HashMap::new(),
+            keep_masters: false,
         })
         .expect("pool");
         let opts = |kex, cipher| ConnectOptions {

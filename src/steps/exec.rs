@@ -108,6 +108,7 @@ impl Executor {
         fleet: &Fleet,
         groups: &std::collections::BTreeMap<String, crate::inventory::GroupLimits>,
         events: EventSink,
+        keep_masters: bool,
     ) -> Result<Executor, StepError> {
         let state = &fleet.state_dir;
         let ssh = SshPool::new(&SshPoolConfig {
@@ -118,6 +119,7 @@ impl Executor {
                 .iter()
                 .filter_map(|(g, l)| l.ssh_connects_per_sec.map(|r| (g.clone(), r)))
                 .collect(),
+            keep_masters,
         })?;
         let workspaces = WorkspacePool::prepare(
             &fleet.cmdeploy,
@@ -578,6 +580,12 @@ impl Executor {
 
     pub async fn close(&self) {
         self.ssh.close().await;
+    }
+
+    /// Closes the connections, keeping the masters of `keep`'s hosts for the next run.
+    pub async fn close_keeping(&self, keep: &[&Relay]) {
+        let hosts: Vec<&Host> = keep.iter().flat_map(|r| [&r.old, &r.new]).collect();
+        self.ssh.close_keeping(&hosts).await;
     }
 }
 
