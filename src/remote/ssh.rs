@@ -130,6 +130,9 @@ type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;
 struct KeptMaster {
     config: PathBuf,
     ctl: PathBuf,
+    /// The agent the master forwards (fixed when it started; empty: none). A new
+    /// agent since (another login) would leave the push at step 4 without a key.
+    agent: String,
 }
 
 /// A master's (KexAlgorithms, Ciphers); `None`s keep OpenSSH's own.
@@ -297,13 +300,32 @@ impl SshPool {
         Ok(path)
     }
 
+    /// The agent masters forward: the inventory's, else the environment's.
+    fn agent_sock(&self) -> String {
+        self.auth_sock
+            .clone()
+            .or_else(|| std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether a kept master fits this run: same ssh config, same agent, and that
+    /// agent still answers.
+    fn usable(&self, kept: &KeptMaster, config: &Path) -> bool {
+        let agent = self.agent_sock();
+        let agent_alive =
+            agent.is_empty() || std::os::unix::net::UnixStream::connect(&agent).is_ok();
+        kept.config == config && kept.agent == agent && agent_alive
+    }
+
     /// A master the last run kept for `dest`, if it is alive and was started with
-    /// the same settings (else it is told to stop; it would idle out anyway).
+    /// the same settings and the same, still running, agent (else it is told to
+    /// stop; it would idle out anyway).
     async fn resume(&self, dest: &str, config: &Path) -> Option<HostConn> {
         let kept = self.kept.as_ref()?.lock().ok()?.remove(dest)?;
         let session = Session::resume_mux(kept.ctl.clone().into_boxed_path(), None);
         let resumed_dir = kept.ctl.parent().map(Path::to_path_buf);
-        if kept.config != config || session.check().await.is_err() {
+        if !self.usable(&kept, config) || session.check().await.is_err() {
             let _ = session.close().await;
             if let Some(dir) = resumed_dir {
                 let _ = std::fs::remove_dir_all(dir);
@@ -461,6 +483,7 @@ impl SshPool {
                     KeptMaster {
                         config: conn.config,
                         ctl: ctl.into(),
+                        agent: self.agent_sock(),
                     },
                 ));
                 continue;
@@ -507,6 +530,7 @@ fn read_kept(state_dir: &Path) -> HashMap<String, KeptMaster> {
             let kept = KeptMaster {
                 config: PathBuf::from(config),
                 ctl: PathBuf::from(ctl),
+                agent: f.next().unwrap_or("").to_string(),
             };
             Some((dest.to_string(), kept))
         })
@@ -516,7 +540,10 @@ fn read_kept(state_dir: &Path) -> HashMap<String, KeptMaster> {
 fn write_kept(state_dir: &Path, kept: &[(String, KeptMaster)]) -> std::io::Result<()> {
     let text: String = kept
         .iter()
-        .map(|(d, k)| format!("{d}\t{}\t{}\n", k.config.display(), k.ctl.display()))
+        .map(|(d, k)| {
+            let (config, ctl) = (k.config.display(), k.ctl.display());
+            format!("{d}\t{config}\t{ctl}\t{}\n", k.agent)
+        })
         .collect();
     let path = state_dir.join(KEPT_FILE);
     let tmp = state_dir.join(format!("{KEPT_FILE}.tmp"));
@@ -637,5 +664,34 @@ mod tests {
         assert!(!text.contains("Kex") && !text.contains("Ciphers"), "{text}");
         let again = pool.config_file(opts(None, None)).expect("config");
         assert_eq!(again, plain);
+    }
+
+    /// A kept master forwards the agent it started with: after a new login (another
+    /// agent) or with that agent gone, it is not reused.
+    #[test]
+    fn a_kept_master_needs_the_same_live_agent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+        let pool = SshPool::new(&SshPoolConfig {
+            state_dir: dir.path().join("state"),
+            auth_sock: Some(sock.clone()),
+            connects_per_sec: 1,
+            group_connects_per_sec: HashMap::new(),
+            keep_masters: true,
+        })
+        .expect("pool");
+        let config = dir.path().join("state/ssh_config");
+        let kept = |agent: &Path| KeptMaster {
+            config: config.clone(),
+            ctl: dir.path().join("ctl"),
+            agent: agent.display().to_string(),
+        };
+        assert!(pool.usable(&kept(&sock), &config));
+        assert!(!pool.usable(&kept(&dir.path().join("other.sock")), &config));
+        assert!(!pool.usable(&kept(&sock), &dir.path().join("ssh_config.1")));
+        drop(listener);
+        std::fs::remove_file(&sock).expect("rm");
+        assert!(!pool.usable(&kept(&sock), &config), "the agent is gone");
     }
 }
