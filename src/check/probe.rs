@@ -20,6 +20,8 @@ pub struct HostFacts {
     pub avail: Option<u64>,
     /// Bytes the mailbox tree occupies now (0 when absent).
     pub mail_used: Option<u64>,
+    /// Files and directories in the mailbox tree (0 when absent).
+    pub mail_entries: Option<u64>,
     /// The legacy password database exists.
     pub passdb: bool,
     /// The mailbox tree is absent or empty (a NEW that was never copied to).
@@ -34,7 +36,8 @@ pub fn script() -> String {
          for t in rsync tar; do if command -v $t >/dev/null 2>&1; then echo has_$t=1; else echo has_$t=0; fi; done; \
          d=/home/vmail; [ -d \"$d\" ] || d=/home; \
          echo avail=$(df -P -B1 \"$d\" | awk 'NR==2 {{print $4}}'); \
-         if [ -d {MAIL_DIR} ]; then echo mail_used=$(du -sb {MAIL_DIR} | cut -f1); else echo mail_used=0; fi; \
+         if [ -d {MAIL_DIR} ]; then echo mail_used=$(du -sb {MAIL_DIR} | cut -f1); \
+           echo mail_entries=$(du -s --inodes {MAIL_DIR} | cut -f1); else echo mail_used=0; fi; \
          if [ -e {LEGACY_PASSDB} ]; then echo passdb=1; else echo passdb=0; fi; \
          if [ -n \"$(ls -A {MAIL_DIR} 2>/dev/null)\" ]; then echo mail_empty=0; else echo mail_empty=1; fi"
     )
@@ -58,6 +61,7 @@ pub fn parse(out: &str) -> HostFacts {
         has_tar: kv.get("has_tar") == Some(&"1"),
         avail: num("avail"),
         mail_used: num("mail_used"),
+        mail_entries: num("mail_entries"),
         passdb: kv.get("passdb") == Some(&"1"),
         mail_empty: kv.get("mail_empty") == Some(&"1"),
     }
@@ -70,12 +74,13 @@ mod tests {
     #[test]
     fn parses_a_probe() {
         let f = parse(
-            "uid=0\nos=debian 12\nhas_rsync=1\nhas_tar=0\navail=1000\nmail_used=10\npassdb=0\nmail_empty=1\n",
+            "uid=0\nos=debian 12\nhas_rsync=1\nhas_tar=0\navail=1000\nmail_used=10\nmail_entries=3\npassdb=0\nmail_empty=1\n",
         );
         assert_eq!(f.uid, Some(0));
         assert_eq!(f.os, Some(("debian".into(), "12".into())));
         assert!(f.has_rsync && !f.has_tar && !f.passdb && f.mail_empty);
         assert_eq!((f.avail, f.mail_used), (Some(1000), Some(10)));
+        assert_eq!(f.mail_entries, Some(3));
     }
 
     #[test]

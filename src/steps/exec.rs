@@ -73,11 +73,18 @@ enum Pass {
     Final,
 }
 
+/// About what `tar c` of OLD's mailboxes writes (its progress counts archive bytes):
+/// the data, and per entry a 512-byte header plus on average half a block of padding.
+fn tar_size(old: &crate::check::HostFacts) -> u64 {
+    let (bytes, entries) = (old.mail_used.unwrap_or(0), old.mail_entries.unwrap_or(0));
+    bytes.saturating_add(entries.saturating_mul(768))
+}
+
 impl Pass {
     fn initial(facts: &crate::check::Inspection) -> Pass {
         match (&facts.old, &facts.new) {
             (Some(old), Some(new)) if new.mail_empty => Pass::FirstCopy {
-                bytes: old.mail_used.unwrap_or(0),
+                bytes: tar_size(old),
             },
             _ => Pass::Delta,
         }
