@@ -15,7 +15,7 @@ use crate::check::{
 };
 use crate::dns::Dns;
 use crate::inventory::{DnsProviderKind, Host, Inventory, MailDomain, Relay};
-use crate::remote::{CommandKind, SshPool};
+use crate::remote::{CommandKind, SshPool, Stdout};
 use crate::steps::commands;
 use crate::steps::dns::addrs;
 
@@ -132,8 +132,22 @@ async fn mailbox_finding(ssh: &SshPool, relay: &Relay) -> Finding {
     let sink = quiet_sink(relay);
     let script = commands::manifest();
     let (a, b) = tokio::join!(
-        ssh.run(&old, &script, false, CommandKind::Plain, &sink, true),
-        ssh.run(&new, &script, false, CommandKind::Plain, &sink, true)
+        ssh.run(
+            &old,
+            &script,
+            false,
+            CommandKind::Plain,
+            &sink,
+            Stdout::Capture
+        ),
+        ssh.run(
+            &new,
+            &script,
+            false,
+            CommandKind::Plain,
+            &sink,
+            Stdout::Capture
+        )
     );
     let (a, b) = match (a, b) {
         (Ok(a), Ok(b)) => (a.stdout.unwrap_or_default(), b.stdout.unwrap_or_default()),

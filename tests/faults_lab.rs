@@ -33,12 +33,25 @@ fn crash_and_restart(dir: &std::path::Path, addr: std::net::Ipv4Addr, down_for: 
     lab.start_host(addr).expect("start host again");
 }
 
-fn assert_all_transient_and_retried(f: &[(ErrorKind, String, bool)], what: &str) {
-    assert!(!f.is_empty(), "{what}: the crash caused no failed attempt");
-    for (kind, error, will_retry) in f {
-        assert_eq!(*kind, ErrorKind::Transient, "{what}: {error}");
-        assert!(*will_retry, "{what}: not retried: {error}");
+/// After a run through a crash: the relay is done, and `step` failed only
+/// transiently, was retried and took more than one attempt.
+fn assert_recovered_at(
+    outcome: &cmfleet::scheduler::Outcome,
+    journal: &cmfleet::journal::Journal,
+    events: &[cmfleet::events::Event],
+    domain: &str,
+    step: Step,
+) {
+    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
+    let f = failures(events, domain, step);
+    assert!(!f.is_empty(), "{step}: the crash caused no failed attempt");
+    for (kind, error, will_retry) in &f {
+        assert_eq!(*kind, ErrorKind::Transient, "{step}: {error}");
+        assert!(*will_retry, "{step}: not retried: {error}");
     }
+    let rec = &journal.data.relays[domain];
+    assert!(rec.step(step).attempts >= 2);
+    assert_eq!(rec.state(), RelayState::Done);
 }
 
 /// NEW crashes while step 1's rsync pushes to it (OLD's link is slowed so the
@@ -98,15 +111,17 @@ fn new_host_crash_mid_step_1_is_retried_and_the_copy_is_exact() {
     });
     let (outcome, journal, events) = run(&inv, Step::Activate);
     watcher.join().expect("watcher");
-    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
-    let f = failures(&events, &relay.mail_domain, Step::InitialSync);
-    assert_all_transient_and_retried(&f, "step 1");
+    assert_recovered_at(
+        &outcome,
+        &journal,
+        &events,
+        &relay.mail_domain,
+        Step::InitialSync,
+    );
     let rec = &journal.data.relays[&relay.mail_domain];
-    assert!(rec.step(Step::InitialSync).attempts >= 2);
     assert!(Step::ALL
         .iter()
         .all(|s| rec.step(*s).status == StepStatus::Done || *s == Step::Dns));
-    assert_eq!(rec.state(), RelayState::Done);
     let files = assert_trees_equal(&lab);
     assert_eq!(
         files,
@@ -159,13 +174,14 @@ fn new_host_crash_mid_step_4_is_retried_and_the_copy_is_exact() {
     });
     let (outcome, journal, events) = run(&inv, Step::Activate);
     watcher.join().expect("watcher");
-    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
-    let f = failures(&events, &relay.mail_domain, Step::FinalSync);
-    assert_all_transient_and_retried(&f, "step 4");
-    let rec = &journal.data.relays[&relay.mail_domain];
-    assert!(rec.step(Step::FinalSync).attempts >= 2);
-    assert_eq!(rec.state(), RelayState::Done);
-    assert!(rec.downtime().is_some());
+    assert_recovered_at(
+        &outcome,
+        &journal,
+        &events,
+        &relay.mail_domain,
+        Step::FinalSync,
+    );
+    assert!(journal.data.relays[&relay.mail_domain].downtime().is_some());
     assert_trees_equal(&lab);
     let new = lab.host_state(relay.new.addr).expect("new state");
     assert!(new.active, "{new:?}");

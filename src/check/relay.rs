@@ -10,7 +10,7 @@ use super::report::Finding;
 use crate::dns::{Dns, Rrsets};
 use crate::events::ErrorKind;
 use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
-use crate::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool};
+use crate::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool, Stdout};
 use crate::shell::quote;
 use crate::steps::commands;
 use crate::steps::dns::addrs;
@@ -74,7 +74,7 @@ async fn probe_host(
             false,
             CommandKind::Plain,
             sink,
-            true,
+            Stdout::Capture,
         )
         .await
     {
@@ -202,7 +202,7 @@ pub(crate) async fn reach_finding(
         quote(&relay.new.ssh)
     );
     match ssh
-        .run(old, &script, true, CommandKind::Plain, sink, false)
+        .run(old, &script, true, CommandKind::Plain, sink, Stdout::Sink)
         .await
     {
         Ok(_) => Finding::pass(

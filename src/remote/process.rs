@@ -75,27 +75,17 @@ pub struct ProcessOutput {
     pub stdout: Option<String>,
 }
 
-/// Runs `cmd` to completion, streaming its output into `sink`. With `capture`,
-/// stdout is also returned whole (and not streamed as lines).
+/// Runs `cmd` to completion, streaming its output (stdout and stderr) into `sink`.
 ///
 /// The child is killed if this future is dropped (second Ctrl-C), never orphaned.
-pub async fn run_process(
-    mut cmd: Command,
-    sink: &LineSink,
-    capture: bool,
-) -> std::io::Result<ProcessOutput> {
+pub async fn run_process(mut cmd: Command, sink: &LineSink) -> std::io::Result<ProcessOutput> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let to = if capture {
-        Stdout::Capture
-    } else {
-        Stdout::Sink
-    };
-    let (captured, tail) = stream_output(stdout, stderr, sink, to).await?;
+    let (captured, tail) = stream_output(stdout, stderr, sink, Stdout::Sink).await?;
     let status = child.wait().await?;
     Ok(ProcessOutput {
         code: status.code(),
@@ -227,7 +217,8 @@ pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
 /// `tar: cmfleet-copied 10240 (10KiB, 9.9MiB/s) of 20480`.
 fn parse_tar_progress(line: &str) -> Option<(u64, u8, String)> {
     // tar names itself as it was called: "tar: ", "/usr/bin/tar: ".
-    let (_, rest) = line.split_once(&format!("tar: {}", crate::steps::commands::TAR_PROGRESS))?;
+    let (_, rest) = line.split_once("tar: ")?;
+    let rest = rest.strip_prefix(crate::steps::commands::TAR_PROGRESS)?;
     let (bytes, rest) = rest.trim_start().split_once(' ')?;
     let bytes: u64 = bytes.parse().ok()?;
     let (inside, total) = rest.strip_prefix('(')?.split_once(") of ")?;

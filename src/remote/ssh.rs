@@ -367,29 +367,10 @@ impl SshPool {
         b
     }
 
-    /// Runs `script` on the host through its master. With `forward_agent`, the
-    /// controller's agent is forwarded (OLD pushing to NEW, as in the guide).
-    /// With `capture`, stdout is returned whole instead of logged.
+    /// Runs `script` on the host through its master, stdout going where `to` says.
+    /// With `forward_agent`, the controller's agent is forwarded (OLD pushing to NEW,
+    /// as in the guide).
     pub async fn run(
-        &self,
-        conn: &HostConn,
-        script: &str,
-        forward_agent: bool,
-        kind: CommandKind,
-        sink: &LineSink,
-        capture: bool,
-    ) -> Result<ProcessOutput, CommandError> {
-        let to = if capture {
-            Stdout::Capture
-        } else {
-            Stdout::Sink
-        };
-        self.run_to(conn, script, forward_agent, kind, sink, to)
-            .await
-    }
-
-    /// `run`, with stdout going where `to` says (e.g. line by line to a consumer).
-    pub async fn run_to(
         &self,
         conn: &HostConn,
         script: &str,

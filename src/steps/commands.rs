@@ -77,8 +77,6 @@ pub const TAR_PROGRESS: &str = "cmfleet-copied";
 /// Step 1 on OLD when NEW has no mail yet: the guide's `tar c | ssh NEW tar x`,
 /// reporting progress every MiB as `tar: cmfleet-copied BYTES (..., RATE) of
 /// TOTAL` (every 100 KiB cost ~2% of the copy's wall time: docs/performance.md).
-/// The progress lines also end the copy when cmfleet is killed: sshd does not kill
-/// a closed channel's command, but its next write to the closed pipe does.
 /// A stream cut short fails `tar x` (no end-of-archive), so the pipe's status is
 /// the copy's; tar c's own warnings about files that change under it (a live
 /// maildir) are only that: step 4 mirrors exactly. `bytes` unknown (the plan)

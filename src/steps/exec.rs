@@ -16,7 +16,7 @@ use super::{commands, manifest, Step};
 use crate::events::{ErrorKind, EventSink};
 use crate::inventory::{Fleet, Host, Relay, TransferMode};
 use crate::remote::{
-    run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig,
+    run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig, Stdout,
     WorkspacePool,
 };
 
@@ -288,10 +288,22 @@ impl Executor {
         };
         let (used, free_and_used) = (commands::used_kib(), commands::free_and_used_kib());
         let (on_old, on_new) = tokio::join!(
-            self.ssh
-                .run(&old, &used, false, CommandKind::Plain, sink, true),
-            self.ssh
-                .run(&new, &free_and_used, false, CommandKind::Plain, sink, true),
+            self.ssh.run(
+                &old,
+                &used,
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture
+            ),
+            self.ssh.run(
+                &new,
+                &free_and_used,
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture
+            ),
         );
         let (old_used, new) = (kib(on_old)?, kib(on_new)?);
         let (old_used, free, new_used) = (*old_used.first()?, *new.first()?, *new.get(1)?);
@@ -324,7 +336,14 @@ impl Executor {
         };
         let script = commands::vouched_push(&lines.join("\n"), &sync);
         self.ssh
-            .run(&old, &script, true, CommandKind::Transfer, sink, false)
+            .run(
+                &old,
+                &script,
+                true,
+                CommandKind::Transfer,
+                sink,
+                Stdout::Sink,
+            )
             .await?;
         Ok(None)
     }
@@ -381,7 +400,7 @@ impl Executor {
                 false,
                 CommandKind::Plain,
                 sink,
-                true,
+                Stdout::Capture,
             )
             .await?;
         let bytes: u64 = out
@@ -448,7 +467,7 @@ impl Executor {
             cmd.env("SSH_AUTH_SOCK", sock);
         }
         sink.log(&format!("$ [controller] {}", crate::shell::join(argv)));
-        let out = run_process(cmd, sink, false)
+        let out = run_process(cmd, sink)
             .await
             .map_err(|e| StepError::permanent(format!("cannot run {program}: {e}")))?;
         if out.code == Some(0) {
@@ -486,16 +505,16 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         let script = commands::manifest();
-        use crate::remote::{CommandKind::Plain, Stdout};
+        use crate::remote::CommandKind::Plain;
         // Both manifests stream into the merge as the hosts list their trees:
         // nothing of a relay's millions of files is held whole.
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (a, b, compared) = tokio::join!(
             self.ssh
-                .run_to(&old, &script, false, Plain, sink, Stdout::Lines(old_tx)),
+                .run(&old, &script, false, Plain, sink, Stdout::Lines(old_tx)),
             self.ssh
-                .run_to(&new, on_new, false, Plain, sink, Stdout::Lines(new_tx)),
+                .run(&new, on_new, false, Plain, sink, Stdout::Lines(new_tx)),
             manifest::diff_streams(old_rx, new_rx),
         );
         a?;
@@ -541,7 +560,7 @@ impl Executor {
             ws.dir().display(),
             run.render(&self.workspaces.script)
         ));
-        let out = run_process(cmd, sink, false)
+        let out = run_process(cmd, sink)
             .await
             .map_err(|e| StepError::permanent(format!("cannot run cmdeploy: {e}")))?;
         if out.code == Some(0) {
@@ -573,7 +592,7 @@ impl Executor {
             .env("CMFLEET_NEW_SSH", &relay.new.ssh)
             .env("CMFLEET_NEW_IP4", relay.new.ip4.to_string());
         sink.log(&format!("$ [hook {name}] {hook}"));
-        let out = run_process(cmd, sink, false)
+        let out = run_process(cmd, sink)
             .await
             .map_err(|e| StepError::permanent(format!("cannot run the {name} hook: {e}")))?;
         match out.code {

@@ -13,6 +13,11 @@ fn normalize(line: &str) -> Option<String> {
     Some(format!("{path}\t{kind}\t{size}\t{secs}\t{owner}"))
 }
 
+/// An entry's path: what the merge orders by (borrowed: it runs once per line).
+fn key(entry: &str) -> &str {
+    entry.split('\t').next().unwrap_or("")
+}
+
 /// The differences found so far: the first [`SHOWN`], and how many in all.
 #[derive(Debug, Default)]
 pub struct Differences {
@@ -41,7 +46,6 @@ impl Differences {
     /// One step of the merge of two sorted manifests: compares their current
     /// (normalized) entries and says which to move past.
     fn compare(&mut self, old: Option<&str>, new: Option<&str>) -> Advance {
-        let key = |l: &str| l.split('\t').next().unwrap_or("").to_string();
         let (x, y) = match (old, new) {
             (None, None) => return Advance::Done,
             (Some(x), None) => {
