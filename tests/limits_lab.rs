@@ -67,10 +67,19 @@ fn new_ssh_connections_are_rate_limited_and_relays_say_they_wait() {
 /// are killed (not orphaned) and the journal records the step as interrupted.
 #[test]
 fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
-    let lab = TestLab::start(1);
+    // ~3.3 MB over a 256 KiB/s link: the copy would go on for ~12 s after the kill
+    // if the kill did not end it.
+    let lab = TestLab::start_with(
+        1,
+        cmfleet::lab::DataOptions {
+            users: 4,
+            messages: 50,
+            message_size: 16384,
+            seed: 3,
+        },
+    );
     let relay = lab.relays()[0].clone();
-    // A slow link keeps step 1 busy long enough to interrupt it.
-    lab.set_link_limit(relay.old.addr, Some(16))
+    lab.set_link_limit(relay.old.addr, Some(256))
         .expect("slow link");
     let inv = inventory_with(&lab, "cancel.toml", "");
     let relays = inventory::select(&inv, None).expect("select");
@@ -107,10 +116,24 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
         .clone();
     assert_eq!(step1.status, StepStatus::Failed, "{step1:?}");
     assert_eq!(step1.error_kind, Some(ErrorKind::Interrupted), "{step1:?}");
-    // Commands run as channels inside cmfleet: no ssh process exists to outlive it.
-    // (The remote copy on OLD may run on to its end: sshd does not kill a closed
-    // channel's command. It only writes what the next run and step 4's verified
-    // mirror would write anyway.)
+    // Nothing of the step survives it, on the controller (no process there: commands
+    // are channels) or on OLD, where the copy's process group is killed.
+    let copying = || {
+        cmfleet::lab::lab_processes(lab.path())
+            .into_iter()
+            .filter(|(_, what)| what.contains("rsync") || what.contains("cmfleet-copied"))
+            .map(|(_, what)| what)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !copying().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        copying(),
+        Vec::<String>::new(),
+        "the copy outlived the kill"
+    );
     drop(journal);
     // The next run resumes and finishes the relay.
     lab.set_link_limit(relay.old.addr, None)

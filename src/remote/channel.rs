@@ -48,17 +48,20 @@ pub async fn run_channel(
         .cmd(Cow::Borrowed(cmd))
         .agent(forward_agent)
         .build();
-    let stdin = std::fs::File::open("/dev/null").map_err(ChannelError::Pipe)?;
+    // stdin is a pipe nobody writes to, held open while the command runs: when this
+    // future is dropped (a second Ctrl-C), its end reaches the remote command as EOF
+    // on stdin, which `commands::stops_with_channel` turns into a kill.
+    let (in_r, _in_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     let (out_r, out_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     let (err_r, err_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     // The master gets copies of these (blocking, as the protocol needs); ours must
     // close right after, or the readers would never see the end of the output.
-    let fds = [stdin.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let fds = [in_r.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
     let established = Connection::connect(control)
         .await?
         .open_new_session(&session, &fds)
         .await?;
-    drop((stdin, out_w, err_w));
+    drop((in_r, out_w, err_w));
     let reader = |r: std::io::PipeReader| Receiver::from_owned_fd(OwnedFd::from(r));
     let stdout = reader(out_r).map_err(ChannelError::Pipe)?;
     let stderr = reader(err_r).map_err(ChannelError::Pipe)?;

@@ -60,7 +60,24 @@ pub fn install_known_host(known_hosts_line: &str) -> String {
 /// On OLD, one command: vouch for NEW's host key, then push. One command, not two:
 /// each costs an ssh client process and a round trip.
 pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
-    format!("{} && {{ {sync}; }}", install_known_host(known_hosts_line))
+    stops_with_channel(&format!(
+        "{} && {{ {sync}; }}",
+        install_known_host(known_hosts_line)
+    ))
+}
+
+/// Runs `script` so that it ends when cmfleet's channel does. sshd leaves a closed
+/// channel's command running (a killed cmfleet would leave a copy going on OLD); the
+/// channel's stdin, which cmfleet holds open and never writes, reaches EOF then, and
+/// a watcher kills the script's whole process group (`setsid`: tar, rsync, ssh).
+/// The watcher reads stdin through fd 3: a background job's own stdin is /dev/null.
+pub fn stops_with_channel(script: &str) -> String {
+    format!(
+        "exec 3<&0; setsid sh -c {} </dev/null & p=$!; \
+         {{ cat <&3; kill -TERM -- -$p; }} >/dev/null 2>&1 & w=$!; \
+         wait $p; rc=$?; kill $w 2>/dev/null; exit $rc",
+        quote(script)
+    )
 }
 
 fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
