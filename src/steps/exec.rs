@@ -511,10 +511,28 @@ impl Executor {
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
         let (a, b, compared) = tokio::join!(
-            self.ssh
-                .run(&old, &script, false, Plain, sink, Stdout::Lines(old_tx)),
-            self.ssh
-                .run(&new, on_new, false, Plain, sink, Stdout::Lines(new_tx)),
+            self.ssh.run(
+                &old,
+                &script,
+                false,
+                Plain,
+                sink,
+                Stdout::Records {
+                    to: old_tx,
+                    end: b'\n'
+                }
+            ),
+            self.ssh.run(
+                &new,
+                on_new,
+                false,
+                Plain,
+                sink,
+                Stdout::Records {
+                    to: new_tx,
+                    end: b'\n'
+                }
+            ),
             manifest::diff_streams(old_rx, new_rx),
         );
         a?;

@@ -103,12 +103,12 @@ pub fn diff(old: &str, new: &str) -> Vec<String> {
 /// the channels, whatever the number of files. A side that ends early (its command
 /// failed) reads as "nothing more"; the caller checks the commands' exit codes.
 pub async fn diff_streams(
-    mut old: tokio::sync::mpsc::Receiver<String>,
-    mut new: tokio::sync::mpsc::Receiver<String>,
+    mut old: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut new: tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) -> Differences {
-    async fn next(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Option<String> {
+    async fn next(rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) -> Option<String> {
         while let Some(line) = rx.recv().await {
-            if let Some(entry) = normalize(&line) {
+            if let Some(entry) = normalize(&String::from_utf8_lossy(&line)) {
                 return Some(entry);
             }
         }
@@ -146,7 +146,7 @@ mod tests {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             tokio::spawn(async move {
                 for l in text.lines() {
-                    let _ = tx.send(l.to_string()).await;
+                    let _ = tx.send(l.as_bytes().to_vec()).await;
                 }
             });
             rx
