@@ -142,40 +142,22 @@ pub fn final_sync(relay: &Relay) -> String {
     )
 }
 
-/// Step 4 on NEW: the ownerships of the guide, then Postfix's queue repair (queue
-/// file names follow inode numbers, which changed).
+/// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
+/// 2 gave /etc/dkimkeys on NEW, recorded by `proof::record_dkim_owner`), then
+/// Postfix's queue repair (queue file names follow inode numbers, which changed).
 pub fn fix_ownership() -> String {
-    "chown root: -R /var/lib/acme && chown opendkim: -R /etc/dkimkeys && \
-     chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s"
-        .to_string()
-}
-
-/// On NEW after the final sync, in one command: the ownership repair, then the
-/// manifest (taken while OLD's is, the shortest path through the downtime).
-pub fn settle_new() -> String {
-    format!("{} && {}", fix_ownership(), manifest())
-}
-
-/// On OLD or NEW: one line per entry of the mailbox tree, sorted the same way on
-/// both sides (bytewise): relative path, type, size, mtime, owner. Directory sizes
-/// and times depend on the filesystem and are left out.
-///
-/// find prints numeric owners and awk names them from one `getent` each: find's own
-/// `%u:%g` asks NSS per file, which made find 22% of a cutover's CPU (116 vs 23 ms
-/// for 3,400 files). Names, not numbers, are compared: NEW's vmail uid may differ.
-pub fn manifest() -> String {
     format!(
-        "cd {MAIL_DIR} && find . -mindepth 1 \\( -type d -printf '%P\\td\\t0\\t0\\t%U:%G\\n' \\) \
-         -o -printf '%P\\t%y\\t%s\\t%T@\\t%U:%G\\n' | {OWNER_NAMES} | LC_ALL=C sort"
+        "chown root: -R /var/lib/acme && {} && \
+         chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s",
+        super::proof::dkim_chown()
     )
 }
 
-/// awk: the last tab-separated field `UID:GID` becomes `user:group` (numbers stay
-/// where no name exists).
-const OWNER_NAMES: &str = "awk -F '\\t' -v OFS='\\t' 'BEGIN { \
-     while ((\"getent passwd\" | getline l) > 0) { split(l, a, \":\"); u[a[3]] = a[1] } \
-     while ((\"getent group\" | getline l) > 0) { split(l, a, \":\"); g[a[3]] = a[1] } } \
-     { split($NF, o, \":\"); $NF = ((o[1] in u) ? u[o[1]] : o[1]) \":\" ((o[2] in g) ? g[o[2]] : o[2]); print }'";
+/// On NEW after the final sync, in one command: the ownership repair, then the
+/// proof's listing (taken while OLD's is, the shortest path through the downtime).
+pub fn settle_new() -> String {
+    format!("{} || exit $?\n{}", fix_ownership(), super::proof::listing())
+}
 
 /// On OLD before a staged transfer: bytes the relay will occupy in staging.
 pub fn disk_usage() -> String {
