@@ -156,7 +156,11 @@ pub fn fix_ownership() -> String {
 /// On NEW after the final sync, in one command: the ownership repair, then the
 /// proof's listing (taken while OLD's is, the shortest path through the downtime).
 pub fn settle_new() -> String {
-    format!("{} || exit $?\n{}", fix_ownership(), super::proof::listing())
+    format!(
+        "{} || exit $?\n{}",
+        fix_ownership(),
+        super::proof::listing()
+    )
 }
 
 /// On OLD before a staged transfer: bytes the relay will occupy in staging.

@@ -188,6 +188,12 @@ impl Executor {
             }
             Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
             Step::DisableOld => {
+                // OLD has served mail since step 1: what would fail the proof inside
+                // the downtime is found now, while refusing costs nothing.
+                if let Err(e) = crate::check::cutover_preflight(&self.ssh, relay, &sink).await {
+                    self.still_serving(relay, &sink).await;
+                    return Err(e);
+                }
                 self.hook(
                     relay,
                     relay.settings.hooks.pre_cutover.as_deref(),
@@ -196,13 +202,7 @@ impl Executor {
                 )
                 .await?;
                 if let Err(e) = self.cmdeploy(commands::disable_old(relay), &sink).await {
-                    // Say whether the failure took the relay down: users care.
-                    if port_open(&relay.old).await {
-                        sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
-                        self.events.send(crate::events::Event::OldStillServing {
-                            relay: relay.name.clone(),
-                        });
-                    }
+                    self.still_serving(relay, &sink).await;
                     return Err(e);
                 }
                 expect_port(&relay.old, false).await
@@ -234,6 +234,17 @@ impl Executor {
             sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
         }
         result
+    }
+
+    /// After a failed step 3: say whether the relay is down (users care). OLD that
+    /// still accepts mail was not disabled, or not for good.
+    async fn still_serving(&self, relay: &Relay, sink: &LineSink) {
+        if port_open(&relay.old).await {
+            sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
+            self.events.send(crate::events::Event::OldStillServing {
+                relay: relay.name.clone(),
+            });
+        }
     }
 
     async fn connect(&self, relay: &Relay, host: &Host) -> Result<Arc<HostConn>, StepError> {
@@ -532,8 +543,10 @@ impl Executor {
         let records = |to| Stdout::Records { to, end: 0 };
         let plain = CommandKind::Plain;
         let (a, b, compared) = tokio::join!(
-            self.ssh.run(&old, &on_old, false, plain, sink, records(old_tx)),
-            self.ssh.run(&new, &on_new, false, plain, sink, records(new_tx)),
+            self.ssh
+                .run(&old, &on_old, false, plain, sink, records(old_tx)),
+            self.ssh
+                .run(&new, &on_new, false, plain, sink, records(new_tx)),
             proof::compare(old_rx, new_rx),
         );
         a?;

@@ -205,7 +205,11 @@ pub fn compare(old: &[Record], new: &[Record], owners: &Owners) -> MailboxDiff {
         .owners
         .iter()
         .filter(|(section, _, owner)| {
-            let want = if *section == b'M' { &owners.vmail } else { &owners.dkim };
+            let want = if *section == b'M' {
+                &owners.vmail
+            } else {
+                &owners.dkim
+            };
             want.as_ref().is_some_and(|w| w != owner) || (*section == b'M' && want.is_none())
         })
         .map(|(_, path, owner)| format!("{path} ({owner})"))
@@ -216,7 +220,10 @@ pub fn compare(old: &[Record], new: &[Record], owners: &Owners) -> MailboxDiff {
         ("message(s) of another size on NEW", &resized),
         ("account(s) missing on NEW", &lost_accounts),
         ("DKIM file(s) missing or different on NEW", &dkim),
-        ("entries on NEW not owned as the migration sets them", &foreign),
+        (
+            "entries on NEW not owned as the migration sets them",
+            &foreign,
+        ),
     ] {
         if !items.is_empty() {
             problems.push(listed(what, items));
@@ -290,7 +297,12 @@ mod tests {
         assert!(d.problems[0].contains("1 message(s) missing on NEW: d/u/2.M2"));
         assert!(d.problems[1].contains("OLD 10 B, NEW 11 B"));
         assert!(d.problems[2].contains("account(s) missing on NEW: d/u"));
-        assert!(d.problems[3].contains("DKIM file(s) missing or different on NEW: /etc/dkimkeys/opendkim.private"));
-        assert!(d.problems[4].contains("d/u/cur/1.M1:2, (0:0)"), "{:?}", d.problems);
+        assert!(d.problems[3]
+            .contains("DKIM file(s) missing or different on NEW: /etc/dkimkeys/opendkim.private"));
+        assert!(
+            d.problems[4].contains("d/u/cur/1.M1:2, (0:0)"),
+            "{:?}",
+            d.problems
+        );
     }
 }

@@ -120,7 +120,13 @@ impl Differences {
 /// Who must own `new`'s entry after step 4; `None`: not compared.
 fn expected_owner<'a>(new: &Record, owners: &'a Owners) -> Option<std::borrow::Cow<'a, str>> {
     match new.section {
-        b'M' => Some(owners.vmail.as_deref().unwrap_or("vmail (no such user)").into()),
+        b'M' => Some(
+            owners
+                .vmail
+                .as_deref()
+                .unwrap_or("vmail (no such user)")
+                .into(),
+        ),
         b'S' if new.path.starts_with(b"/var/lib/acme") => Some("0:0".into()),
         b'S' if new.path.starts_with(b"/etc/dkimkeys") => owners.dkim.as_deref().map(Into::into),
         _ => None,

@@ -9,8 +9,11 @@ const VMAIL: &str = "1001:1001";
 /// A listing as the host script sends it: header, sorted records, trailer.
 fn listing(records: &[&[u8]], dkim: &str) -> Vec<Vec<u8>> {
     let mut sorted: Vec<Vec<u8>> = records.iter().map(|r| r.to_vec()).collect();
-    sorted.sort_by(|a, b| key(a).cmp(&key(b)));
-    let body: Vec<u8> = sorted.iter().flat_map(|r| [r.as_slice(), b"\0"].concat()).collect();
+    sorted.sort_by_key(|r| key(r));
+    let body: Vec<u8> = sorted
+        .iter()
+        .flat_map(|r| [r.as_slice(), b"\0"].concat())
+        .collect();
     let sum = data_encoding::HEXLOWER.encode(digest(&SHA256, &body).as_ref());
     let mut out = vec![format!("#cmfleet-manifest 1 vmail={VMAIL} dkim={dkim}").into_bytes()];
     out.extend(sorted);
@@ -62,8 +65,13 @@ async fn equal_trees_pass_whatever_old_owners_and_subseconds() {
 async fn a_root_owned_message_on_new_is_a_difference() {
     let old = mail("d/u/cur/1", 3, "100", "0:0");
     let new = mail("d/u/cur/1", 3, "100", "0:0");
-    let d = run(listing(&[&old], "-"), listing(&[&new], "-")).await.expect("complete");
-    assert_eq!(d, vec![format!("owner on new: d/u/cur/1 is 0:0, not {VMAIL}")]);
+    let d = run(listing(&[&old], "-"), listing(&[&new], "-"))
+        .await
+        .expect("complete");
+    assert_eq!(
+        d,
+        vec![format!("owner on new: d/u/cur/1 is 0:0, not {VMAIL}")]
+    );
 }
 
 #[tokio::test]
@@ -101,8 +109,15 @@ async fn hostile_names_are_compared_byte_for_byte() {
     .await
     .expect("complete");
     assert_eq!(d.len(), 2, "{d:?}");
-    assert!(d.iter().any(|l| l == "only on new: d/u/cur/\u{fffd}\u{fffd}"), "{d:?}");
-    assert!(d.iter().any(|l| l.starts_with("missing on new: d/u/cur/")), "{d:?}");
+    assert!(
+        d.iter()
+            .any(|l| l == "only on new: d/u/cur/\u{fffd}\u{fffd}"),
+        "{d:?}"
+    );
+    assert!(
+        d.iter().any(|l| l.starts_with("missing on new: d/u/cur/")),
+        "{d:?}"
+    );
     assert!(
         run(listing(&r, "-"), listing(&r, "-")).await.is_ok(),
         "a newline inside a name is not a record end"
@@ -124,7 +139,10 @@ async fn state_is_compared_by_content_and_owned_as_the_migration_sets() {
     let d = run(old.clone(), listing(&[&key_new, &new_e, &new_a], "120:121"))
         .await
         .expect("complete");
-    assert_eq!(d, vec!["differs: /etc/dkimkeys/opendkim.private (content differs)"]);
+    assert_eq!(
+        d,
+        vec!["differs: /etc/dkimkeys/opendkim.private (content differs)"]
+    );
     // Right content, but left with OLD's owner numbers on NEW.
     let (new_e, new_a) = (entry("110:112"), acme("0:0"));
     let d = run(old.clone(), listing(&[&key_old, &new_e, &new_a], "120:121"))
@@ -144,19 +162,35 @@ async fn state_is_compared_by_content_and_owned_as_the_migration_sets() {
 #[tokio::test]
 async fn queue_files_compare_by_content_per_queue() {
     let q = |queue: &str, sum: &str| format!("Q\t-\t-\t-\t-\t{queue}/{sum}").into_bytes();
-    let (a, b, c) = (q("deferred", "aaaa"), q("deferred", "bbbb"), q("hold", "aaaa"));
+    let (a, b, c) = (
+        q("deferred", "aaaa"),
+        q("deferred", "bbbb"),
+        q("hold", "aaaa"),
+    );
     // The same content twice in one queue: two files, both must arrive.
     let old = listing(&[&a, &b, &a], "-");
-    assert_eq!(run(old.clone(), listing(&[&a, &a, &b], "-")).await, Ok(vec![]));
-    let d = run(old.clone(), listing(&[&a, &b], "-")).await.expect("complete");
-    assert_eq!(d, vec!["missing on new: queue file deferred (content aaaa...)"]);
-    let d = run(old, listing(&[&a, &b, &c], "-")).await.expect("complete");
+    assert_eq!(
+        run(old.clone(), listing(&[&a, &a, &b], "-")).await,
+        Ok(vec![])
+    );
+    let d = run(old.clone(), listing(&[&a, &b], "-"))
+        .await
+        .expect("complete");
+    assert_eq!(
+        d,
+        vec!["missing on new: queue file deferred (content aaaa...)"]
+    );
+    let d = run(old, listing(&[&a, &b, &c], "-"))
+        .await
+        .expect("complete");
     assert_eq!(d.len(), 2, "{d:?}");
 }
 
 #[tokio::test]
 async fn a_listing_cut_short_or_altered_is_incomplete_never_a_result() {
-    let records: Vec<Vec<u8>> = (0..50).map(|i| mail(&format!("m{i:03}"), 1, "1", VMAIL)).collect();
+    let records: Vec<Vec<u8>> = (0..50)
+        .map(|i| mail(&format!("m{i:03}"), 1, "1", VMAIL))
+        .collect();
     let r: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
     let full = listing(&r, "-");
     // Both sides cut at the same point: the two would match, and must not pass.
@@ -175,7 +209,9 @@ async fn a_listing_cut_short_or_altered_is_incomplete_never_a_result() {
     let e = run(full.clone(), altered).await.expect_err("digest");
     assert!(e.why.contains("digest"), "{e}");
     // No header: not cmfleet's listing at all.
-    let e = run(full[1..].to_vec(), full.clone()).await.expect_err("header");
+    let e = run(full[1..].to_vec(), full.clone())
+        .await
+        .expect_err("header");
     assert!(e.why.contains("header"), "{e}");
     assert_eq!(run(full.clone(), full).await, Ok(vec![]));
 }
