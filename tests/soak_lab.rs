@@ -64,9 +64,25 @@ fn ten_migration_nights_of_twenty_relays_leave_none_down() {
             journal.data
         );
         let files = assert_trees_equal(&lab);
+        // OLD is frozen at step 4: a proof that needs its second pass, or a listing
+        // that arrives incomplete, is a bug to root-cause even when the relay ends up.
+        let (second, incomplete) = log_counts(&inv);
         eprintln!(
-            "round {round}: {relays}/{relays} relays done, {changed} mail changes between pre-stage and cutover, {files} mail files exact on NEW, {:.1} s",
+            "round {round}: {relays}/{relays} relays done, {changed} mail changes between pre-stage and cutover, {files} mail files exact on NEW, {second} second proofs, {incomplete} incomplete listings, {:.1} s",
             started.elapsed().as_secs_f64()
         );
+        assert_eq!((second, incomplete), (0, 0), "round {round}");
     }
+}
+
+/// Second proofs and incomplete listings, over every relay's log.
+fn log_counts(inv: &Inventory) -> (usize, usize) {
+    let logs = inv.fleet.state_dir.join("logs");
+    let mut counts = (0, 0);
+    for entry in std::fs::read_dir(&logs).expect("logs").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        counts.0 += text.matches("one more final sync and proof").count();
+        counts.1 += text.matches("is incomplete").count();
+    }
+    counts
 }
