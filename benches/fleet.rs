@@ -867,6 +867,29 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (med, s[0], s[s.len() - 1])
 }
 
+/// What every contender's ssh offers: none of them sets KexAlgorithms or Ciphers
+/// (cmfleet's default, the shell's and ansible's), so OpenSSH's own lists apply.
+fn ssh_algorithms() -> String {
+    let out = std::process::Command::new("ssh")
+        .args(["-G", "-F", "/dev/null", "lab-host"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let first = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().split(',').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "OpenSSH's defaults (kex {} first, cipher {} first)",
+        first("kexalgorithms "),
+        first("ciphers ")
+    )
+}
+
 fn fleet(o: &Opts) -> Result<()> {
     // Orphaned ssh masters (ControlPersist, `ssh -f`) are reparented to us, so their CPU
     // is counted once we reap them.
@@ -889,6 +912,10 @@ fn fleet(o: &Opts) -> Result<()> {
         o.data.messages,
         o.data.message_size,
         o.dir.display()
+    );
+    eprintln!(
+        "ssh algorithms, the same for every contender: {}",
+        ssh_algorithms()
     );
     let mut results: BTreeMap<Contender, Vec<RunResult>> = BTreeMap::new();
     for round in 1..=o.rounds {
