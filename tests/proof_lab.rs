@@ -8,11 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use cmfleet::events::EventSink;
 use cmfleet::inventory::{Inventory, Relay};
-use cmfleet::remote::{CommandKind, ConnectOptions, LineSink, SshPool, SshPoolConfig, Stdout};
+use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
 use cmfleet::steps::{proof, Step};
-use common::lab::TestLab;
+use common::lab::{quiet_sink, ssh_pool, TestLab};
 use common::run::{failures, run};
 
 /// Some message file in a `cur/` directory under `dir`.
@@ -86,31 +85,15 @@ fn hostile_names_and_a_root_owned_message_are_migrated_and_proven() {
     assert!(log.contains("records identical on old and new"), "{log}");
 }
 
-fn pool(inv: &Inventory) -> SshPool {
-    SshPool::new(&SshPoolConfig {
-        state_dir: inv.fleet.state_dir.clone(),
-        auth_sock: inv.fleet.ssh_auth_sock.clone(),
-        connects_per_sec: 10,
-        group_connects_per_sec: Default::default(),
-        keep_masters: false,
-    })
-    .expect("ssh pool")
-}
-
 /// The proof as step 4 runs it: both hosts' listings, merged as they arrive.
 fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let ssh = pool(inv);
+        let ssh = ssh_pool(inv);
         let opts = ConnectOptions::for_relay(relay);
         let old = ssh.connect(&relay.old, opts, || {}).await.expect("old");
         let new = ssh.connect(&relay.new, opts, || {}).await.expect("new");
-        let sink = LineSink {
-            relay: relay.name.clone(),
-            step: Step::FinalSync,
-            events: EventSink::discard(),
-            log: None,
-        };
+        let sink = quiet_sink(&relay.name);
         let script = proof::listing();
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(16);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(16);

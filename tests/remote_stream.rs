@@ -11,31 +11,9 @@ mod common;
 
 use std::time::Duration;
 
-use cmfleet::events::EventSink;
 use cmfleet::inventory::Inventory;
-use cmfleet::remote::{CommandKind, ConnectOptions, LineSink, SshPool, SshPoolConfig, Stdout};
-use cmfleet::steps::Step;
-use common::lab::TestLab;
-
-fn pool(inv: &Inventory) -> SshPool {
-    SshPool::new(&SshPoolConfig {
-        state_dir: inv.fleet.state_dir.clone(),
-        auth_sock: inv.fleet.ssh_auth_sock.clone(),
-        connects_per_sec: 10,
-        group_connects_per_sec: Default::default(),
-        keep_masters: false,
-    })
-    .expect("ssh pool")
-}
-
-fn sink() -> LineSink {
-    LineSink {
-        relay: "relay1.lab.test".into(),
-        step: Step::FinalSync,
-        events: EventSink::discard(),
-        log: None,
-    }
-}
+use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
+use common::lab::{quiet_sink, ssh_pool, TestLab};
 
 /// 1,000,000 records (6.9 MB, more than the ssh channel window of 2 MB) into a channel of one, with the consumer away for a
 /// second before it starts: the command has long exited when the reading begins,
@@ -47,7 +25,7 @@ fn a_slow_consumer_gets_every_record() {
     let relay = &inv.relays[0];
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let ssh = pool(&inv);
+        let ssh = ssh_pool(&inv);
         let conn = ssh
             .connect(&relay.old, ConnectOptions::for_relay(relay), || {})
             .await
@@ -68,7 +46,7 @@ fn a_slow_consumer_gets_every_record() {
             (count, last)
         };
         let script = format!("seq 1 {N} | tr '\\n' '\\0'");
-        let sink = sink();
+        let sink = quiet_sink(&relay.name);
         let to = Stdout::Records { to: tx, end: 0 };
         let (ran, (count, last)) = tokio::join!(
             ssh.run(&conn, &script, false, CommandKind::Plain, &sink, to),

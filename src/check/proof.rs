@@ -110,25 +110,10 @@ fn findings(f: &OldFacts) -> Finding {
 
 /// The finding on OLD (a failure to run the script is one too).
 pub async fn old_finding(ssh: &SshPool, old: &HostConn, sink: &LineSink) -> Finding {
-    let script = old_script();
-    match ssh
-        .run(
-            old,
-            &script,
-            false,
-            CommandKind::Plain,
-            sink,
-            Stdout::Capture,
-        )
-        .await
-    {
-        Ok(out) => findings(&parse(out.stdout.as_deref().unwrap_or(""))),
-        Err(e) => {
-            let mut f = Finding::fail(CHECK_OLD, format!("cannot inspect OLD: {}", e.message));
-            f.transient = e.kind == ErrorKind::Transient;
-            f
-        }
-    }
+    run_finding(ssh, old, &old_script(), CHECK_OLD, sink, |out| {
+        findings(&parse(&out))
+    })
+    .await
 }
 
 /// On NEW right before step 3: record /etc/dkimkeys' owner for step 4.
@@ -138,10 +123,26 @@ pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Find
         proof::record_dkim_owner(),
         proof::DKIM_OWNER_FILE
     );
+    run_finding(ssh, new, &script, CHECK_NEW, sink, |out| {
+        Finding::pass(CHECK_NEW, out.trim())
+    })
+    .await
+}
+
+/// Runs `script` and judges its output; a script that fails is a failed finding
+/// (transient when a retry may help).
+async fn run_finding(
+    ssh: &SshPool,
+    conn: &HostConn,
+    script: &str,
+    check: &str,
+    sink: &LineSink,
+    judge: impl FnOnce(String) -> Finding,
+) -> Finding {
     match ssh
         .run(
-            new,
-            &script,
+            conn,
+            script,
             false,
             CommandKind::Plain,
             sink,
@@ -149,9 +150,12 @@ pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Find
         )
         .await
     {
-        Ok(out) => Finding::pass(CHECK_NEW, out.stdout.unwrap_or_default().trim().to_string()),
+        Ok(out) => judge(out.stdout.unwrap_or_default()),
         Err(e) => {
-            let mut f = Finding::fail(CHECK_NEW, e.message);
+            let mut f = Finding::fail(
+                check,
+                format!("cannot inspect {}: {}", conn.dest, e.message),
+            );
             f.transient = e.kind == ErrorKind::Transient;
             f
         }

@@ -57,8 +57,8 @@ impl From<crate::remote::SshError> for StepError {
 /// What a successful step reports: `Some(note)` when it had nothing to do.
 pub type StepResult = Result<Option<String>, StepError>;
 
-/// Manifest lines buffered between a host and the comparison, per side.
-const MANIFEST_LINES_IN_FLIGHT: usize = 128;
+/// Listing records buffered between a host and the proof's merge, per side.
+const LISTING_RECORDS_IN_FLIGHT: usize = 128;
 
 /// Which copy a transfer makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,8 +538,8 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         let (on_old, on_new) = (proof::listing(), commands::settle_new());
-        let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
-        let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
+        let (old_tx, old_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
+        let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let records = |to| Stdout::Records { to, end: 0 };
         let plain = CommandKind::Plain;
         let (a, b, compared) = tokio::join!(
