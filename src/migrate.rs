@@ -54,7 +54,10 @@ fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work
     // Step 1 is repeatable while the old site is authoritative and the new one inactive.
     let before_cutover =
         rec.step(Step::DisableOld).status == StepStatus::Pending && rec.down_since_ms.is_none();
-    if opts.refresh && before_cutover && done(Step::InitialSync) {
+    if before_cutover
+        && done(Step::InitialSync)
+        && (opts.refresh || stale_copy(&rec, relay, &steps))
+    {
         steps.insert(0, Step::InitialSync);
     }
     let mut held = None;
@@ -80,6 +83,20 @@ fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work
         }
     }
     Work { steps, held }
+}
+
+/// A cutover is due and step 1 finished longer ago than the relay's
+/// `refresh_after`: the mail changed since, and all of it would be copied inside
+/// the downtime. A delta now, while OLD still serves, keeps step 4 short.
+fn stale_copy(rec: &crate::journal::RelayRecord, relay: &Relay, steps: &[Step]) -> bool {
+    let (Some(after), Some(copied)) = (
+        relay.settings.refresh_after,
+        rec.step(Step::InitialSync).finished_ms,
+    ) else {
+        return false;
+    };
+    let age = crate::journal::now_ms().saturating_sub(copied);
+    steps.contains(&Step::DisableOld) && u128::from(age) > after.as_millis()
 }
 
 /// Runs the migration of `relays`. `report` sees every event after the journal recorded it.

@@ -328,6 +328,10 @@ fn settings(
         10,
         c,
     )?;
+    let refresh_after = match inherit!(refresh_after) {
+        Some(t) if t.get_ref() == "off" => None,
+        t => Some(duration(t, &format!("{at}refresh_after"), 3600, c)?),
+    };
     let cipher = match inherit!(cipher) {
         Some(t) => Some(c.parse(t, &format!("{at}cipher"), parse_cipher)?),
         None => None,
@@ -360,6 +364,7 @@ fn settings(
     Some(RelaySettings {
         transfer,
         connect_timeout,
+        refresh_after,
         host_key_policy,
         cipher,
         kex,
