@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmfleet::redact::clean(&format!("{e:#}")));
             ExitCode::from(exit::USAGE as u8)
         }
     }

@@ -6,10 +6,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -167,10 +170,13 @@ impl Scheduler {
                         events: self.events.clone(),
                         cancel: self.cancel.clone(),
                         retry: job.relay.settings.retry,
+                        at: Arc::default(),
                     };
-                    tasks.spawn(async move { (job.relay.name.clone(), task.drive(job, fork).await) });
+                    tasks.spawn(task.drive_catching(job, fork));
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    // A task's panic is caught inside it (`drive_catching`), and tasks
+                    // are never aborted: a join error cannot lose a relay.
                     let Ok((name, result)) = joined else { continue };
                     *finished += 1;
                     match result {
@@ -249,9 +255,47 @@ struct RelayTask {
     events: EventSink,
     cancel: watch::Receiver<Cancel>,
     retry: RetryPolicy,
+    /// The step and attempt running now, kept outside the task so that a panic
+    /// can still be recorded against them.
+    at: Arc<Mutex<Option<(Step, u32)>>>,
 }
 
 impl RelayTask {
+    /// [`RelayTask::drive`], but a panic (a bug in a step or in the scheduler) ends
+    /// the relay as failed, with the panic's message recorded as its step's error:
+    /// a task that vanished would leave the relay out of the outcome and the
+    /// failure count, and possibly DOWN without anybody being told.
+    async fn drive_catching(
+        self,
+        job: Job,
+        fork: tokio::sync::OwnedSemaphorePermit,
+    ) -> (String, RelayResult) {
+        let relay = job.relay.name.clone();
+        let first = job.steps.first().copied();
+        let (at, events) = (self.at.clone(), self.events.clone());
+        // Nothing the task shares is left half-updated by a panic: gates are
+        // semaphores and atomics, released by the unwinding drops.
+        let panic = match AssertUnwindSafe(self.drive(job, fork)).catch_unwind().await {
+            Ok(result) => return (relay, result),
+            Err(panic) => panic,
+        };
+        let position = *at.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((step, attempt)) = position.or(first.map(|s| (s, 1))) {
+            events.send(Event::StepFailed {
+                relay: relay.clone(),
+                step,
+                attempt,
+                kind: ErrorKind::Permanent,
+                error: format!(
+                    "cmfleet panicked (a bug, please report it): {}",
+                    panic_message(panic.as_ref())
+                ),
+                will_retry: false,
+            });
+        }
+        (relay, RelayResult::Failed)
+    }
+
     /// Carries one relay through its steps; `_fork` is its slot among `forks`.
     async fn drive(mut self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
         let name = job.relay.name.clone();
@@ -293,6 +337,7 @@ impl RelayTask {
         let mut backoff = self.retry.backoff;
         for attempt in 1..=self.retry.attempts {
             let _transfer = self.transfer_slot(relay, step, claim).await;
+            *self.at.lock().unwrap_or_else(PoisonError::into_inner) = Some((step, attempt));
             self.events.send(Event::StepStarted {
                 relay: relay.name.clone(),
                 step,
@@ -431,6 +476,15 @@ impl Drop for Claim {
     fn drop(&mut self) {
         self.gates.cutover_claims.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The text a panic was raised with (`panic!`'s message, `expect`'s, an index error's).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Backoff with ±25% jitter, so relays failing together do not retry together.

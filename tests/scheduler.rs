@@ -354,3 +354,85 @@ async fn initial_syncs_never_take_the_slot_a_down_relay_needs() {
     assert_eq!(outcome.done.len(), 8);
     assert_eq!(sim.initial_syncs_while_down.load(Ordering::SeqCst), 0);
 }
+
+/// Panics at one step of one relay, runs every other step.
+struct Panicky {
+    relay: String,
+    step: Step,
+}
+
+impl StepRunner for Panicky {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if relay.name == self.relay && step == self.step {
+                let at: Vec<usize> = Vec::new();
+                panic!("simulated bug: index {} out of range", at.len() + 7);
+            }
+            Ok(None)
+        })
+    }
+}
+
+/// A relay whose task panics (a bug in a step) ends as a failed relay with the
+/// panic's message: in the outcome, in a failed step's event and in the journal;
+/// the other relays finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_relay_task_ends_as_a_failed_relay_with_the_message() {
+    let (dir, relays) = fleet(3);
+    let runner = Arc::new(Panicky {
+        relay: relays[1].name.clone(),
+        step: Step::FinalSync,
+    });
+    let (events, mut rx) = EventSink::channel();
+    let scheduler = Scheduler {
+        limits: Limits::default(),
+        groups: HashMap::new(),
+        waves: vec![Wave::Percent(100)],
+        events,
+        cancel: no_cancel(),
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        scheduler.run(jobs(&relays), runner),
+    )
+    .await
+    .expect("the run ends");
+    drop(scheduler);
+    assert_eq!(outcome.failed, vec![relays[1].name.clone()], "{outcome:?}");
+    assert_eq!(outcome.done.len(), 2, "{outcome:?}");
+    let mut journal =
+        cmfleet::journal::Journal::open(dir.path(), &dir.path().join("f.toml")).expect("journal");
+    let mut failed = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        journal.apply(&ev);
+        if let Event::StepFailed {
+            relay,
+            step,
+            kind,
+            error,
+            will_retry,
+            ..
+        } = ev
+        {
+            failed.push((relay, step, kind, error, will_retry));
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (relay, step, kind, error, will_retry) = &failed[0];
+    assert_eq!((relay, *step), (&relays[1].name, Step::FinalSync));
+    assert_eq!(*kind, ErrorKind::Permanent);
+    assert!(!will_retry);
+    assert!(
+        error.contains("simulated bug: index 7 out of range"),
+        "{error}"
+    );
+    let rec = &journal.data.relays[&relays[1].name];
+    assert_eq!(rec.failed_step(), Some(Step::FinalSync), "{rec:#?}");
+    let recorded = rec.step(Step::FinalSync).error.clone().unwrap_or_default();
+    assert!(recorded.contains("index 7 out of range"), "{recorded}");
+}

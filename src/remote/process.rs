@@ -31,7 +31,7 @@ impl LineSink {
         if let Some(log) = &self.log {
             if let Ok(mut f) = log.lock() {
                 // A log write failure must not fail the migration; the journal is authoritative.
-                let _ = writeln!(f, "{line}");
+                let _ = writeln!(f, "{}", crate::redact::clean(line));
             }
         }
     }

@@ -189,19 +189,24 @@ impl Executor {
             Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
             Step::DisableOld => {
                 // OLD has served mail since step 1: what would fail the proof inside
-                // the downtime is found now, while refusing costs nothing.
-                if let Err(e) = crate::check::cutover_preflight(&self.ssh, relay, &sink).await {
-                    self.still_serving(relay, &sink).await;
-                    return Err(e);
+                // the downtime is found now, while refusing costs nothing. Then the
+                // operator's hook, then cmdeploy: a failure of any of the three leaves
+                // OLD serving, and the relay must not be reported DOWN for it. OLD's
+                // port decides rather than which part failed: an earlier attempt (a
+                // retry, or a run killed inside cmdeploy) may have disabled it already.
+                let disabled = async {
+                    crate::check::cutover_preflight(&self.ssh, relay, &sink).await?;
+                    self.hook(
+                        relay,
+                        relay.settings.hooks.pre_cutover.as_deref(),
+                        "pre_cutover",
+                        &sink,
+                    )
+                    .await?;
+                    self.cmdeploy(commands::disable_old(relay), &sink).await
                 }
-                self.hook(
-                    relay,
-                    relay.settings.hooks.pre_cutover.as_deref(),
-                    "pre_cutover",
-                    &sink,
-                )
-                .await?;
-                if let Err(e) = self.cmdeploy(commands::disable_old(relay), &sink).await {
+                .await;
+                if let Err(e) = disabled {
                     self.still_serving(relay, &sink).await;
                     return Err(e);
                 }
