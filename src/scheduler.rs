@@ -297,11 +297,12 @@ impl RelayTask {
     }
 
     /// Carries one relay through its steps; `_fork` is its slot among `forks`.
-    async fn drive(mut self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
+    async fn drive(self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
         let name = job.relay.name.clone();
         let mut cutover = None;
         let mut claim = None;
         let final_sync_ahead = job.steps.contains(&Step::FinalSync);
+        let overlap = job.steps.contains(&Step::Dns) && job.steps.contains(&Step::Activate);
         for step in job.steps {
             let stop =
                 *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
@@ -325,15 +326,38 @@ impl RelayTask {
                     claim = Some(Claim::new(&self.gates));
                 }
             }
-            if !self.attempt_step(&job.relay, step, &mut claim).await {
+            if step == Step::Activate && overlap {
+                continue; // Already run, beside step 5.
+            }
+            let ok = if step == Step::Dns && overlap {
+                self.dns_beside_activation(&job.relay).await
+            } else {
+                self.attempt_step(&job.relay, step, &mut claim).await
+            };
+            if !ok {
                 return RelayResult::Failed;
             }
         }
         RelayResult::Done
     }
 
+    /// Steps 5 and 6 at once: the DNS update goes out and activation starts
+    /// together, and the relay is up when both are done (the journal says so only
+    /// then). Both wait on something slow that the other does not need: DNS on the
+    /// authoritative servers, activation on a deploy of NEW. Both still run to
+    /// their end (with retries) even when the other fails, so a retry of the relay
+    /// has only the failed one left.
+    async fn dns_beside_activation(&self, relay: &Relay) -> bool {
+        let (mut no_claim, mut no_claim_either) = (None, None);
+        let (dns, activate) = tokio::join!(
+            self.attempt_step(relay, Step::Dns, &mut no_claim),
+            self.attempt_step(relay, Step::Activate, &mut no_claim_either)
+        );
+        dns && activate
+    }
+
     /// Runs one step with retries; returns whether it succeeded.
-    async fn attempt_step(&mut self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
+    async fn attempt_step(&self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
         let mut backoff = self.retry.backoff;
         for attempt in 1..=self.retry.attempts {
             let _transfer = self.transfer_slot(relay, step, claim).await;
@@ -386,7 +410,7 @@ impl RelayTask {
         false
     }
 
-    async fn run_cancellable(&mut self, relay: &Relay, step: Step) -> StepResult {
+    async fn run_cancellable(&self, relay: &Relay, step: Step) -> StepResult {
         let mut cancel = self.cancel.clone();
         tokio::select! {
             r = self.runner.run(relay, step) => r,
@@ -398,7 +422,7 @@ impl RelayTask {
     }
 
     /// Sleeps for a backoff; returns true if a kill arrived meanwhile.
-    async fn sleep_or_kill(&mut self, d: Duration) -> bool {
+    async fn sleep_or_kill(&self, d: Duration) -> bool {
         let mut cancel = self.cancel.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => false,

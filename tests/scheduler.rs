@@ -217,7 +217,48 @@ async fn no_deadlock_with_every_limit_at_one() {
         .await
         .expect("no deadlock");
     assert_eq!(outcome.done.len(), 12);
-    assert_eq!(sim.max_in_flight.load(Ordering::SeqCst), 1);
+    // One relay at a time; its steps 5 and 6 side by side are the only overlap.
+    assert_eq!(sim.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+/// Steps 5 and 6 run at once (the DNS wait and the activation overlap), and the
+/// relay is done only when both are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_and_activation_run_side_by_side() {
+    let (_d, relays) = fleet(3);
+    let sim = Arc::new(Sim::default());
+    let (outcome, events) = run(
+        &relays,
+        Limits::default(),
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 3, "{outcome:?}");
+    // (relay, step, started?) of each step event, in order.
+    let marks: Vec<(String, Step, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { relay, step, .. } => Some((relay.clone(), *step, true)),
+            Event::StepDone { relay, step, .. } => Some((relay.clone(), *step, false)),
+            _ => None,
+        })
+        .collect();
+    for r in &relays {
+        let at = |step: Step, started: bool| {
+            marks
+                .iter()
+                .position(|m| m.0 == r.name && m.1 == step && m.2 == started)
+                .expect("event")
+        };
+        assert!(
+            at(Step::Activate, true) < at(Step::Dns, false)
+                && at(Step::Dns, true) < at(Step::Activate, false),
+            "{} ran steps 5 and 6 one after the other",
+            r.name
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
