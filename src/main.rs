@@ -271,6 +271,10 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
     for (relay, why) in &outcome.held {
         eprintln!("held back: {relay}: {why}");
     }
+    if let Some(e) = &outcome.journal_error {
+        eprintln!("error: {e}");
+        return Ok(exit::JOURNAL_UNSAVED);
+    }
     if !outcome.held.is_empty() && finished.exit_code() == exit::OK {
         return Ok(exit::RELAYS_FAILED);
     }

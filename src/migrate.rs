@@ -147,12 +147,16 @@ pub async fn migrate(
     let executor = Executor::new(&inv.fleet, &inv.groups, events.clone(), true)
         .map_err(|e| MigrateError::Setup(e.message))?;
     let executor = Arc::new(executor);
+    // The scheduler's stop signal: the operator's (forwarded below), raised to
+    // "start nothing new" by this loop when the journal cannot be saved.
+    let mut cancel = cancel;
+    let (stop, stop_rx) = watch::channel(*cancel.borrow());
     let scheduler = Scheduler {
         limits: inv.fleet.limits.clone(),
         groups: inv.groups.clone().into_iter().collect(),
         waves: inv.fleet.waves.clone(),
         events: events.clone(),
-        cancel,
+        cancel: stop_rx,
     };
     let started = std::time::Instant::now();
     events.send(Event::RunStarted { relays: jobs.len() });
@@ -161,10 +165,37 @@ pub async fn migrate(
     tokio::pin!(run);
     // One loop owns the journal: record, save, then show.
     let mut save_error = None;
+    let mut operator_open = true;
     let mut outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
-            Some(ev) = rx.recv() => record(&mut journal, &ev, &mut report, &mut save_error),
+            Some(ev) = rx.recv() => {
+                record(&mut journal, &ev, &mut report, &mut save_error);
+                // Copied out first: a borrow held across `send_replace` deadlocks.
+                let stopping = *stop.borrow();
+                if let (Some(e), Cancel::None) = (&save_error, stopping) {
+                    // What happens from now on is not recorded: a relay started now
+                    // could be left DOWN with a journal saying it serves. Cutovers in
+                    // flight finish (abandoning them is worse), nothing else starts.
+                    stop.send_replace(Cancel::StopStarting);
+                    events.send(Event::Halted {
+                        reason: journal_halt(e),
+                    });
+                }
+            }
+            changed = cancel.changed(), if operator_open => match changed {
+                Ok(()) => {
+                    let asked = *cancel.borrow();
+                    stop.send_if_modified(|s| {
+                        let raise = asked > *s;
+                        if raise {
+                            *s = asked;
+                        }
+                        raise
+                    });
+                }
+                Err(_) => operator_open = false,
+            },
         }
     };
     // A relay pre-staged by this run (`--until-step`) keeps its two masters for a
@@ -184,12 +215,29 @@ pub async fn migrate(
     while let Ok(ev) = rx.try_recv() {
         record(&mut journal, &ev, &mut report, &mut save_error);
     }
-    journal.save()?;
+    let last_save = journal.save();
     outcome.held = held;
-    match save_error {
-        Some(e) => Err(e.into()),
-        None => Ok((outcome, journal)),
+    if let Some(e) = save_error {
+        // The caller reports from memory (the journal it gets back is complete)
+        // and exits with its own code; the run was not an operator's interrupt.
+        outcome.interrupted = *cancel.borrow() > Cancel::None;
+        outcome.halted = Some(journal_halt(&e));
+        outcome.journal_error = Some(match last_save {
+            Ok(()) => format!("{e}; saved again at the end of the run"),
+            Err(last) => format!(
+                "{last}; the journal on disk is behind this report (hint: free space in {}, then compare `cmfleet status` with this report before running migrate again: a relay done here may look staged or DOWN there)",
+                inv.fleet.state_dir.display()
+            ),
+        });
+        return Ok((outcome, journal));
     }
+    last_save?;
+    Ok((outcome, journal))
+}
+
+/// Why the run stopped starting relays after a failed journal save.
+fn journal_halt(e: &JournalError) -> String {
+    format!("{e}: no relay or step was started after that; relays inside their cutover finished")
 }
 
 /// Relays the journal has left in the middle of a migration (staged or DOWN) that the

@@ -69,6 +69,9 @@ pub struct Outcome {
     pub interrupted: bool,
     /// Relays held back before their cutover by a safety gate, with the reason.
     pub held: Vec<(String, String)>,
+    /// Set when the journal could not be saved during the run (by `migrate`, which
+    /// then stopped new work): the error, and whether the disk caught up.
+    pub journal_error: Option<String>,
 }
 
 /// Limits shared by every relay's task.
@@ -321,6 +324,14 @@ impl RelayTask {
                 let Ok(p) = self.gates.cutovers.clone().acquire_owned().await else {
                     return RelayResult::Failed;
                 };
+                // The wait for a slot can be long: a stop that came meanwhile (Ctrl-C,
+                // max_fail_percent, an unsaved journal) keeps the relay out of its
+                // cutover, as it would have before the wait.
+                let stop = *self.cancel.borrow() > Cancel::None
+                    || self.gates.halted.load(Ordering::SeqCst);
+                if stop {
+                    return RelayResult::NotStarted;
+                }
                 cutover = Some(p);
                 if final_sync_ahead {
                     claim = Some(Claim::new(&self.gates));

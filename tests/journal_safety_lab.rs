@@ -201,3 +201,82 @@ fn secrets_in_a_hook_line_and_a_dns_programs_stderr_never_leak() {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
 }
+
+/// The state directory fills up while one of two relays is inside its cutover (the
+/// other waits for the single cutover slot): the first failed save stops new work,
+/// the relay in its cutover finishes, the other is never cut over (OLD keeps
+/// serving), the report is printed from memory (the finished relay done) with the
+/// journal's error, and the run exits with its own code, 3.
+#[test]
+fn a_journal_that_cannot_be_saved_stops_new_work_and_lets_cutovers_finish() {
+    let lab = TestLab::start(2);
+    let path = variant(&lab, "full.toml", |t| {
+        with_settings(t, "cutovers = 1\n", "")
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let state = &inv.fleet.state_dir;
+    let out = lab.path().join("migrate.out");
+    let on_disk = lab.path().join("journal-on-disk.json");
+    let journal = cmfleet::journal::journal_path(state, &inv.path);
+    // The state dir is a tmpfs of this mount namespace only; it is filled as soon as
+    // a relay's log shows step 3's cmdeploy (the relay is inside its cutover). The
+    // cmdeploy workspaces get a filesystem of their own: cmdeploy writes into its
+    // workspace, and with that full no cutover could finish at all.
+    let script = format!(
+        "mkdir -p {s} && mount -t tmpfs -o size=64m,mode=700 cmf {s} || exit 99\n\
+         mkdir {s}/workspaces && mount -t tmpfs -o size=256m cmf-ws {s}/workspaces || exit 98\n\
+         {bin} migrate --yes --progress plain -i {inv} > {out} 2>&1 &\n\
+         pid=$!\n\
+         i=0; until grep -qs -- --disable-mail {s}/logs/*.log; do sleep 0.01; i=$((i+1)); [ $i -gt 12000 ] && break; done\n\
+         dd if=/dev/zero of={s}/filler bs=64k 2>/dev/null\n\
+         wait $pid; echo \"exit=$?\" >> {out}\n\
+         cp {journal} {disk}\n",
+        s = state.display(),
+        bin = env!("CARGO_BIN_EXE_cmfleet"),
+        inv = path.display(),
+        out = out.display(),
+        journal = journal.display(),
+        disk = on_disk.display(),
+    );
+    let status = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("CMFLEET_PROGRESS")
+        .status()
+        .expect("unshare");
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(&out).expect("output");
+    assert!(text.contains("exit=3"), "{text}");
+    assert!(text.contains("cannot write the journal"), "{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    // Exactly one relay was cut over (the one inside its cutover when the disk
+    // filled); the other was never touched past its pre-staging.
+    let mut done = Vec::new();
+    for relay in lab.relays() {
+        let old = lab.host_state(relay.old.addr).expect("old");
+        let new = lab.host_state(relay.new.addr).expect("new");
+        if new.active {
+            assert!(old.mail_disabled, "{old:?}");
+            done.push(relay.mail_domain.clone());
+        } else {
+            assert!(
+                !old.mail_disabled,
+                "a relay was cut over after the failed save"
+            );
+        }
+    }
+    assert_eq!(done.len(), 1, "{text}");
+    // The report is from memory: it knows the relay is done, the disk does not.
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&done[0]) && l.to_lowercase().contains("done")),
+        "{text}"
+    );
+    let disk: cmfleet::journal::JournalData =
+        serde_json::from_str(&std::fs::read_to_string(&on_disk).expect("journal on disk"))
+            .expect("the journal on disk is whole");
+    assert_ne!(
+        disk.relays[&done[0]].state(),
+        RelayState::Done,
+        "the disk was not full: the test measured nothing"
+    );
+}
