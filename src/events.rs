@@ -8,6 +8,16 @@ use tokio::sync::mpsc;
 
 use crate::steps::Step;
 
+/// An action that changes whether a relay serves mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServingChange {
+    /// `cmdeploy --disable-mail` on OLD (step 3).
+    DisableOld,
+    /// The activate stage on NEW (step 6).
+    ActivateNew,
+}
+
 /// Why a step failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +113,13 @@ pub enum Event {
     OldStillServing {
         relay: String,
     },
+    /// About to change whether a relay serves mail: recorded (on disk) before the
+    /// action starts, so a controller killed at any point leaves a journal that
+    /// knows whether OLD may already be disabled.
+    ServingChange {
+        relay: String,
+        change: ServingChange,
+    },
     /// The run stopped starting relays (max_fail_percent, Ctrl-C), and why.
     Halted {
         reason: String,
@@ -121,7 +138,8 @@ impl Event {
             | Event::Progress { relay, .. }
             | Event::StepDone { relay, .. }
             | Event::StepFailed { relay, .. }
-            | Event::OldStillServing { relay } => Some(relay),
+            | Event::OldStillServing { relay }
+            | Event::ServingChange { relay, .. } => Some(relay),
             _ => None,
         }
     }
@@ -173,14 +191,23 @@ impl Event {
     }
 }
 
+/// An event on its way to the journal, and who waits until it is saved.
+#[derive(Debug)]
+pub struct Envelope {
+    pub event: Event,
+    /// Told whether the journal saved the event (write-ahead: see
+    /// [`EventSink::record_first`]).
+    pub recorded: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
 /// Where events go. Cloned freely; sending never blocks the engine on the display.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::UnboundedSender<Event>,
+    tx: mpsc::UnboundedSender<Envelope>,
 }
 
 impl EventSink {
-    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
+    pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Envelope>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (EventSink { tx }, rx)
     }
@@ -193,6 +220,22 @@ impl EventSink {
 
     pub fn send(&self, event: Event) {
         // The receiver only goes away when the run is over; late events are moot then.
-        let _ = self.tx.send(event.redacted());
+        let _ = self.tx.send(Envelope {
+            event: event.redacted(),
+            recorded: None,
+        });
+    }
+
+    /// Sends `event` and waits until the run's journal has saved it, and every
+    /// event sent before it: for what must be on disk before an action that
+    /// changes whether a relay serves mail. `false` when it was not saved (the
+    /// journal could not be written, or nothing records this sink's events).
+    pub async fn record_first(&self, event: Event) -> bool {
+        let (done, saved) = tokio::sync::oneshot::channel();
+        let envelope = Envelope {
+            event: event.redacted(),
+            recorded: Some(done),
+        };
+        self.tx.send(envelope).is_ok() && saved.await.unwrap_or(false)
     }
 }

@@ -90,6 +90,16 @@ pub struct RelayRecord {
     /// Step 3 failed and OLD was seen still accepting mail afterwards: not down.
     #[serde(default)]
     pub old_still_serving: bool,
+    /// `cmdeploy --disable-mail` on OLD was about to start (recorded before it
+    /// did): OLD may be disabled, whatever happened to the controller since.
+    /// Cleared only when OLD is seen serving again. Journals from before this
+    /// field assume it for a relay that started step 3 (the safe side).
+    #[serde(default = "assume_disabled")]
+    pub old_may_be_disabled: bool,
+}
+
+fn assume_disabled() -> bool {
+    true
 }
 
 /// A TTL lowered ahead of the migration (the guide's advice).
@@ -133,6 +143,7 @@ impl Default for RelayRecord {
             up_again_ms: None,
             rollbacks: Vec::new(),
             dns_ttl: None,
+            old_may_be_disabled: false,
             old_still_serving: false,
         }
     }
@@ -168,13 +179,22 @@ impl RelayRecord {
             |s: Step| self.step(s).status != StepStatus::Pending || self.step(s).attempts > 0;
         if self.finished(Step::Activate) && self.finished(Step::Dns) {
             RelayState::Done
-        } else if touched(Step::DisableOld) && !self.failed_before_disabling() {
+        } else if touched(Step::DisableOld)
+            && self.may_be_disabled()
+            && !self.failed_before_disabling()
+        {
             RelayState::Down
         } else if Step::ALL.iter().any(|s| touched(*s)) {
             RelayState::Staged
         } else {
             RelayState::NotStarted
         }
+    }
+
+    /// Whether cmdeploy may have disabled OLD: it was recorded as about to start,
+    /// or step 3 finished.
+    fn may_be_disabled(&self) -> bool {
+        self.old_may_be_disabled || self.finished(Step::DisableOld)
     }
 
     /// Step 3 failed and left OLD serving mail: the relay is staged, not down.
@@ -358,9 +378,6 @@ impl Journal {
                 let r = self.relay(relay);
                 if *step == Step::DisableOld {
                     r.old_still_serving = false;
-                    if r.down_since_ms.is_none() {
-                        r.down_since_ms = Some(now);
-                    }
                 }
                 let s = r.step_mut(*step);
                 s.status = StepStatus::Running;
@@ -394,7 +411,17 @@ impl Journal {
             Event::OldStillServing { relay } => {
                 let r = self.relay(relay);
                 r.old_still_serving = true;
+                r.old_may_be_disabled = false;
                 r.down_since_ms = None;
+                true
+            }
+            Event::ServingChange { relay, change } => {
+                let r = self.relay(relay);
+                if *change == crate::events::ServingChange::DisableOld {
+                    r.old_may_be_disabled = true;
+                    // The downtime starts here, not at step 3's preflight.
+                    r.down_since_ms.get_or_insert(now);
+                }
                 true
             }
             Event::StepFailed {
@@ -451,5 +478,71 @@ impl Journal {
             File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::ServingChange;
+
+    fn started(step: Step) -> Event {
+        Event::StepStarted {
+            relay: "r".into(),
+            step,
+            attempt: 1,
+        }
+    }
+
+    /// A controller killed inside step 3 leaves a journal that knows whether
+    /// OLD may be disabled: killed before the write-ahead record (in the preflight
+    /// or the hook), the relay is staged and serving; killed after it (cmdeploy
+    /// may have started), it is DOWN.
+    #[test]
+    fn a_kill_before_the_record_is_staged_after_it_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inventory = dir.path().join("fleet.toml");
+        std::fs::write(&inventory, "").expect("inventory");
+        let mut journal = Journal::open(dir.path(), &inventory).expect("journal");
+        for step in [Step::InitialSync, Step::Preconfigure] {
+            journal.apply(&started(step));
+            journal.apply(&Event::StepDone {
+                relay: "r".into(),
+                step,
+                elapsed: Duration::ZERO,
+                note: None,
+            });
+        }
+        journal.apply(&started(Step::DisableOld));
+        let mut killed = journal.data.clone();
+        if let Some(r) = killed.relays.get_mut("r") {
+            r.step_mut(Step::DisableOld).status = StepStatus::Pending;
+        }
+        assert_eq!(killed.relays["r"].state(), RelayState::Staged);
+        assert!(killed.relays["r"].down_since_ms.is_none());
+
+        journal.apply(&Event::ServingChange {
+            relay: "r".into(),
+            change: ServingChange::DisableOld,
+        });
+        let rec = journal.relay("r");
+        rec.step_mut(Step::DisableOld).status = StepStatus::Pending;
+        assert_eq!(rec.state(), RelayState::Down);
+        assert!(rec.down_since_ms.is_some());
+    }
+
+    /// A journal written before the record existed knows nothing of it: a relay
+    /// that started step 3 there is taken as possibly disabled (the safe side).
+    #[test]
+    fn an_older_journal_is_read_on_the_safe_side() {
+        let mut rec = RelayRecord::default();
+        rec.step_mut(Step::DisableOld).attempts = 1;
+        let mut json = serde_json::to_value(&rec).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("old_may_be_disabled");
+        let old: RelayRecord = serde_json::from_value(json).expect("read");
+        assert_eq!(old.state(), RelayState::Down);
+        assert_eq!(rec.state(), RelayState::Staged);
     }
 }

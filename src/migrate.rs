@@ -169,8 +169,8 @@ pub async fn migrate(
     let mut outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
-            Some(ev) = rx.recv() => {
-                record(&mut journal, &ev, &mut report, &mut save_error);
+            Some(envelope) = rx.recv() => {
+                record(&mut journal, envelope, &mut report, &mut save_error);
                 // Copied out first: a borrow held across `send_replace` deadlocks.
                 let stopping = *stop.borrow();
                 if let (Some(e), Cancel::None) = (&save_error, stopping) {
@@ -212,8 +212,8 @@ pub async fn migrate(
     events.send(Event::RunFinished {
         elapsed: started.elapsed(),
     });
-    while let Ok(ev) = rx.try_recv() {
-        record(&mut journal, &ev, &mut report, &mut save_error);
+    while let Ok(envelope) = rx.try_recv() {
+        record(&mut journal, envelope, &mut report, &mut save_error);
     }
     let last_save = journal.save();
     outcome.held = held;
@@ -265,16 +265,23 @@ fn lost_relays(journal: &Journal, inv: &Inventory) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Records an event, saves the journal, then shows the event; whoever waits for
+/// the event to be on disk (write-ahead) is told whether the journal is saved.
 fn record(
     journal: &mut Journal,
-    ev: &Event,
+    envelope: crate::events::Envelope,
     report: &mut impl FnMut(&Event, &Journal),
     save_error: &mut Option<JournalError>,
 ) {
+    let ev = &envelope.event;
     if journal.apply(ev) {
         if let Err(e) = journal.save() {
             save_error.get_or_insert(e);
         }
+    }
+    if let Some(waiting) = envelope.recorded {
+        // After any failed save the journal may be behind: nothing more is vouched for.
+        let _ = waiting.send(save_error.is_none());
     }
     report(ev, journal);
 }

@@ -91,6 +91,7 @@ fn record_rollback(rec: &mut RelayRecord, at_ms: u64) {
     rec.steps = RelayRecord::default().steps;
     rec.down_since_ms = None;
     rec.up_again_ms = None;
+    rec.old_may_be_disabled = false;
     rec.rollbacks.push(at_ms);
 }
 

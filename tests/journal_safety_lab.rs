@@ -280,3 +280,83 @@ fn a_journal_that_cannot_be_saved_stops_new_work_and_lets_cutovers_finish() {
         "the disk was not full: the test measured nothing"
     );
 }
+
+/// Write-ahead: when `cmdeploy --disable-mail` starts, the journal on disk already
+/// says OLD may be disabled (a controller SIGKILLed from then on leaves a journal
+/// that says DOWN); when the activation starts, step 6 is on disk as running. A
+/// stand-in cmdeploy reads the journal file at its start, as a crash would leave it.
+#[test]
+fn the_journal_is_on_disk_before_cmdeploy_changes_what_serves_mail() {
+    let lab = TestLab::start(2);
+    let inv = Inventory::load(&lab.inventory()).expect("inventory");
+    let journal = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let seen = lab.path().join("seen-at-cmdeploy-start.txt");
+    let checkout = lab.checkout();
+    let script = checkout.join("scripts/cmdeploy");
+    std::fs::rename(&script, checkout.join("scripts/cmdeploy-real")).expect("rename");
+    // Which relay: relays/<domain>/chatmail.ini in --config. What the journal says
+    // of it goes to `seen`, one line per run that changes what serves mail.
+    let wrapper = format!(
+        r#"#!/bin/bash
+cfg=; dis=0; prev=
+for a in "$@"; do [ "$prev" = --config ] && cfg=$a; [ "$a" = --disable-mail ] && dis=1; prev=$a; done
+relay=$(basename "$(dirname "$cfg")")
+what=
+[ $dis = 1 ] && what=disable
+[ "${{CMDEPLOY_STAGES:-}}" = activate ] && what=activate
+if [ -n "$what" ]; then
+  python3 - "{journal}" "$relay" "$what" >> "{seen}" <<'PY'
+import json, sys
+path, relay, what = sys.argv[1:]
+r = json.load(open(path))["relays"][relay]
+steps = r["steps"]
+print(what, relay, r.get("old_may_be_disabled"), steps[2]["status"], steps[5]["status"])
+PY
+fi
+exec "$(dirname "$0")/cmdeploy-real" "$@"
+"#,
+        journal = journal.display(),
+        seen = seen.display()
+    );
+    std::fs::write(&script, wrapper).expect("write wrapper");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let git = |args: &[&str]| {
+        common::lab::ok(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&checkout)
+                .args(args),
+        )
+    };
+    git(&["add", "-A"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "wrapper",
+    ]);
+
+    let (outcome, journal_data, _) = common::run::run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 2, "{:#?}", journal_data.data);
+    let seen = std::fs::read_to_string(&seen).expect("the wrapper ran");
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 4, "{seen}");
+    for relay in &inv.relays {
+        let name = &relay.name;
+        assert!(
+            lines.contains(&format!("disable {name} True running pending").as_str()),
+            "OLD was disabled before the journal said so:\n{seen}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("activate {name} True done"))
+                    && l.ends_with("running")),
+            "NEW was activated before the journal said so:\n{seen}"
+        );
+    }
+}

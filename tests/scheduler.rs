@@ -150,7 +150,7 @@ async fn run(
     drop(scheduler);
     let mut seen = Vec::new();
     while let Ok(ev) = rx.try_recv() {
-        seen.push(ev);
+        seen.push(ev.event);
     }
     (outcome, seen)
 }
@@ -449,7 +449,8 @@ async fn a_panicking_relay_task_ends_as_a_failed_relay_with_the_message() {
     let mut journal =
         cmfleet::journal::Journal::open(dir.path(), &dir.path().join("f.toml")).expect("journal");
     let mut failed = Vec::new();
-    while let Ok(ev) = rx.try_recv() {
+    while let Ok(envelope) = rx.try_recv() {
+        let ev = envelope.event;
         journal.apply(&ev);
         if let Event::StepFailed {
             relay,

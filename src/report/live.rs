@@ -333,6 +333,8 @@ impl LiveView {
                     }
                 }
             }
+            // Recorded by the journal; shown by the step it belongs to.
+            Event::ServingChange { .. } => {}
             Event::Halted { reason } => {
                 let _ = self.multi.println(format!("halted: {reason}"));
             }

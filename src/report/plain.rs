@@ -162,6 +162,8 @@ impl PlainView {
                     ts()
                 ));
             }
+            // Recorded by the journal; shown by the step it belongs to.
+            Event::ServingChange { .. } => {}
             Event::Halted { reason } => {
                 out.line(&format!("{} run halted: {reason}", ts()));
             }

@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{commands, proof, Step};
-use crate::events::{ErrorKind, EventSink};
+use crate::events::{ErrorKind, EventSink, ServingChange};
 use crate::inventory::{Fleet, Host, Relay, TransferMode};
 use crate::remote::{
     run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig, Stdout,
@@ -203,6 +203,7 @@ impl Executor {
                         &sink,
                     )
                     .await?;
+                    self.record_first(relay, ServingChange::DisableOld).await?;
                     self.cmdeploy(commands::disable_old(relay), &sink).await
                 }
                 .await;
@@ -215,6 +216,7 @@ impl Executor {
             Step::FinalSync => self.final_sync(relay, &sink).await,
             Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink).await,
             Step::Activate => {
+                self.record_first(relay, ServingChange::ActivateNew).await?;
                 self.cmdeploy(commands::activate(relay), &sink).await?;
                 expect_port(&relay.new, true).await?;
                 // The relay is up: a failing notification hook must not make it look down.
@@ -239,6 +241,21 @@ impl Executor {
             sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
         }
         result
+    }
+
+    /// Write-ahead: `change` is on disk before it starts, so a controller killed at
+    /// any point leaves a journal that knows what may have happened to the relay.
+    async fn record_first(&self, relay: &Relay, change: ServingChange) -> Result<(), StepError> {
+        let event = crate::events::Event::ServingChange {
+            relay: relay.name.clone(),
+            change,
+        };
+        if self.events.record_first(event).await {
+            return Ok(());
+        }
+        Err(StepError::permanent(format!(
+            "not started: the journal could not record it first ({change:?}); nothing was changed on the hosts"
+        )))
     }
 
     /// After a failed step 3: say whether the relay is down (users care). OLD that
