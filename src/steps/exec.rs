@@ -216,7 +216,17 @@ impl Executor {
             Step::FinalSync => self.final_sync(relay, &sink).await,
             Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink).await,
             Step::Activate => {
-                self.record_first(relay, ServingChange::ActivateNew).await?;
+                // Unlike step 3, an activation the journal could not record first
+                // leaves it on the safe side (DOWN while NEW may serve, and a run
+                // re-activates: it is idempotent); not activating would leave the
+                // relay down for users. In-flight cutovers finish (see migrate).
+                if self
+                    .record_first(relay, ServingChange::ActivateNew)
+                    .await
+                    .is_err()
+                {
+                    sink.log("the journal could not record the activation first; activating anyway (the journal says DOWN until a run records it)");
+                }
                 self.cmdeploy(commands::activate(relay), &sink).await?;
                 expect_port(&relay.new, true).await?;
                 // The relay is up: a failing notification hook must not make it look down.
