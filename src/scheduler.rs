@@ -175,7 +175,9 @@ impl Scheduler {
                         retry: job.relay.settings.retry,
                         at: Arc::default(),
                     };
-                    tasks.spawn(task.drive_catching(job, fork));
+                    // Every log line of this relay's steps carries its name (`-vv`).
+                    let span = tracing::info_span!("relay", name = %job.relay.name);
+                    tasks.spawn(tracing::Instrument::instrument(task.drive_catching(job, fork), span));
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     // A task's panic is caught inside it (`drive_catching`), and tasks
@@ -330,8 +332,10 @@ impl RelayTask {
                 let stop = *self.cancel.borrow() > Cancel::None
                     || self.gates.halted.load(Ordering::SeqCst);
                 if stop {
+                    tracing::debug!("stopping: not going into the cutover");
                     return RelayResult::NotStarted;
                 }
+                tracing::debug!("cutover slot taken: the relay may go down now");
                 cutover = Some(p);
                 if final_sync_ahead {
                     claim = Some(Claim::new(&self.gates));
@@ -369,8 +373,19 @@ impl RelayTask {
 
     /// Runs one step with retries; returns whether it succeeded.
     async fn attempt_step(&self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
+        let span = tracing::info_span!("step", step = %step.name());
+        tracing::Instrument::instrument(self.attempt_step_inner(relay, step, claim), span).await
+    }
+
+    async fn attempt_step_inner(
+        &self,
+        relay: &Relay,
+        step: Step,
+        claim: &mut Option<Claim>,
+    ) -> bool {
         let mut backoff = self.retry.backoff;
         for attempt in 1..=self.retry.attempts {
+            tracing::debug!(attempt, "starting");
             let _transfer = self.transfer_slot(relay, step, claim).await;
             *self.at.lock().unwrap_or_else(PoisonError::into_inner) = Some((step, attempt));
             self.events.send(Event::StepStarted {
@@ -392,6 +407,7 @@ impl RelayTask {
                     return true;
                 }
                 Err(e) => {
+                    let kind = e.kind;
                     let will_retry = e.kind == ErrorKind::Transient
                         && attempt < self.retry.attempts
                         && *self.cancel.borrow() == Cancel::None;
@@ -404,9 +420,19 @@ impl RelayTask {
                         will_retry,
                     });
                     if !will_retry {
+                        tracing::info!(
+                            ?kind,
+                            attempt,
+                            "failed; not retried (permanent, last attempt or stopping)"
+                        );
                         return false;
                     }
                     let wait = jitter(backoff);
+                    tracing::info!(
+                        attempt,
+                        ?wait,
+                        "failed (transient); retrying after a backoff"
+                    );
                     self.events.send(Event::Waiting {
                         relay: relay.name.clone(),
                         reason: WaitReason::Backoff(wait),

@@ -564,3 +564,22 @@ fn an_old_pre_stage_is_refreshed_before_the_cutover() {
     );
     common::run::assert_trees_equal(&lab);
 }
+
+/// `-vv` shows what cmfleet decides, per relay and step: every line of a relay's
+/// work names it (a span), and connections and retries say what happened.
+#[test]
+fn verbose_logs_carry_the_relay_and_step() {
+    let lab = TestLab::start(1);
+    let out = common::run::cmfleet_output(
+        &["migrate", "--yes", "--progress", "plain", "-vv"],
+        &lab.inventory(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("relay{name=relay1.lab.test}:step{step=final-sync}"),
+        "{err}"
+    );
+    assert!(err.contains("new master connection"), "{err}");
+    assert!(err.contains("cutover slot taken"), "{err}");
+}

@@ -239,9 +239,11 @@ impl SshPool {
             if conn.session.check().await.is_ok() {
                 return Ok(conn.clone());
             }
+            tracing::debug!(%dest, "master gone; connecting again");
         }
         let config = self.config_file(opts)?;
         if let Some(conn) = self.resume(&dest, &config).await {
+            tracing::debug!(%dest, "reusing the master an earlier run kept");
             let conn = Arc::new(conn);
             *guard = Some(conn.clone());
             return Ok(conn);
@@ -249,10 +251,12 @@ impl SshPool {
         let group_limiter = opts.group.and_then(|g| self.group_limiters.get(g));
         for limiter in std::iter::once(&self.limiter).chain(group_limiter) {
             if limiter.check().is_err() {
+                tracing::debug!(%dest, "held back by the connection rate limit");
                 on_wait();
                 limiter.until_ready().await;
             }
         }
+        tracing::debug!(%dest, kex = ?opts.kex, cipher = ?opts.cipher, "new master connection");
         let builder = self.builder(host, opts, &config);
         let session = builder.connect_mux(&host.ssh).await;
         let session = session.map_err(|e| connect_error(&dest, e, &self.known_hosts))?;
