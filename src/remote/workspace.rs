@@ -19,6 +19,10 @@ pub enum WorkspaceError {
     NotACheckout { path: PathBuf },
     #[error("cannot create cmdeploy workspace {}: {reason}", path.display())]
     Create { path: PathBuf, reason: String },
+    #[error("the chatmail relay checkout {} has uncommitted changes ({files}): cmfleet deploys what is committed, so they would be silently left out (hint: commit or stash them, then run again)", checkout.display())]
+    Dirty { checkout: PathBuf, files: String },
+    #[error("cannot read the commit of the chatmail relay checkout {}: {reason}", checkout.display())]
+    Head { checkout: PathBuf, reason: String },
 }
 
 /// A borrowed workspace; returned to the pool on drop.
@@ -49,6 +53,8 @@ pub struct WorkspacePool {
     urgent_waiting: AtomicUsize,
     /// `scripts/cmdeploy` relative to a workspace.
     pub script: PathBuf,
+    /// The checkout's commit every workspace is at: what this run deploys.
+    pub commit: String,
 }
 
 /// Counts an urgent borrower while it waits.
@@ -97,6 +103,9 @@ impl WorkspacePool {
     ) -> Result<WorkspacePool, WorkspaceError> {
         let (checkout, script) = Self::checkout_of(cmdeploy)?;
         let checkout = checkout.as_path();
+        // What the checkout holds now, not what it held when the worktrees were
+        // made: after a `git pull` the next run deploys the new version.
+        let commit = head_of(checkout)?;
         let mut dirs = Vec::with_capacity(k);
         // A cmdeploy left running by a controller that was killed (SIGKILL, a lost
         // terminal) still works in its worktree: sharing it would break both runs,
@@ -113,6 +122,16 @@ impl WorkspacePool {
             if !dir.join(&script).is_file() {
                 add_worktree(checkout, &dir)?;
             }
+            if git(&dir, &["rev-parse", "HEAD"]).ok().as_deref() != Some(commit.as_str()) {
+                git(
+                    &dir,
+                    &["checkout", "--quiet", "--force", "--detach", &commit],
+                )
+                .map_err(|reason| WorkspaceError::Create {
+                    path: dir.clone(),
+                    reason,
+                })?;
+            }
             link_venv(checkout, &dir)?;
             dirs.push(dir);
         }
@@ -121,6 +140,7 @@ impl WorkspacePool {
             permits: std::sync::Arc::new(Semaphore::new(k)),
             urgent_waiting: AtomicUsize::new(0),
             script,
+            commit,
         })
     }
 
@@ -167,6 +187,38 @@ fn busy_dirs(root: &Path) -> Vec<PathBuf> {
         .filter_map(|p| std::fs::read_link(p.path().join("cwd")).ok())
         .filter(|cwd| cwd.starts_with(root))
         .collect()
+}
+
+/// `git -C dir ARGS`, its trimmed stdout, or why it failed.
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The checkout's HEAD commit, refusing uncommitted changes to tracked files
+/// (untracked ones, like `venv/` and build outputs, are not deployed anyway).
+fn head_of(checkout: &Path) -> Result<String, WorkspaceError> {
+    let head = |reason| WorkspaceError::Head {
+        checkout: checkout.to_path_buf(),
+        reason,
+    };
+    let changed = git(checkout, &["diff", "--name-only", "HEAD"]).map_err(head)?;
+    if !changed.is_empty() {
+        let files: Vec<&str> = changed.lines().take(5).collect();
+        return Err(WorkspaceError::Dirty {
+            checkout: checkout.to_path_buf(),
+            files: files.join(", "),
+        });
+    }
+    git(checkout, &["rev-parse", "HEAD"]).map_err(head)
 }
 
 fn add_worktree(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {
@@ -265,6 +317,52 @@ mod tests {
         let _ = leftover.wait();
         let free = pool.expect("pool").free.into_inner().expect("lock");
         assert_eq!(free, [root.join("w1"), root.join("w2")]);
+    }
+
+    /// After the operator updates the checkout (a new commit), the next run's
+    /// workspaces are at that commit; uncommitted changes are refused, not ignored.
+    #[test]
+    fn workspaces_follow_the_checkout_and_a_dirty_one_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let relay = dir.path().join("relay");
+        let cmdeploy = checkout(&relay);
+        let root = dir.path().join("ws");
+        let first = WorkspacePool::prepare(&cmdeploy, &root, 2).expect("pool");
+        std::fs::write(relay.join("scripts/cmdeploy"), "#!/bin/sh\necho v2\n").expect("edit");
+        let dirty = WorkspacePool::prepare(&cmdeploy, &root, 2)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            dirty
+                .as_deref()
+                .is_some_and(|e| e.contains("uncommitted changes (scripts/cmdeploy)")),
+            "{dirty:?}"
+        );
+        let git = |args: &[&str]| {
+            assert!(Command::new("git")
+                .arg("-C")
+                .arg(&relay)
+                .args(args)
+                .status()
+                .expect("git")
+                .success())
+        };
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qam",
+            "v2",
+        ]);
+        let second = WorkspacePool::prepare(&cmdeploy, &root, 2).expect("pool");
+        assert_ne!(first.commit, second.commit);
+        for w in ["w0", "w1"] {
+            let text =
+                std::fs::read_to_string(root.join(w).join("scripts/cmdeploy")).expect("read");
+            assert!(text.contains("v2"), "{w} still deploys the old version");
+        }
     }
 
     /// A relay that is down gets the next workspace before pre-staging runs that

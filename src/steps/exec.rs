@@ -186,7 +186,10 @@ impl Executor {
                     crate::check::preflight(&self.ssh, &self.fleet.cmdeploy, relay, &sink).await?;
                 self.sync(relay, Pass::initial(&facts), &sink).await
             }
-            Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
+            Step::Preconfigure => {
+                self.cmdeploy(commands::preconfigure(relay), &sink).await?;
+                Ok(Some(self.deployed()))
+            }
             Step::DisableOld => {
                 // OLD has served mail since step 1: what would fail the proof inside
                 // the downtime is found now, while refusing costs nothing. Then the
@@ -239,9 +242,10 @@ impl Executor {
                     )
                     .await
                 {
-                    Ok(_) => Ok(None),
+                    Ok(_) => Ok(Some(self.deployed())),
                     Err(e) => Ok(Some(format!(
-                        "relay active; post_cutover hook failed: {}",
+                        "{}; relay active; post_cutover hook failed: {}",
+                        self.deployed(),
                         e.message
                     ))),
                 }
@@ -251,6 +255,16 @@ impl Executor {
             sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
         }
         result
+    }
+
+    /// What steps 2 and 6 deployed, for the journal and the report.
+    fn deployed(&self) -> String {
+        let short = self
+            .workspaces
+            .commit
+            .get(..12)
+            .unwrap_or(&self.workspaces.commit);
+        format!("deployed chatmail relay commit {short}")
     }
 
     /// Write-ahead: `change` is on disk before it starts, so a controller killed at
