@@ -75,7 +75,10 @@ fn configure_activate_disable_change_the_host_and_its_ports() {
     let pids = (st.postfix_pid.unwrap(), st.dovecot_pid.unwrap());
     succeeds(&mut cmdeploy(&lab, Some("activate"), &args));
     let st = lab.host_state(new).unwrap();
-    assert_eq!((st.postfix_pid, st.dovecot_pid), (Some(pids.0), Some(pids.1)));
+    assert_eq!(
+        (st.postfix_pid, st.dovecot_pid),
+        (Some(pids.0), Some(pids.1))
+    );
 
     succeeds(&mut cmdeploy(
         &lab,
@@ -280,11 +283,16 @@ fn postsuper_and_set_permissions_are_the_real_ones() {
     // Queue file names follow inode numbers: the real postsuper renamed every one.
     let renamed = deferred(&relay.new);
     assert_eq!(renamed.len(), copied.len());
-    assert!(renamed.iter().all(|n| !copied.contains(n)), "{copied:?} -> {renamed:?}");
+    assert!(
+        renamed.iter().all(|n| !copied.contains(n)),
+        "{copied:?} -> {renamed:?}"
+    );
     // NEW's Postfix takes them over: both deferred messages are in its queue.
     let queue = common::lab::ok(lab.ssh(new, &[]).arg("postfix start 2>/dev/null; mailq"));
     assert_eq!(
-        queue.matches(&format!("@{}", cmfleet::lab::LATER_DOMAIN)).count(),
+        queue
+            .matches(&format!("@{}", cmfleet::lab::LATER_DOMAIN))
+            .count(),
         cmfleet::lab::DEFERRED_MESSAGES,
         "{queue}"
     );

@@ -72,7 +72,8 @@ fn verify_passes_after_migration_and_names_a_stopped_listener_and_a_lost_message
     // relay1: NEW's mail system dies. relay2: a message disappears on NEW.
     let lab_relays = lab.relays();
     let new1 = lab_relays[0].new.addr;
-    lab.crash_mail(new1).expect("kill NEW's postfix and dovecot");
+    lab.crash_mail(new1)
+        .expect("kill NEW's postfix and dovecot");
     let lost = a_message(&lab_relays[1].new.path("/home/vmail/mail")).expect("a message on NEW");
     std::fs::remove_file(&lost).expect("delete a message");
     let unique = lost

@@ -52,14 +52,9 @@ const QUEUE_DIRS: [(&str, bool, bool, u32); 15] = [
     ("", false, false, 0o755),
 ];
 
-/// Files of the machine's /etc/postfix that Postfix's own tools read (`postfix
-/// set-permissions` reads postfix-files); the configuration itself is the lab's.
-const POSTFIX_META: [&str; 4] = [
-    "postfix-files",
-    "postfix-files.d",
-    "dynamicmaps.cf",
-    "dynamicmaps.cf.d",
-];
+/// The lab writes these in each host's /etc/postfix; the rest of the package's files
+/// there (postfix-files, *.proto, ...) are copied: `postfix set-permissions` walks them.
+const POSTFIX_OWN: [&str; 2] = ["main.cf", "master.cf"];
 
 /// Where mail for `LATER_DOMAIN` goes: an address of the lab's /24 that no host has.
 pub fn later_addr(subnet: Subnet) -> Ipv4Addr {
@@ -139,15 +134,26 @@ pub fn prepare_host(host: &LabHost, domain: &str, users: &LabUsers, lab_dir: &Pa
         let gid = if postdrop { users.postdrop_gid } else { 0 };
         mkdir(&format!("/var/spool/postfix/{name}"), uid, gid, mode)?;
     }
-    for name in POSTFIX_META {
-        copy_tree(
-            &Path::new("/etc/postfix").join(name),
-            &etc_postfix.join(name),
-        )?;
+    let pkg = Path::new("/etc/postfix");
+    for e in fs::read_dir(pkg).map_err(LabError::io("list /etc/postfix"))? {
+        let e = e.map_err(LabError::io("list /etc/postfix"))?;
+        if !POSTFIX_OWN.iter().any(|n| e.file_name() == *n) {
+            copy_tree(&e.path(), &etc_postfix.join(e.file_name()))?;
+        }
     }
     let write = |p: PathBuf, text: String| {
         fs::write(&p, text).map_err(LabError::io(format!("write {}", p.display())))
     };
+    // While Postfix is stopped (NEW before activate, OLD after --disable-mail) its
+    // commands write the log themselves, some (postsuper) as the postfix user: without
+    // a log file it may append to, `postsuper -s` fails ("cannot create file
+    // exclusively"). On a real relay syslog takes their lines.
+    let log = host.path(&format!("{STATE_DIR}/mail.log"));
+    fs::write(&log, "").map_err(LabError::io(format!("write {}", log.display())))?;
+    chown(&log, Some(users.postfix_uid), Some(users.postfix_gid))
+        .map_err(LabError::io(format!("chown {}", log.display())))?;
+    fs::set_permissions(&log, fs::Permissions::from_mode(0o640))
+        .map_err(LabError::io(format!("chmod {}", log.display())))?;
     write(etc_postfix.join("main.cf"), main_cf(host, domain, lab_dir))?;
     write(etc_postfix.join("master.cf"), MASTER_CF.to_string())?;
     write(
@@ -157,7 +163,7 @@ pub fn prepare_host(host: &LabHost, domain: &str, users: &LabUsers, lab_dir: &Pa
 }
 
 /// Copies a file or a directory of plain files (the package's postfix-files.d and the
-/// like); a missing source is skipped (older packages lack the .d directories).
+/// like), keeping modes (post-install, postfix-script are executable).
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     let Ok(md) = fs::metadata(from) else {
         return Ok(());
@@ -170,6 +176,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         }
         Ok(())
     } else {
+        // fs::copy keeps the permission bits.
         fs::copy(from, to)
             .map(|_| ())
             .map_err(LabError::io(format!("copy {}", from.display())))
