@@ -13,10 +13,14 @@ use serde::{Deserialize, Serialize};
 use super::error::{LabError, Result};
 use super::process;
 
-/// Accounts per OLD host that `lab up` sends mail to over SMTP (and reads and flags
-/// over IMAP); every other message is written into the maildirs directly, which is 100
-/// times faster and what a relay that ran for a while looks like to Dovecot too.
+/// Accounts per OLD host that `lab up` sends mail to over SMTP; every other message is
+/// written into the maildirs directly, which is 100 times faster and what a relay that
+/// ran for a while looks like to Dovecot too.
 pub const SMTP_ACCOUNTS: usize = 3;
+/// Of those, accounts whose INBOX a client then opens (Dovecot moves new/ to cur/), and
+/// where the user reads one message and flags another. Only one: the rest keep unseen
+/// mail in new/, which the lab's file-level activity (`activity`) turns into seen mail.
+pub const IMAP_ACCOUNTS: usize = 1;
 /// Messages each of those accounts gets over SMTP.
 pub const SMTP_MESSAGES: usize = 2;
 /// Messages `lab up` queues on each OLD host for a destination that is down
@@ -36,6 +40,8 @@ pub struct SeedHost {
     pub accounts: Vec<(String, String, usize)>,
     /// Messages per account over SMTP.
     pub messages: usize,
+    /// The first this many accounts are opened, read and flagged over IMAP.
+    pub imap_accounts: usize,
     /// Messages to queue for the down destination.
     pub deferred: usize,
     /// The down destination's domain.

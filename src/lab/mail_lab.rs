@@ -61,6 +61,7 @@ impl Lab {
                     spool: h.path("/var/spool/postfix").display().to_string(),
                     accounts,
                     messages: client::SMTP_MESSAGES,
+                    imap_accounts: client::IMAP_ACCOUNTS,
                     deferred: client::DEFERRED_MESSAGES,
                     later: LATER_DOMAIN.to_string(),
                 }

@@ -80,7 +80,9 @@ pub use accounts::Account;
 pub use activity::{simulate as simulate_activity, Activity, ActivityReport};
 pub use addr::{Side, Subnet, MAX_RELAYS};
 pub use cli::{run, LabCommand};
-pub use client::{AccountsView, MailboxView, DEFERRED_MESSAGES, SMTP_ACCOUNTS, SMTP_MESSAGES};
+pub use client::{
+    AccountsView, MailboxView, DEFERRED_MESSAGES, IMAP_ACCOUNTS, SMTP_ACCOUNTS, SMTP_MESSAGES,
+};
 pub use data::{user_address, DataOptions};
 pub use error::{LabError, Result};
 pub use fleet::{port_accepts, HostStatus, Lab, LabOptions, LabRelay, LabStatus, DEFAULT_DIR};

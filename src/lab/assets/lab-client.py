@@ -7,7 +7,8 @@
 #             Dovecot has it, mark some of it read and flagged over IMAP, and queue mail
 #             for a destination that is down (Postfix defers it).
 #             {"hosts": [{"addr", "domain", "spool", "accounts": [[address, password,
-#               messages already in the maildir]], "messages", "deferred", "later"}],
+#               messages already in the maildir]], "messages", "imap_accounts",
+#               "deferred", "later"}],
 #              "timeout"}
 #   snapshot  a client's view of accounts: per mailbox UIDVALIDITY, UIDNEXT and each
 #             message's UID, flags and content digest.
@@ -61,7 +62,7 @@ def seed_host(h, deadline, errors):
             for i in range(h["deferred"]):
                 to = f"friend{i}@{h['later']}"
                 s.sendmail(first, [to], message(first, to, f"deferred {i}", f"waits in {domain}'s queue"))
-        for address, password, before in h["accounts"]:
+        for n, (address, password, before) in enumerate(h["accounts"]):
             want = before + h["messages"]
             m = imap(addr, address, password)
             try:
@@ -73,9 +74,12 @@ def seed_host(h, deadline, errors):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{address} on {addr}: {have} of {want} messages arrived")
                     time.sleep(0.05)
+                if n >= h["imap_accounts"]:
+                    continue
+                # A client opens the INBOX (Dovecot moves new/ to cur/), the user reads
+                # one of the newest messages (they came over SMTP) and flags another.
                 m.select("INBOX")
                 uids = m.uid("SEARCH", None, "ALL")[1][0].split()
-                # The newest messages came over SMTP: the user read one and flagged another.
                 if len(uids) >= 1:
                     m.uid("STORE", uids[-1], "+FLAGS", "(\\Seen)")
                 if len(uids) >= 2:
