@@ -142,3 +142,15 @@ pub fn send(
     });
     run_client(bin, "send", &req).map(|_| ())
 }
+
+/// A client opens `account`'s INBOX on `addr` and adds `flags` (IMAP syntax, e.g.
+/// `(\\Flagged)`) to the newest message; returns its UID.
+pub fn flag(bin: &Path, addr: Ipv4Addr, account: (&str, &str), flags: &str) -> Result<u64> {
+    let req = serde_json::json!({
+        "host": addr, "address": account.0, "password": account.1, "flags": flags,
+    });
+    let v = run_client(bin, "flag", &req)?;
+    v.get("uid")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| LabError::Options(format!("lab-client flag: no uid in {v}")))
+}

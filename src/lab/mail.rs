@@ -93,6 +93,12 @@ pub fn write_lab_files(lab_dir: &Path, subnet: Subnet, relays: &[(&str, Ipv4Addr
     // Postfix's smtpd and Dovecot read the key as root before they drop privileges.
     fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
         .map_err(LabError::io(format!("chmod {}", key.display())))?;
+    write_transport(lab_dir, subnet, relays)
+}
+
+/// Writes the lab's transport table: each relay domain to `addr`, `LATER_DOMAIN` to a
+/// closed port.
+pub fn write_transport(lab_dir: &Path, subnet: Subnet, relays: &[(&str, Ipv4Addr)]) -> Result<()> {
     let mut table = String::from("# where mail goes in this lab (there is no DNS)\n");
     for (domain, addr) in relays {
         table += &format!("{domain} smtp:[{addr}]:25\n");

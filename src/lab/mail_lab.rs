@@ -15,7 +15,7 @@ use super::data::user_address;
 use super::error::{LabError, Result};
 use super::fleet::{port_accepts, Lab};
 use super::hoststate::read_host_state;
-use super::mail::LATER_DOMAIN;
+use super::mail::{self, LATER_DOMAIN};
 
 /// The ports a lab host's mail system listens on: SMTP, SMTPS, submission, IMAP, IMAPS.
 pub const MAIL_PORTS: [u16; 5] = [25, 465, 587, 143, 993];
@@ -116,6 +116,29 @@ impl Lab {
         subject: &str,
     ) -> Result<()> {
         client::send(&self.bin_dir(), addr, port, from, to, subject)
+    }
+
+    /// A client opens the account's INBOX on the host at `addr` and adds `flags` (IMAP
+    /// syntax, e.g. `(\\Flagged)`) to its newest message; returns that message's UID.
+    pub fn flag_newest(&self, addr: Ipv4Addr, account: &Account, flags: &str) -> Result<u64> {
+        client::flag(
+            &self.bin_dir(),
+            addr,
+            (&account.address, &account.password),
+            flags,
+        )
+    }
+
+    /// Points the lab's mail for `domain` at `addr` (what the DNS switch does for other
+    /// mail servers): rewrites the lab's transport table, which each Postfix reads when
+    /// its processes start (`postfix reload` on a sender makes it take the change).
+    pub fn route_mail(&self, domain: &str, addr: Ipv4Addr) -> Result<()> {
+        let routes: Vec<(&str, Ipv4Addr)> = self
+            .relays_old_addrs()
+            .into_iter()
+            .map(|(d, a)| if d == domain { (d, addr) } else { (d, a) })
+            .collect();
+        mail::write_transport(&self.state.dir, self.state.subnet, &routes)
     }
 
     /// Which of `MAIL_PORTS` accept connections on `addr`.

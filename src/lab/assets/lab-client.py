@@ -16,6 +16,8 @@
 #             -> {address: {mailbox: {"uidvalidity", "uidnext", "messages":
 #                 [[uid, [flags], sha256]]}}}
 #   send      {"host", "port", "from", "to", "subject", "body"}: one message over SMTP.
+#   flag      {"host", "address", "password", "flags"}: a client opens the INBOX and adds
+#             FLAGS (e.g. "(\\Flagged)") to its newest message; -> {"uid"}
 import hashlib
 import imaplib
 import json
@@ -153,10 +155,21 @@ def send(req):
     return {"sent": 1}
 
 
+def flag(req):
+    m = imap(req["host"], req["address"], req["password"])
+    try:
+        m.select("INBOX")
+        uid = m.uid("SEARCH", None, "ALL")[1][0].split()[-1]
+        m.uid("STORE", uid, "+FLAGS", req["flags"])
+    finally:
+        m.logout()
+    return {"uid": int(uid)}
+
+
 def main():
-    cmds = {"seed": seed, "snapshot": snapshot, "send": send}
+    cmds = {"seed": seed, "snapshot": snapshot, "send": send, "flag": flag}
     if len(sys.argv) != 2 or sys.argv[1] not in cmds:
-        print("usage: lab-client seed|snapshot|send < request.json", file=sys.stderr)
+        print("usage: lab-client seed|snapshot|send|flag < request.json", file=sys.stderr)
         return 2
     try:
         result = cmds[sys.argv[1]](json.load(sys.stdin))
