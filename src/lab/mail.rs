@@ -111,7 +111,11 @@ pub fn write_transport(lab_dir: &Path, subnet: Subnet, relays: &[(&str, Ipv4Addr
     if let Some(d) = t.parent() {
         fs::create_dir_all(d).map_err(LabError::io(format!("create {}", d.display())))?;
     }
-    fs::write(&t, table).map_err(LabError::io(format!("write {}", t.display())))
+    // A Postfix process starting meanwhile must read the old table or the new one, not
+    // half of one.
+    let tmp = t.with_extension("tmp");
+    fs::write(&tmp, table).map_err(LabError::io(format!("write {}", tmp.display())))?;
+    fs::rename(&tmp, &t).map_err(LabError::io(format!("rename {}", tmp.display())))
 }
 
 /// Lays out a host's mail system: Postfix and Dovecot configuration, an empty queue
