@@ -63,6 +63,9 @@ enum Contender {
     /// `cmfleet migrate` with the inventory's default limits (forks 20, transfers 8,
     /// cmdeploy_runs 4, cutovers 4, 10 connects/s).
     CmfleetDefaults,
+    /// As `cmfleet`, but pre-stage and cutover days apart: the masters the pre-stage
+    /// kept are gone by the cutover (killed between the phases).
+    CmfleetDaysApart,
     /// The guide's relay.sh under `xargs -P N`.
     Shell,
     /// ansible-core, default ssh settings, linear strategy, forks N.
@@ -74,6 +77,7 @@ impl Contender {
         match self {
             Contender::Cmfleet => "cmfleet",
             Contender::CmfleetDefaults => "cmfleet-defaults",
+            Contender::CmfleetDaysApart => "cmfleet-days-apart",
             Contender::Shell => "shell",
             Contender::Ansible => "ansible",
         }
@@ -82,9 +86,10 @@ impl Contender {
         Ok(match s {
             "cmfleet" => Contender::Cmfleet,
             "cmfleet-defaults" => Contender::CmfleetDefaults,
+            "cmfleet-days-apart" => Contender::CmfleetDaysApart,
             "shell" => Contender::Shell,
             "ansible" => Contender::Ansible,
-            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, shell, ansible)"),
+            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, cmfleet-days-apart, shell, ansible)"),
         })
     }
 }
@@ -563,6 +568,8 @@ struct RunResult {
     busy: Vec<f64>,
     /// ssh processes still running 3 s after the contender ended.
     leftovers: usize,
+    /// ssh handshakes per phase (pre, cut): (controller -> a host, OLD -> NEW).
+    handshakes: [(usize, usize); 2],
     /// Non-zero exits, "PHASE exit CODE".
     codes: Vec<String>,
 }
@@ -747,12 +754,41 @@ fn cmfleet_journal(lab: &Lab) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok((down, busy))
 }
 
+/// Every lab host's own ssh leaves from the host's address, so each NEW's sshd log
+/// tells the controller's connections (from 127.0.0.1) from OLD's.
+fn bind_outgoing_ssh(lab: &Lab) -> Result<()> {
+    for h in lab.hosts() {
+        fs::write(
+            h.path("/root/.ssh/config"),
+            format!("Host *\n  BindAddress {}\n", h.addr),
+        )?;
+    }
+    Ok(())
+}
+
+/// ssh logins so far over every lab host: (from the controller, from another host).
+fn handshakes(lab: &Lab) -> (usize, usize) {
+    let mut n = (0, 0);
+    for h in lab.hosts() {
+        let log = fs::read_to_string(h.sshd_log()).unwrap_or_default();
+        for l in log.lines().filter(|l| l.contains("Accepted publickey")) {
+            if l.contains(" from 127.0.0.1 ") {
+                n.0 += 1;
+            } else {
+                n.1 += 1;
+            }
+        }
+    }
+    n
+}
+
 fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     let t = Instant::now();
     let lab = fresh_lab(o)?;
     let phases = match c {
         Contender::Cmfleet => cmfleet_phases(&lab, o, false)?,
         Contender::CmfleetDefaults => cmfleet_phases(&lab, o, true)?,
+        Contender::CmfleetDaysApart => cmfleet_phases(&lab, o, false)?,
         Contender::Shell => shell_phases(&lab, o)?,
         Contender::Ansible => ansible_phases(&lab, o)?,
     };
@@ -768,15 +804,25 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     let logs = PathBuf::from(format!("{}-logs", o.dir.display()));
     fs::create_dir_all(&logs)?;
     let acct = lab.dir().join("cmdeploy-cpu.log");
+    bind_outgoing_ssh(&lab)?;
+    let phase_count = phases.len();
     for (i, mut ph) in phases.into_iter().enumerate() {
         if i == 1 {
             apply_activity(&lab)?;
         }
-        settle();
+        let seen = handshakes(&lab);
         let cpu0 = children_cpu();
         let log = logs.join(format!("{round}-{}-{}.log", c.name(), ph.name));
         let run = run_measured(&mut ph.cmd, &log)?;
-        res.leftovers += settle();
+        if i + 1 == phase_count || c == Contender::CmfleetDaysApart {
+            res.leftovers += settle();
+        } else {
+            // The same night: what the pre-stage kept (cmfleet's masters) stays
+            // for the cutover; their CPU is counted when they are reaped at the end.
+            reap_zombies();
+        }
+        let now = handshakes(&lab);
+        res.handshakes[i.min(1)] = (now.0 - seen.0, now.1 - seen.1);
         res.cpu += children_cpu() - cpu0;
         res.wall += run.wall;
         if i == 0 {
@@ -805,7 +851,7 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     (res.cpu_cmdeploy, res.cmdeploy_runs) = cmdeploy_cpu(&acct);
     res.verify = verify(&lab)?;
     match c {
-        Contender::Cmfleet | Contender::CmfleetDefaults => {
+        Contender::Cmfleet | Contender::CmfleetDefaults | Contender::CmfleetDaysApart => {
             (res.downtimes, res.busy) = cmfleet_journal(&lab).unwrap_or_default();
         }
         Contender::Shell => {
@@ -824,6 +870,15 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         }
         Contender::Ansible => {}
     }
+    let [(pre_c, pre_o), (cut_c, cut_o)] = res.handshakes;
+    eprintln!(
+        "  [{round}] {:<16} ssh handshakes per relay: pre {:.1} controller + {:.1} old->new, cut {:.1} + {:.1} (the stand-in cmdeploy's own included: 1 per run)",
+        c.name(),
+        pre_c as f64 / o.relays as f64,
+        pre_o as f64 / o.relays as f64,
+        cut_c as f64 / o.relays as f64,
+        cut_o as f64 / o.relays as f64,
+    );
     eprintln!(
         "  [{round}] {:<16} wall {:.1} s (pre {:.1} + cut {:.1}), cpu {:.1} s (stand-in {:.1} s, {} runs), rss {:.1} MiB, {}{}",
         c.name(),
@@ -867,6 +922,29 @@ fn stats(v: &[f64]) -> (f64, f64, f64) {
     (med, s[0], s[s.len() - 1])
 }
 
+/// What every contender's ssh offers: none of them sets KexAlgorithms or Ciphers
+/// (cmfleet's default, the shell's and ansible's), so OpenSSH's own lists apply.
+fn ssh_algorithms() -> String {
+    let out = std::process::Command::new("ssh")
+        .args(["-G", "-F", "/dev/null", "lab-host"])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let first = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().split(',').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "OpenSSH's defaults (kex {} first, cipher {} first)",
+        first("kexalgorithms "),
+        first("ciphers ")
+    )
+}
+
 fn fleet(o: &Opts) -> Result<()> {
     // Orphaned ssh masters (ControlPersist, `ssh -f`) are reparented to us, so their CPU
     // is counted once we reap them.
@@ -889,6 +967,10 @@ fn fleet(o: &Opts) -> Result<()> {
         o.data.messages,
         o.data.message_size,
         o.dir.display()
+    );
+    eprintln!(
+        "ssh algorithms, the same for every contender: {}",
+        ssh_algorithms()
     );
     let mut results: BTreeMap<Contender, Vec<RunResult>> = BTreeMap::new();
     for round in 1..=o.rounds {
@@ -1016,6 +1098,30 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         let down: Vec<f64> = s.iter().flat_map(|r| r.downtimes.clone()).collect();
         let (m, _, x) = stats(&down);
         let _ = writeln!(out, "shell downtime per relay (relay.sh step 3 start -> step 6 end): median {m:.2} s, max {x:.2} s");
+    }
+    let _ = writeln!(out, "\nssh handshakes per relay, median over rounds (controller -> hosts + OLD -> NEW; the stand-in cmdeploy's own ssh, 1 per run, included):\n");
+    let _ = writeln!(out, "| contender | pre-stage | cutover |\n|---|---|---|");
+    for c in only {
+        let Some(rs) = results.get(c) else { continue };
+        let per = |phase: usize, side: usize| {
+            let v: Vec<f64> = rs
+                .iter()
+                .map(|r| {
+                    let (a, b) = r.handshakes[phase];
+                    [a, b][side] as f64 / o.relays as f64
+                })
+                .collect();
+            stats(&v).0
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} + {:.1} | {:.1} + {:.1} |",
+            c.name(),
+            per(0, 0),
+            per(0, 1),
+            per(1, 0),
+            per(1, 1)
+        );
     }
     print!("{out}");
     let _ = std::io::stdout().flush();

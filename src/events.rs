@@ -127,6 +127,52 @@ impl Event {
     }
 }
 
+impl Event {
+    /// The event with every known secret masked in its text: every event reaches
+    /// the journal, the reports and the terminal, so this is the one place where
+    /// command output and error messages (a hook's, a DNS program's) are cleaned.
+    fn redacted(self) -> Event {
+        use crate::redact::cleaned;
+        match self {
+            Event::Output { relay, step, line } => Event::Output {
+                relay,
+                step,
+                line: cleaned(line),
+            },
+            Event::StepDone {
+                relay,
+                step,
+                elapsed,
+                note,
+            } => Event::StepDone {
+                relay,
+                step,
+                elapsed,
+                note: note.map(cleaned),
+            },
+            Event::StepFailed {
+                relay,
+                step,
+                attempt,
+                kind,
+                error,
+                will_retry,
+            } => Event::StepFailed {
+                relay,
+                step,
+                attempt,
+                kind,
+                error: cleaned(error),
+                will_retry,
+            },
+            Event::Halted { reason } => Event::Halted {
+                reason: cleaned(reason),
+            },
+            other => other,
+        }
+    }
+}
+
 /// Where events go. Cloned freely; sending never blocks the engine on the display.
 #[derive(Debug, Clone)]
 pub struct EventSink {
@@ -147,6 +193,6 @@ impl EventSink {
 
     pub fn send(&self, event: Event) {
         // The receiver only goes away when the run is over; late events are moot then.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(event.redacted());
     }
 }

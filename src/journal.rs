@@ -166,7 +166,7 @@ impl RelayRecord {
     pub fn state(&self) -> RelayState {
         let touched =
             |s: Step| self.step(s).status != StepStatus::Pending || self.step(s).attempts > 0;
-        if self.finished(Step::Activate) {
+        if self.finished(Step::Activate) && self.finished(Step::Dns) {
             RelayState::Done
         } else if touched(Step::DisableOld) && !self.failed_before_disabling() {
             RelayState::Down
@@ -373,9 +373,6 @@ impl Journal {
                 relay, step, note, ..
             } => {
                 let r = self.relay(relay);
-                if *step == Step::Activate {
-                    r.up_again_ms = Some(now);
-                }
                 let s = r.step_mut(*step);
                 // Step 5 reports a note exactly when it changed nothing (an IP
                 // mail_domain, provider "none"): that is a skip, not a switch.
@@ -388,6 +385,10 @@ impl Journal {
                 s.error = None;
                 s.error_kind = None;
                 s.note = note.clone();
+                // Steps 5 and 6 run side by side: up when the later one is done.
+                if matches!(step, Step::Dns | Step::Activate) && r.state() == RelayState::Done {
+                    r.up_again_ms = Some(now);
+                }
                 true
             }
             Event::OldStillServing { relay } => {

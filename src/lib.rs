@@ -13,6 +13,7 @@ pub mod journal;
 pub mod lab;
 pub mod migrate;
 pub mod plan;
+pub mod redact;
 pub mod remote;
 pub mod report;
 pub mod rollback;

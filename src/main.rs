@@ -38,7 +38,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cmfleet::redact::clean(&format!("{e:#}")));
             ExitCode::from(exit::USAGE as u8)
         }
     }
@@ -270,6 +270,10 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
     }
     for (relay, why) in &outcome.held {
         eprintln!("held back: {relay}: {why}");
+    }
+    if let Some(e) = &outcome.journal_error {
+        eprintln!("error: {e}");
+        return Ok(exit::JOURNAL_UNSAVED);
     }
     if !outcome.held.is_empty() && finished.exit_code() == exit::OK {
         return Ok(exit::RELAYS_FAILED);

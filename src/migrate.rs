@@ -54,7 +54,10 @@ fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work
     // Step 1 is repeatable while the old site is authoritative and the new one inactive.
     let before_cutover =
         rec.step(Step::DisableOld).status == StepStatus::Pending && rec.down_since_ms.is_none();
-    if opts.refresh && before_cutover && done(Step::InitialSync) {
+    if before_cutover
+        && done(Step::InitialSync)
+        && (opts.refresh || stale_copy(&rec, relay, &steps))
+    {
         steps.insert(0, Step::InitialSync);
     }
     let mut held = None;
@@ -80,6 +83,20 @@ fn work_for(journal: &mut Journal, relay: &Relay, opts: &MigrateOptions) -> Work
         }
     }
     Work { steps, held }
+}
+
+/// A cutover is due and step 1 finished longer ago than the relay's
+/// `refresh_after`: the mail changed since, and all of it would be copied inside
+/// the downtime. A delta now, while OLD still serves, keeps step 4 short.
+fn stale_copy(rec: &crate::journal::RelayRecord, relay: &Relay, steps: &[Step]) -> bool {
+    let (Some(after), Some(copied)) = (
+        relay.settings.refresh_after,
+        rec.step(Step::InitialSync).finished_ms,
+    ) else {
+        return false;
+    };
+    let age = crate::journal::now_ms().saturating_sub(copied);
+    steps.contains(&Step::DisableOld) && u128::from(age) > after.as_millis()
 }
 
 /// Runs the migration of `relays`. `report` sees every event after the journal recorded it.
@@ -130,12 +147,16 @@ pub async fn migrate(
     let executor = Executor::new(&inv.fleet, &inv.groups, events.clone(), true)
         .map_err(|e| MigrateError::Setup(e.message))?;
     let executor = Arc::new(executor);
+    // The scheduler's stop signal: the operator's (forwarded below), raised to
+    // "start nothing new" by this loop when the journal cannot be saved.
+    let mut cancel = cancel;
+    let (stop, stop_rx) = watch::channel(*cancel.borrow());
     let scheduler = Scheduler {
         limits: inv.fleet.limits.clone(),
         groups: inv.groups.clone().into_iter().collect(),
         waves: inv.fleet.waves.clone(),
         events: events.clone(),
-        cancel,
+        cancel: stop_rx,
     };
     let started = std::time::Instant::now();
     events.send(Event::RunStarted { relays: jobs.len() });
@@ -144,10 +165,37 @@ pub async fn migrate(
     tokio::pin!(run);
     // One loop owns the journal: record, save, then show.
     let mut save_error = None;
+    let mut operator_open = true;
     let mut outcome = loop {
         tokio::select! {
             outcome = &mut run => break outcome,
-            Some(ev) = rx.recv() => record(&mut journal, &ev, &mut report, &mut save_error),
+            Some(ev) = rx.recv() => {
+                record(&mut journal, &ev, &mut report, &mut save_error);
+                // Copied out first: a borrow held across `send_replace` deadlocks.
+                let stopping = *stop.borrow();
+                if let (Some(e), Cancel::None) = (&save_error, stopping) {
+                    // What happens from now on is not recorded: a relay started now
+                    // could be left DOWN with a journal saying it serves. Cutovers in
+                    // flight finish (abandoning them is worse), nothing else starts.
+                    stop.send_replace(Cancel::StopStarting);
+                    events.send(Event::Halted {
+                        reason: journal_halt(e),
+                    });
+                }
+            }
+            changed = cancel.changed(), if operator_open => match changed {
+                Ok(()) => {
+                    let asked = *cancel.borrow();
+                    stop.send_if_modified(|s| {
+                        let raise = asked > *s;
+                        if raise {
+                            *s = asked;
+                        }
+                        raise
+                    });
+                }
+                Err(_) => operator_open = false,
+            },
         }
     };
     // A relay pre-staged by this run (`--until-step`) keeps its two masters for a
@@ -167,12 +215,29 @@ pub async fn migrate(
     while let Ok(ev) = rx.try_recv() {
         record(&mut journal, &ev, &mut report, &mut save_error);
     }
-    journal.save()?;
+    let last_save = journal.save();
     outcome.held = held;
-    match save_error {
-        Some(e) => Err(e.into()),
-        None => Ok((outcome, journal)),
+    if let Some(e) = save_error {
+        // The caller reports from memory (the journal it gets back is complete)
+        // and exits with its own code; the run was not an operator's interrupt.
+        outcome.interrupted = *cancel.borrow() > Cancel::None;
+        outcome.halted = Some(journal_halt(&e));
+        outcome.journal_error = Some(match last_save {
+            Ok(()) => format!("{e}; saved again at the end of the run"),
+            Err(last) => format!(
+                "{last}; the journal on disk is behind this report (hint: free space in {}, then compare `cmfleet status` with this report before running migrate again: a relay done here may look staged or DOWN there)",
+                inv.fleet.state_dir.display()
+            ),
+        });
+        return Ok((outcome, journal));
     }
+    last_save?;
+    Ok((outcome, journal))
+}
+
+/// Why the run stopped starting relays after a failed journal save.
+fn journal_halt(e: &JournalError) -> String {
+    format!("{e}: no relay or step was started after that; relays inside their cutover finished")
 }
 
 /// Relays the journal has left in the middle of a migration (staged or DOWN) that the

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::inventory::{DnsProviderKind, Fleet, MailDomain, Relay, TransferMode};
-use crate::steps::{commands, Step};
+use crate::steps::{commands, proof, Step};
 
 /// Where a planned command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,15 +106,16 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
         Step::Preconfigure => cmdeploy(commands::preconfigure(r)),
         Step::DisableOld => cmdeploy(commands::disable_old(r)),
         Step::FinalSync => {
-            let mut a = sync_actions(fleet, r, true);
-            a.push(act(Site::Old, commands::manifest()));
+            let mut a = vec![act(Site::New, proof::record_dkim_owner())];
+            a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,
                 format!(
-                    "{}   # the manifest must equal old's",
-                    commands::settle_new()
+                    "{}   # then the listing below, which must match old's",
+                    commands::fix_ownership()
                 ),
             ));
+            a.push(act(Site::Old, proof::listing()));
             a
         }
         Step::Dns => vec![act(Site::Dns, dns_description(r))],

@@ -6,10 +6,13 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -66,6 +69,9 @@ pub struct Outcome {
     pub interrupted: bool,
     /// Relays held back before their cutover by a safety gate, with the reason.
     pub held: Vec<(String, String)>,
+    /// Set when the journal could not be saved during the run (by `migrate`, which
+    /// then stopped new work): the error, and whether the disk caught up.
+    pub journal_error: Option<String>,
 }
 
 /// Limits shared by every relay's task.
@@ -167,10 +173,13 @@ impl Scheduler {
                         events: self.events.clone(),
                         cancel: self.cancel.clone(),
                         retry: job.relay.settings.retry,
+                        at: Arc::default(),
                     };
-                    tasks.spawn(async move { (job.relay.name.clone(), task.drive(job, fork).await) });
+                    tasks.spawn(task.drive_catching(job, fork));
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    // A task's panic is caught inside it (`drive_catching`), and tasks
+                    // are never aborted: a join error cannot lose a relay.
                     let Ok((name, result)) = joined else { continue };
                     *finished += 1;
                     match result {
@@ -249,15 +258,54 @@ struct RelayTask {
     events: EventSink,
     cancel: watch::Receiver<Cancel>,
     retry: RetryPolicy,
+    /// The step and attempt running now, kept outside the task so that a panic
+    /// can still be recorded against them.
+    at: Arc<Mutex<Option<(Step, u32)>>>,
 }
 
 impl RelayTask {
+    /// [`RelayTask::drive`], but a panic (a bug in a step or in the scheduler) ends
+    /// the relay as failed, with the panic's message recorded as its step's error:
+    /// a task that vanished would leave the relay out of the outcome and the
+    /// failure count, and possibly DOWN without anybody being told.
+    async fn drive_catching(
+        self,
+        job: Job,
+        fork: tokio::sync::OwnedSemaphorePermit,
+    ) -> (String, RelayResult) {
+        let relay = job.relay.name.clone();
+        let first = job.steps.first().copied();
+        let (at, events) = (self.at.clone(), self.events.clone());
+        // Nothing the task shares is left half-updated by a panic: gates are
+        // semaphores and atomics, released by the unwinding drops.
+        let panic = match AssertUnwindSafe(self.drive(job, fork)).catch_unwind().await {
+            Ok(result) => return (relay, result),
+            Err(panic) => panic,
+        };
+        let position = *at.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((step, attempt)) = position.or(first.map(|s| (s, 1))) {
+            events.send(Event::StepFailed {
+                relay: relay.clone(),
+                step,
+                attempt,
+                kind: ErrorKind::Permanent,
+                error: format!(
+                    "cmfleet panicked (a bug, please report it): {}",
+                    panic_message(panic.as_ref())
+                ),
+                will_retry: false,
+            });
+        }
+        (relay, RelayResult::Failed)
+    }
+
     /// Carries one relay through its steps; `_fork` is its slot among `forks`.
-    async fn drive(mut self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
+    async fn drive(self, job: Job, _fork: tokio::sync::OwnedSemaphorePermit) -> RelayResult {
         let name = job.relay.name.clone();
         let mut cutover = None;
         let mut claim = None;
         let final_sync_ahead = job.steps.contains(&Step::FinalSync);
+        let overlap = job.steps.contains(&Step::Dns) && job.steps.contains(&Step::Activate);
         for step in job.steps {
             let stop =
                 *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
@@ -276,23 +324,55 @@ impl RelayTask {
                 let Ok(p) = self.gates.cutovers.clone().acquire_owned().await else {
                     return RelayResult::Failed;
                 };
+                // The wait for a slot can be long: a stop that came meanwhile (Ctrl-C,
+                // max_fail_percent, an unsaved journal) keeps the relay out of its
+                // cutover, as it would have before the wait.
+                let stop = *self.cancel.borrow() > Cancel::None
+                    || self.gates.halted.load(Ordering::SeqCst);
+                if stop {
+                    return RelayResult::NotStarted;
+                }
                 cutover = Some(p);
                 if final_sync_ahead {
                     claim = Some(Claim::new(&self.gates));
                 }
             }
-            if !self.attempt_step(&job.relay, step, &mut claim).await {
+            if step == Step::Activate && overlap {
+                continue; // Already run, beside step 5.
+            }
+            let ok = if step == Step::Dns && overlap {
+                self.dns_beside_activation(&job.relay).await
+            } else {
+                self.attempt_step(&job.relay, step, &mut claim).await
+            };
+            if !ok {
                 return RelayResult::Failed;
             }
         }
         RelayResult::Done
     }
 
+    /// Steps 5 and 6 at once: the DNS update goes out and activation starts
+    /// together, and the relay is up when both are done (the journal says so only
+    /// then). Both wait on something slow that the other does not need: DNS on the
+    /// authoritative servers, activation on a deploy of NEW. Both still run to
+    /// their end (with retries) even when the other fails, so a retry of the relay
+    /// has only the failed one left.
+    async fn dns_beside_activation(&self, relay: &Relay) -> bool {
+        let (mut no_claim, mut no_claim_either) = (None, None);
+        let (dns, activate) = tokio::join!(
+            self.attempt_step(relay, Step::Dns, &mut no_claim),
+            self.attempt_step(relay, Step::Activate, &mut no_claim_either)
+        );
+        dns && activate
+    }
+
     /// Runs one step with retries; returns whether it succeeded.
-    async fn attempt_step(&mut self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
+    async fn attempt_step(&self, relay: &Relay, step: Step, claim: &mut Option<Claim>) -> bool {
         let mut backoff = self.retry.backoff;
         for attempt in 1..=self.retry.attempts {
             let _transfer = self.transfer_slot(relay, step, claim).await;
+            *self.at.lock().unwrap_or_else(PoisonError::into_inner) = Some((step, attempt));
             self.events.send(Event::StepStarted {
                 relay: relay.name.clone(),
                 step,
@@ -341,7 +421,7 @@ impl RelayTask {
         false
     }
 
-    async fn run_cancellable(&mut self, relay: &Relay, step: Step) -> StepResult {
+    async fn run_cancellable(&self, relay: &Relay, step: Step) -> StepResult {
         let mut cancel = self.cancel.clone();
         tokio::select! {
             r = self.runner.run(relay, step) => r,
@@ -353,7 +433,7 @@ impl RelayTask {
     }
 
     /// Sleeps for a backoff; returns true if a kill arrived meanwhile.
-    async fn sleep_or_kill(&mut self, d: Duration) -> bool {
+    async fn sleep_or_kill(&self, d: Duration) -> bool {
         let mut cancel = self.cancel.clone();
         tokio::select! {
             _ = tokio::time::sleep(d) => false,
@@ -431,6 +511,15 @@ impl Drop for Claim {
     fn drop(&mut self) {
         self.gates.cutover_claims.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The text a panic was raised with (`panic!`'s message, `expect`'s, an index error's).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Backoff with ±25% jitter, so relays failing together do not retry together.

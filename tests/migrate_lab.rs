@@ -519,3 +519,48 @@ fn a_cutover_soon_after_pre_staging_reuses_its_connections() {
     assert_eq!(kept(), 0, "nothing is kept after the cutover");
     assert_trees_equal(&lab);
 }
+
+/// A pre-stage older than `refresh_after` is refreshed right before step 3 (while
+/// OLD still serves), so the final sync inside the downtime moves little; a recent
+/// one is not.
+#[test]
+fn an_old_pre_stage_is_refreshed_before_the_cutover() {
+    let lab = TestLab::start(2);
+    let path = common::run::variant(&lab, "refresh.toml", |text| {
+        // Relay 2 keeps the default (an hour); relay 1's pre-stage is old after 1 s.
+        text.replacen("[[relay]]\n", "[[relay]]\nrefresh_after = \"1s\"\n", 1)
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let (outcome, journal, _) = common::run::run(&inv, Step::Preconfigure);
+    assert_eq!(outcome.done.len(), 2, "{:#?}", journal.data);
+    drop(journal);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (outcome, journal, events) = common::run::run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 2, "{:#?}", journal.data);
+    let started = |relay: &str| -> Vec<Step> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                cmfleet::events::Event::StepStarted { relay: r, step, .. } if r == relay => {
+                    Some(*step)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let first = inv.relays[0].name.clone();
+    let second = inv.relays[1].name.clone();
+    assert_eq!(
+        started(&first)[..2],
+        [Step::InitialSync, Step::DisableOld],
+        "{:?}",
+        started(&first)
+    );
+    assert_eq!(
+        started(&second)[0],
+        Step::DisableOld,
+        "{:?}",
+        started(&second)
+    );
+    common::run::assert_trees_equal(&lab);
+}

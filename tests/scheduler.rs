@@ -217,7 +217,48 @@ async fn no_deadlock_with_every_limit_at_one() {
         .await
         .expect("no deadlock");
     assert_eq!(outcome.done.len(), 12);
-    assert_eq!(sim.max_in_flight.load(Ordering::SeqCst), 1);
+    // One relay at a time; its steps 5 and 6 side by side are the only overlap.
+    assert_eq!(sim.max_in_flight.load(Ordering::SeqCst), 2);
+}
+
+/// Steps 5 and 6 run at once (the DNS wait and the activation overlap), and the
+/// relay is done only when both are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_and_activation_run_side_by_side() {
+    let (_d, relays) = fleet(3);
+    let sim = Arc::new(Sim::default());
+    let (outcome, events) = run(
+        &relays,
+        Limits::default(),
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 3, "{outcome:?}");
+    // (relay, step, started?) of each step event, in order.
+    let marks: Vec<(String, Step, bool)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { relay, step, .. } => Some((relay.clone(), *step, true)),
+            Event::StepDone { relay, step, .. } => Some((relay.clone(), *step, false)),
+            _ => None,
+        })
+        .collect();
+    for r in &relays {
+        let at = |step: Step, started: bool| {
+            marks
+                .iter()
+                .position(|m| m.0 == r.name && m.1 == step && m.2 == started)
+                .expect("event")
+        };
+        assert!(
+            at(Step::Activate, true) < at(Step::Dns, false)
+                && at(Step::Dns, true) < at(Step::Activate, false),
+            "{} ran steps 5 and 6 one after the other",
+            r.name
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,4 +394,86 @@ async fn initial_syncs_never_take_the_slot_a_down_relay_needs() {
     .await;
     assert_eq!(outcome.done.len(), 8);
     assert_eq!(sim.initial_syncs_while_down.load(Ordering::SeqCst), 0);
+}
+
+/// Panics at one step of one relay, runs every other step.
+struct Panicky {
+    relay: String,
+    step: Step,
+}
+
+impl StepRunner for Panicky {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if relay.name == self.relay && step == self.step {
+                let at: Vec<usize> = Vec::new();
+                panic!("simulated bug: index {} out of range", at.len() + 7);
+            }
+            Ok(None)
+        })
+    }
+}
+
+/// A relay whose task panics (a bug in a step) ends as a failed relay with the
+/// panic's message: in the outcome, in a failed step's event and in the journal;
+/// the other relays finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_relay_task_ends_as_a_failed_relay_with_the_message() {
+    let (dir, relays) = fleet(3);
+    let runner = Arc::new(Panicky {
+        relay: relays[1].name.clone(),
+        step: Step::FinalSync,
+    });
+    let (events, mut rx) = EventSink::channel();
+    let scheduler = Scheduler {
+        limits: Limits::default(),
+        groups: HashMap::new(),
+        waves: vec![Wave::Percent(100)],
+        events,
+        cancel: no_cancel(),
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        scheduler.run(jobs(&relays), runner),
+    )
+    .await
+    .expect("the run ends");
+    drop(scheduler);
+    assert_eq!(outcome.failed, vec![relays[1].name.clone()], "{outcome:?}");
+    assert_eq!(outcome.done.len(), 2, "{outcome:?}");
+    let mut journal =
+        cmfleet::journal::Journal::open(dir.path(), &dir.path().join("f.toml")).expect("journal");
+    let mut failed = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        journal.apply(&ev);
+        if let Event::StepFailed {
+            relay,
+            step,
+            kind,
+            error,
+            will_retry,
+            ..
+        } = ev
+        {
+            failed.push((relay, step, kind, error, will_retry));
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (relay, step, kind, error, will_retry) = &failed[0];
+    assert_eq!((relay, *step), (&relays[1].name, Step::FinalSync));
+    assert_eq!(*kind, ErrorKind::Permanent);
+    assert!(!will_retry);
+    assert!(
+        error.contains("simulated bug: index 7 out of range"),
+        "{error}"
+    );
+    let rec = &journal.data.relays[&relays[1].name];
+    assert_eq!(rec.failed_step(), Some(Step::FinalSync), "{rec:#?}");
+    let recorded = rec.step(Step::FinalSync).error.clone().unwrap_or_default();
+    assert!(recorded.contains("index 7 out of range"), "{recorded}");
 }

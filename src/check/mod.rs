@@ -6,6 +6,7 @@
 //! means finding them before any downtime.
 
 mod probe;
+mod proof;
 mod relay;
 pub mod report;
 
@@ -169,7 +170,39 @@ pub async fn preflight(
     sink: &LineSink,
 ) -> Result<Inspection, StepError> {
     let inspection = inspect(ssh, cmdeploy, relay, sink, Reach::AtTransfer).await;
-    let findings = &inspection.findings;
+    refuse_on_failure(relay, &inspection.findings, sink)?;
+    Ok(inspection)
+}
+
+/// Right before step 3, while OLD still serves: what would fail the copy proof
+/// inside the downtime (OLD changed since step 1), and NEW's DKIM owner recorded.
+pub async fn cutover_preflight(
+    ssh: &SshPool,
+    relay: &Relay,
+    sink: &LineSink,
+) -> Result<(), StepError> {
+    let ((f_old, old), (f_new, new)) = tokio::join!(
+        ssh_host(ssh, relay, &relay.old, "ssh old", || {}),
+        ssh_host(ssh, relay, &relay.new, "ssh new", || {})
+    );
+    let mut findings = vec![f_old, f_new];
+    if let (Some(old), Some(new)) = (old, new) {
+        let (o, n) = tokio::join!(
+            proof::old_finding(ssh, &old, sink),
+            proof::new_finding(ssh, &new, sink)
+        );
+        findings.extend([o, n]);
+    }
+    refuse_on_failure(relay, &findings, sink)
+}
+
+/// Logs every finding; a failed one refuses the relay (transient when a retry may
+/// fix every failure, like a refused connection).
+fn refuse_on_failure(
+    relay: &Relay,
+    findings: &[Finding],
+    sink: &LineSink,
+) -> Result<(), StepError> {
     for f in findings {
         sink.log(&format!(
             "preflight {:?} {}: {}",
@@ -181,7 +214,7 @@ pub async fn preflight(
         .filter(|f| f.status == Status::Fail)
         .collect();
     if failed.is_empty() {
-        return Ok(inspection);
+        return Ok(());
     }
     let kind = if failed.iter().all(|f| f.transient) {
         ErrorKind::Transient

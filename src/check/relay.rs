@@ -410,6 +410,9 @@ pub async fn inspect(
             None => {}
         }
     }
+    if let Some(o) = &old {
+        out.push(super::proof::old_finding(ssh, o, sink).await);
+    }
     if let Some(Ok(f)) = &facts_old {
         out.push(if f.passdb {
             Finding::fail(
@@ -449,7 +452,7 @@ pub async fn inspect(
 
 /// A stable reading order: connectivity, hosts, data, config, DNS.
 fn order(check: &str) -> usize {
-    const ORDER: [&str; 17] = [
+    const ORDER: [&str; 19] = [
         "ssh old",
         "ssh new",
         "root old",
@@ -463,6 +466,8 @@ fn order(check: &str) -> usize {
         "disk new",
         "old -> new",
         "passdb",
+        super::proof::CHECK_OLD,
+        super::proof::CHECK_NEW,
         "cmdeploy",
         "chatmail.ini",
         "dns",

@@ -131,7 +131,9 @@ impl CommandProvider {
 
 /// The last lines of the program's stderr, bounded, for the error message.
 fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
+    // The program may print its API token (a verbose curl, a failed login): the
+    // error goes to the terminal, the journal and the reports.
+    let text = crate::redact::cleaned(String::from_utf8_lossy(stderr).into_owned());
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
     let joined = lines[start..].join(" | ");

@@ -114,6 +114,12 @@ impl TsigKey {
         self.algorithm
     }
 
+    /// The secret as a key file writes it (base64), only for [`crate::redact`]:
+    /// a program that prints it must not get it into a log.
+    pub(crate) fn secret_base64(&self) -> String {
+        data_encoding::BASE64.encode(&self.secret)
+    }
+
     /// The hickory signer for this key.
     pub(crate) fn signer(&self) -> Result<TSigner, DnsError> {
         let name = Name::from_ascii(&self.name).map_err(|_| {

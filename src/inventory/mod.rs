@@ -25,7 +25,11 @@ impl Inventory {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(path, &src)
+        let inventory = Self::parse(path, &src)?;
+        // Whatever runs next may print text a secret can reach (hooks, DNS programs):
+        // from now on the secrets this inventory makes known are masked everywhere.
+        crate::redact::register_inventory(&inventory);
+        Ok(inventory)
     }
 
     /// Parses inventory text; `path` names it in errors and anchors relative paths.

@@ -144,6 +144,10 @@ impl Host {
 pub struct RelaySettings {
     pub transfer: TransferMode,
     pub connect_timeout: Duration,
+    /// A cutover whose step 1 finished longer ago than this copies the mail again
+    /// first (a delta, no downtime), so that step 4 inside the downtime moves
+    /// little; `None`: never (`"off"`).
+    pub refresh_after: Option<Duration>,
     pub host_key_policy: HostKeyPolicy,
     pub cipher: Option<String>,
     /// ssh KexAlgorithms for every connection of the relay (controller and OLD->NEW);

@@ -64,6 +64,7 @@ macro_rules! with_settings {
             pub ssh_port: Option<Spanned<u16>>,
             pub ssh_key: Option<Text>,
             pub connect_timeout: Option<Text>,
+            pub refresh_after: Option<Text>,
             pub host_key_policy: Option<Text>,
             pub cipher: Option<Text>,
             pub kex: Option<Text>,

@@ -328,13 +328,20 @@ fn settings(
         10,
         c,
     )?;
+    let refresh_after = match inherit!(refresh_after) {
+        Some(t) if t.get_ref() == "off" => None,
+        t => Some(duration(t, &format!("{at}refresh_after"), 3600, c)?),
+    };
     let cipher = match inherit!(cipher) {
         Some(t) => Some(c.parse(t, &format!("{at}cipher"), parse_cipher)?),
         None => None,
     };
     let kex = match inherit!(kex) {
         Some(t) => c.parse(t, &format!("{at}kex"), parse_kex)?,
-        None => Some(DEFAULT_KEX.to_string()),
+        // OpenSSH's own order, post-quantum key exchange first: the stream carries
+        // every user's mail and the relay's private keys, and recorded traffic must
+        // stay safe. A faster kex is the operator's choice, not cmfleet's.
+        None => None,
     };
     // Nested tables merge key by key, so a group can set only `dns.server`.
     let dns = merge_dns([
@@ -357,6 +364,7 @@ fn settings(
     Some(RelaySettings {
         transfer,
         connect_timeout,
+        refresh_after,
         host_key_policy,
         cipher,
         kex,
@@ -638,12 +646,6 @@ fn parse_cipher(s: &str) -> Result<String, String> {
         ))
     }
 }
-
-/// cmfleet's key exchange: curve25519 first, OpenSSH's own list behind it. OpenSSH
-/// 9.2's default, sntrup761x25519, costs ~145 ms of client CPU per connection
-/// against ~25 ms (measured on a lab host; docs/performance.md): the controller
-/// opens two per relay and run, and that alone was most of a fleet's controller CPU.
-pub const DEFAULT_KEX: &str = "^curve25519-sha256";
 
 /// `kex`: "openssh" keeps OpenSSH's own order (`None`), anything else is a
 /// KexAlgorithms list (a leading `^`, `+` or `-` edits OpenSSH's default list).

@@ -65,8 +65,15 @@ pub async fn run_channel(
     let reader = |r: std::io::PipeReader| Receiver::from_owned_fd(OwnedFd::from(r));
     let stdout = reader(out_r).map_err(ChannelError::Pipe)?;
     let stderr = reader(err_r).map_err(ChannelError::Pipe)?;
-    let output = stream_output(Some(stdout), Some(stderr), sink, to);
-    let (output, status) = tokio::join!(output, established.wait());
+    // The output first, to its end, and only then the exit status: `wait()` closes
+    // our mux connection when it returns, and the master then throws away whatever
+    // output it has not yet written into our pipes. sshd reports the exit status as
+    // soon as the command ends, while output beyond the channel window (2 MiB) is
+    // still on its way, so a consumer slower than the command lost the tail of it
+    // (openssh-rust/openssh#103). The master closes our pipes at the end of the
+    // output, or when the connection is lost: this read always ends.
+    let output = stream_output(Some(stdout), Some(stderr), sink, to).await;
+    let status = established.wait().await;
     let (captured, tail) = output.map_err(ChannelError::Output)?;
     let code = match status {
         Ok(SessionStatus::Exited {

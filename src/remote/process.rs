@@ -31,7 +31,7 @@ impl LineSink {
         if let Some(log) = &self.log {
             if let Ok(mut f) = log.lock() {
                 // A log write failure must not fail the migration; the journal is authoritative.
-                let _ = writeln!(f, "{line}");
+                let _ = writeln!(f, "{}", crate::redact::clean(line));
             }
         }
     }
@@ -100,9 +100,14 @@ pub enum Stdout {
     Sink,
     /// Returned whole (small outputs only, e.g. a probe's facts).
     Capture,
-    /// Line by line into a bounded channel, for a consumer that reads as the
-    /// command writes (a manifest of millions of files is never held whole).
-    Lines(tokio::sync::mpsc::Sender<String>),
+    /// Record by record (bytes, each ended by `end`, which is removed) into a
+    /// bounded channel, for a consumer that reads as the command writes (a manifest
+    /// of millions of files is never held whole). Bytes, not text: a file name need
+    /// not be UTF-8, and two names must never read as one.
+    Records {
+        to: tokio::sync::mpsc::Sender<Vec<u8>>,
+        end: u8,
+    },
 }
 
 /// Reads a command's stdout and stderr to their ends: stderr's lines go to `sink`
@@ -119,7 +124,7 @@ pub async fn stream_output(
         match (stdout, to) {
             (Some(s), Stdout::Capture) => read_all(s).await.map(Some),
             (Some(s), Stdout::Sink) => pump(s, sink, &tail).await.map(|_| None),
-            (Some(s), Stdout::Lines(tx)) => forward(s, tx).await.map(|_| None),
+            (Some(s), Stdout::Records { to, end }) => forward(s, to, end).await.map(|_| None),
             (None, _) => Ok(None),
         }
     };
@@ -137,25 +142,29 @@ pub async fn stream_output(
     Ok((captured, tail))
 }
 
-/// Sends each line of `r` to `tx`. A consumer that stops listening ends the read
-/// (and the writer, through its closed pipe).
+/// Sends each record of `r` (ended by `end`; a last one without it too) to `tx`,
+/// at the consumer's pace. A consumer that stops listening does not stop the read:
+/// the rest is read and dropped, so the command runs to its end and its exit status
+/// is known (a pipe closed under it would make its status a SIGPIPE's instead).
 async fn forward(
     r: impl AsyncRead + Unpin,
-    tx: tokio::sync::mpsc::Sender<String>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    end: u8,
 ) -> std::io::Result<()> {
     let mut r = tokio::io::BufReader::new(r);
-    let mut buf = Vec::new();
-    // Bytes, not `lines()`: a file name need not be UTF-8, and must not fail the read.
-    while r.read_until(b'\n', &mut buf).await? > 0 {
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches('\n')
-            .to_string();
-        buf.clear();
-        if tx.send(line).await.is_err() {
-            break;
+    let mut listening = true;
+    loop {
+        let mut record = Vec::new();
+        if r.read_until(end, &mut record).await? == 0 {
+            return Ok(());
+        }
+        if record.last() == Some(&end) {
+            record.pop();
+        }
+        if listening && tx.send(record).await.is_err() {
+            listening = false;
         }
     }
-    Ok(())
 }
 
 async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {
@@ -241,6 +250,35 @@ fn parse_rsync_progress(line: &str) -> Option<(u64, u8, String)> {
 #[cfg(test)]
 mod tests {
     use super::parse_progress;
+
+    /// A consumer that leaves early does not cut the command short: the rest is
+    /// read and dropped, so `seq` ends normally instead of by SIGPIPE.
+    #[tokio::test]
+    async fn a_consumer_that_leaves_does_not_kill_the_command() {
+        let mut child = tokio::process::Command::new("seq")
+            .args(["1", "200000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn seq");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let stdout = child.stdout.take();
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::steps::Step::FinalSync,
+            events: crate::events::EventSink::discard(),
+            log: None,
+        };
+        let to = super::Stdout::Records { to: tx, end: b'\n' };
+        let none: Option<tokio::process::ChildStderr> = None;
+        let (read, first) =
+            tokio::join!(super::stream_output(stdout, none, &sink, to), async move {
+                rx.recv().await
+            });
+        read.expect("read");
+        assert_eq!(first, Some(b"1".to_vec()));
+        let status = child.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
 
     #[test]
     fn parses_rsync_progress2() {

@@ -1,8 +1,10 @@
-//! Files the reporter leaves behind: `failed.txt` and the `--report` JSON, both
-//! written atomically so a crash never leaves half a list for `--limit @FILE`.
+//! Files the reporter leaves behind: `failed.txt`, the `--report` JSON and the HTML
+//! page, all written atomically (a crash never leaves half a list for `--limit
+//! @FILE`), 0600 and with known secrets masked.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::summary::Summary;
@@ -56,11 +58,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         .file_name()
         .map_or("report".into(), |n| n.to_string_lossy());
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    // A journal written before a secret was known (or by an older cmfleet) may
+    // still hold it: the file is cleaned on its way out too.
+    let cleaned;
+    let bytes = match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            cleaned = crate::redact::clean(text);
+            cleaned.as_bytes()
+        }
+        Err(_) => bytes,
+    };
     let result = (|| {
+        // A litter temp file of a crashed run may be another user's or too open:
+        // the report is created fresh, 0600 (it names hosts, errors, command output).
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = OpenOptions::new()
-            .create(true)
+            .create_new(true)
             .write(true)
-            .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -71,10 +71,14 @@ pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
 /// channel's stdin, which cmfleet holds open and never writes, reaches EOF then, and
 /// a watcher kills the script's whole process group (`setsid`: tar, rsync, ssh).
 /// The watcher reads stdin through fd 3: a background job's own stdin is /dev/null.
+/// The channel can end before `setsid` has made the group (a second Ctrl-C right
+/// after the start, a loaded host): until the group exists the watcher kills the
+/// job itself, and it keeps at it until nothing of either is left (KILL after 5 s).
 pub fn stops_with_channel(script: &str) -> String {
     format!(
         "exec 3<&0; setsid sh -c {} </dev/null & p=$!; \
-         {{ cat <&3; kill -TERM -- -$p; }} >/dev/null 2>&1 & w=$!; \
+         {{ cat <&3; n=0; while kill -0 -- -$p || kill -0 $p; do s=TERM; [ $n -ge 50 ] && s=KILL; \
+         kill -$s -- -$p || kill -$s $p; n=$((n+1)); sleep 0.1; done; }} >/dev/null 2>&1 & w=$!; \
          wait $p; rc=$?; kill $w 2>/dev/null; exit $rc",
         quote(script)
     )
@@ -142,40 +146,26 @@ pub fn final_sync(relay: &Relay) -> String {
     )
 }
 
-/// Step 4 on NEW: the ownerships of the guide, then Postfix's queue repair (queue
-/// file names follow inode numbers, which changed).
+/// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
+/// 2 gave /etc/dkimkeys on NEW, recorded by `proof::record_dkim_owner`), then
+/// Postfix's queue repair (queue file names follow inode numbers, which changed).
 pub fn fix_ownership() -> String {
-    "chown root: -R /var/lib/acme && chown opendkim: -R /etc/dkimkeys && \
-     chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s"
-        .to_string()
-}
-
-/// On NEW after the final sync, in one command: the ownership repair, then the
-/// manifest (taken while OLD's is, the shortest path through the downtime).
-pub fn settle_new() -> String {
-    format!("{} && {}", fix_ownership(), manifest())
-}
-
-/// On OLD or NEW: one line per entry of the mailbox tree, sorted the same way on
-/// both sides (bytewise): relative path, type, size, mtime, owner. Directory sizes
-/// and times depend on the filesystem and are left out.
-///
-/// find prints numeric owners and awk names them from one `getent` each: find's own
-/// `%u:%g` asks NSS per file, which made find 22% of a cutover's CPU (116 vs 23 ms
-/// for 3,400 files). Names, not numbers, are compared: NEW's vmail uid may differ.
-pub fn manifest() -> String {
     format!(
-        "cd {MAIL_DIR} && find . -mindepth 1 \\( -type d -printf '%P\\td\\t0\\t0\\t%U:%G\\n' \\) \
-         -o -printf '%P\\t%y\\t%s\\t%T@\\t%U:%G\\n' | {OWNER_NAMES} | LC_ALL=C sort"
+        "chown root: -R /var/lib/acme && {} && \
+         chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s",
+        super::proof::dkim_chown()
     )
 }
 
-/// awk: the last tab-separated field `UID:GID` becomes `user:group` (numbers stay
-/// where no name exists).
-const OWNER_NAMES: &str = "awk -F '\\t' -v OFS='\\t' 'BEGIN { \
-     while ((\"getent passwd\" | getline l) > 0) { split(l, a, \":\"); u[a[3]] = a[1] } \
-     while ((\"getent group\" | getline l) > 0) { split(l, a, \":\"); g[a[3]] = a[1] } } \
-     { split($NF, o, \":\"); $NF = ((o[1] in u) ? u[o[1]] : o[1]) \":\" ((o[2] in g) ? g[o[2]] : o[2]); print }'";
+/// On NEW after the final sync, in one command: the ownership repair, then the
+/// proof's listing (taken while OLD's is, the shortest path through the downtime).
+pub fn settle_new() -> String {
+    format!(
+        "{} || exit $?\n{}",
+        fix_ownership(),
+        super::proof::listing()
+    )
+}
 
 /// On OLD before a staged transfer: bytes the relay will occupy in staging.
 pub fn disk_usage() -> String {
@@ -309,4 +299,47 @@ pub fn sync_trees(last: bool) -> Vec<&'static str> {
     };
     trees.push(MAIL_DIR);
     trees
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// The channel may end before the script's `setsid` has made its process group
+    /// (a second Ctrl-C right after the copy started, on a loaded host): the
+    /// watcher must still stop it. A `setsid` that takes half a second to start
+    /// opens that window every time.
+    #[test]
+    fn a_channel_that_ends_before_setsid_still_stops_the_script() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setsid = dir.path().join("setsid");
+        std::fs::write(
+            &setsid,
+            "#!/bin/sh\nsleep 0.5\nexec /usr/bin/setsid \"$@\"\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&setsid, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let marker = dir.path().join("copied");
+        let script = format!("sleep 1; touch {}", marker.display());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(super::stops_with_channel(&script))
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run sh");
+        std::thread::sleep(Duration::from_millis(2000));
+        assert!(
+            !marker.exists(),
+            "the script ran on after the channel ended ({status:?})"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{commands, manifest, Step};
+use super::{commands, proof, Step};
 use crate::events::{ErrorKind, EventSink};
 use crate::inventory::{Fleet, Host, Relay, TransferMode};
 use crate::remote::{
@@ -57,8 +57,8 @@ impl From<crate::remote::SshError> for StepError {
 /// What a successful step reports: `Some(note)` when it had nothing to do.
 pub type StepResult = Result<Option<String>, StepError>;
 
-/// Manifest lines buffered between a host and the comparison, per side.
-const MANIFEST_LINES_IN_FLIGHT: usize = 128;
+/// Listing records buffered between a host and the proof's merge, per side.
+const LISTING_RECORDS_IN_FLIGHT: usize = 128;
 
 /// Which copy a transfer makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,21 +188,26 @@ impl Executor {
             }
             Step::Preconfigure => self.cmdeploy(commands::preconfigure(relay), &sink).await,
             Step::DisableOld => {
-                self.hook(
-                    relay,
-                    relay.settings.hooks.pre_cutover.as_deref(),
-                    "pre_cutover",
-                    &sink,
-                )
-                .await?;
-                if let Err(e) = self.cmdeploy(commands::disable_old(relay), &sink).await {
-                    // Say whether the failure took the relay down: users care.
-                    if port_open(&relay.old).await {
-                        sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
-                        self.events.send(crate::events::Event::OldStillServing {
-                            relay: relay.name.clone(),
-                        });
-                    }
+                // OLD has served mail since step 1: what would fail the proof inside
+                // the downtime is found now, while refusing costs nothing. Then the
+                // operator's hook, then cmdeploy: a failure of any of the three leaves
+                // OLD serving, and the relay must not be reported DOWN for it. OLD's
+                // port decides rather than which part failed: an earlier attempt (a
+                // retry, or a run killed inside cmdeploy) may have disabled it already.
+                let disabled = async {
+                    crate::check::cutover_preflight(&self.ssh, relay, &sink).await?;
+                    self.hook(
+                        relay,
+                        relay.settings.hooks.pre_cutover.as_deref(),
+                        "pre_cutover",
+                        &sink,
+                    )
+                    .await?;
+                    self.cmdeploy(commands::disable_old(relay), &sink).await
+                }
+                .await;
+                if let Err(e) = disabled {
+                    self.still_serving(relay, &sink).await;
                     return Err(e);
                 }
                 expect_port(&relay.old, false).await
@@ -234,6 +239,17 @@ impl Executor {
             sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
         }
         result
+    }
+
+    /// After a failed step 3: say whether the relay is down (users care). OLD that
+    /// still accepts mail was not disabled, or not for good.
+    async fn still_serving(&self, relay: &Relay, sink: &LineSink) {
+        if port_open(&relay.old).await {
+            sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
+            self.events.send(crate::events::Event::OldStillServing {
+                relay: relay.name.clone(),
+            });
+        }
     }
 
     async fn connect(&self, relay: &Relay, host: &Host) -> Result<Arc<HostConn>, StepError> {
@@ -483,57 +499,74 @@ impl Executor {
         })
     }
 
+    /// The final mirror, then the proof. A difference gets one more mirror and
+    /// proof before it is final: OLD is frozen, so a second pass converges unless
+    /// something is really wrong, and a relay left DOWN for a fluke is an outage.
     async fn final_sync(&self, relay: &Relay, sink: &LineSink) -> StepResult {
-        self.sync(relay, Pass::Final, sink).await?;
-        self.verify_copy(relay, &commands::settle_new(), sink)
+        let new = self.connect(relay, &relay.new).await?;
+        let record = proof::record_dkim_owner();
+        self.ssh
+            .run(&new, &record, false, CommandKind::Plain, sink, Stdout::Sink)
             .await?;
-        if relay.settings.transfer == TransferMode::Staged {
-            self.release_staging(relay);
+        drop(new);
+        for pass in 1..=2 {
+            self.sync(relay, Pass::Final, sink).await?;
+            let differences = self.prove(relay, sink).await?;
+            if differences.is_empty() {
+                if relay.settings.transfer == TransferMode::Staged {
+                    self.release_staging(relay);
+                }
+                return Ok(None);
+            }
+            let total = differences.total();
+            let lines = differences.into_lines();
+            for d in &lines {
+                sink.log(&format!("proof: {d}"));
+            }
+            if pass == 2 {
+                return Err(StepError::permanent(format!(
+                    "the copy on new differs from old after two final syncs ({total} differences): {}",
+                    lines.join("; ")
+                )));
+            }
+            sink.log(&format!(
+                "proof: {total} differences; the old host is frozen, so one more final sync and proof"
+            ));
         }
-        Ok(None)
+        Err(StepError::permanent("unreachable: the proof loop ended"))
     }
 
-    /// The copy is proven before anything proceeds to DNS: OLD's and NEW's mailbox
-    /// manifests (path, type, size, mtime, owner) must be identical. `on_new` is
-    /// NEW's command, ending in the manifest.
-    async fn verify_copy(
-        &self,
-        relay: &Relay,
-        on_new: &str,
-        sink: &LineSink,
-    ) -> Result<(), StepError> {
+    /// OLD's and NEW's listings, compared as they arrive (nothing of a relay's
+    /// millions of files is held whole). NEW first settles ownership and the
+    /// Postfix queue. A listing that is not complete is a transient error.
+    async fn prove(&self, relay: &Relay, sink: &LineSink) -> Result<proof::Differences, StepError> {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
-        let script = commands::manifest();
-        use crate::remote::CommandKind::Plain;
-        // Both manifests stream into the merge as the hosts list their trees:
-        // nothing of a relay's millions of files is held whole.
-        let (old_tx, old_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
-        let (new_tx, new_rx) = tokio::sync::mpsc::channel(MANIFEST_LINES_IN_FLIGHT);
+        let (on_old, on_new) = (proof::listing(), commands::settle_new());
+        let (old_tx, old_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
+        let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
+        let records = |to| Stdout::Records { to, end: 0 };
+        let plain = CommandKind::Plain;
         let (a, b, compared) = tokio::join!(
             self.ssh
-                .run(&old, &script, false, Plain, sink, Stdout::Lines(old_tx)),
+                .run(&old, &on_old, false, plain, sink, records(old_tx)),
             self.ssh
-                .run(&new, on_new, false, Plain, sink, Stdout::Lines(new_tx)),
-            manifest::diff_streams(old_rx, new_rx),
+                .run(&new, &on_new, false, plain, sink, records(new_tx)),
+            proof::compare(old_rx, new_rx),
         );
         a?;
         b?;
-        let entries = compared.entries;
-        let differences = compared.into_lines();
+        let differences = compared.map_err(|e| StepError {
+            kind: ErrorKind::Transient,
+            message: e.to_string(),
+        })?;
         if differences.is_empty() {
             sink.log(&format!(
-                "manifest: {entries} entries identical on old and new"
+                "proof: {} records identical on old and new",
+                differences.entries
             ));
-            return Ok(());
         }
-        for d in &differences {
-            sink.log(&format!("manifest: {d}"));
-        }
-        Err(StepError::permanent(format!(
-            "the copy on new differs from old: {}",
-            differences.join("; ")
-        )))
+        Ok(differences)
     }
 
     /// One cmdeploy run in a borrowed workspace (also for rollback).

@@ -3,7 +3,7 @@
 pub mod commands;
 pub mod dns;
 pub mod exec;
-pub mod manifest;
+pub mod proof;
 
 use std::fmt;
 

@@ -174,3 +174,25 @@ pub fn ok(cmd: &mut std::process::Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A connection pool like a run's, on the lab inventory's state dir and agent.
+pub fn ssh_pool(inv: &cmfleet::inventory::Inventory) -> cmfleet::remote::SshPool {
+    cmfleet::remote::SshPool::new(&cmfleet::remote::SshPoolConfig {
+        state_dir: inv.fleet.state_dir.clone(),
+        auth_sock: inv.fleet.ssh_auth_sock.clone(),
+        connects_per_sec: 10,
+        group_connects_per_sec: Default::default(),
+        keep_masters: false,
+    })
+    .expect("ssh pool")
+}
+
+/// A sink for a test's commands: no log file, events dropped.
+pub fn quiet_sink(relay: &str) -> cmfleet::remote::LineSink {
+    cmfleet::remote::LineSink {
+        relay: relay.into(),
+        step: cmfleet::steps::Step::FinalSync,
+        events: cmfleet::events::EventSink::discard(),
+        log: None,
+    }
+}

@@ -1,0 +1,184 @@
+//! The merge of OLD's and NEW's listings, and what counts as a difference.
+//!
+//! Only what the migration promises is compared, so nothing it changes on purpose
+//! reads as a difference:
+//! - mailboxes (`M`): path, type, size and mtime (whole seconds) equal; on NEW every
+//!   entry owned by NEW's vmail (step 4 chowns the tree; OLD's owners do not matter);
+//!   directory sizes and times depend on the filesystem and are left out;
+//! - state (`S`, `D`): the same entries, types, sizes, link targets and contents; on
+//!   NEW /var/lib/acme owned by root and /etc/dkimkeys by the owner step 2 gave it;
+//! - the Postfix queue (`Q`): per queue directory, the same files by content, since
+//!   `postsuper -s` renames them.
+
+use tokio::sync::mpsc::Receiver;
+
+use super::read::{Incomplete, Listing, Owners, Record};
+
+/// At most this many differences are listed in an error.
+const SHOWN: usize = 10;
+
+/// The differences found: the first [`SHOWN`], and how many in all.
+#[derive(Debug, Default)]
+pub struct Differences {
+    shown: Vec<String>,
+    total: usize,
+    /// Records compared (for the log).
+    pub entries: u64,
+}
+
+impl Differences {
+    fn note(&mut self, s: String) {
+        self.total += 1;
+        if self.shown.len() < SHOWN {
+            self.shown.push(s);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// How many differences in all (only the first few are kept).
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Human-readable differences, empty when there were none.
+    pub fn into_lines(mut self) -> Vec<String> {
+        if self.total > self.shown.len() {
+            let more = self.total - self.shown.len();
+            self.shown.push(format!("... and {more} more differences"));
+        }
+        self.shown
+    }
+
+    /// A record on one side only.
+    fn one_side(&mut self, r: &Record, missing_on_new: bool) {
+        let (what, path) = match r.section {
+            b'Q' => {
+                let shown = r.shown_path();
+                let (queue, sum) = shown.split_once('/').unwrap_or((&shown, ""));
+                let short = sum.get(..12).unwrap_or(sum);
+                ("queue file", format!("{queue} (content {short}...)"))
+            }
+            b'D' => ("content of", r.shown_path()),
+            _ => ("", r.shown_path()),
+        };
+        let side = if missing_on_new {
+            "missing on new"
+        } else {
+            "only on new"
+        };
+        let what = if what.is_empty() {
+            String::new()
+        } else {
+            format!("{what} ")
+        };
+        self.note(format!("{side}: {what}{path}"));
+    }
+
+    /// The same path on both sides.
+    fn pair(&mut self, old: &Record, new: &Record, owners: &Owners) {
+        let path = || new.shown_path();
+        let [kind, size, third, _] = &old.fields;
+        let [new_kind, new_size, new_third, new_owner] = &new.fields;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let same = match old.section {
+            b'M' if kind == b"d" => kind == new_kind,
+            b'M' => kind == new_kind && size == new_size && seconds(third) == seconds(new_third),
+            b'S' => kind == new_kind && (kind != b"f" || size == new_size) && third == new_third,
+            b'D' => third == new_third,
+            _ => true,
+        };
+        if !same {
+            let detail = match old.section {
+                b'D' => "content differs".to_string(),
+                _ => format!(
+                    "old {} {} B {}, new {} {} B {}",
+                    text(kind),
+                    text(size),
+                    text(third),
+                    text(new_kind),
+                    text(new_size),
+                    text(new_third)
+                ),
+            };
+            self.note(format!("differs: {} ({detail})", path()));
+        }
+        if let Some(want) = expected_owner(new, owners) {
+            if new_owner.as_slice() != want.as_bytes() {
+                self.note(format!(
+                    "owner on new: {} is {}, not {want}",
+                    path(),
+                    text(new_owner)
+                ));
+            }
+        }
+    }
+}
+
+/// Who must own `new`'s entry after step 4; `None`: not compared.
+fn expected_owner<'a>(new: &Record, owners: &'a Owners) -> Option<std::borrow::Cow<'a, str>> {
+    match new.section {
+        b'M' => Some(
+            owners
+                .vmail
+                .as_deref()
+                .unwrap_or("vmail (no such user)")
+                .into(),
+        ),
+        b'S' if new.path.starts_with(b"/var/lib/acme") => Some("0:0".into()),
+        b'S' if new.path.starts_with(b"/etc/dkimkeys") => owners.dkim.as_deref().map(Into::into),
+        _ => None,
+    }
+}
+
+/// An mtime (`%T@`) in whole seconds: filesystems keep different sub-second
+/// precision, and whole seconds are what matter (a `password` file's mtime is its
+/// user's last login).
+fn seconds(mtime: &[u8]) -> &[u8] {
+    mtime.split(|b| *b == b'.').next().unwrap_or(mtime)
+}
+
+/// Compares the two listings as they arrive (memory stays bounded by the
+/// channels). An incomplete listing on either side is an error, never a result.
+pub async fn compare(
+    old: Receiver<Vec<u8>>,
+    new: Receiver<Vec<u8>>,
+) -> Result<Differences, Incomplete> {
+    let (old, new) = tokio::join!(Listing::open("old", old), Listing::open("new", new));
+    let ((mut old, _), (mut new, owners)) = (old?, new?);
+    let mut d = Differences::default();
+    let (mut x, mut y) = next_both(&mut old, &mut new).await?;
+    loop {
+        let order = match (&x, &y) {
+            (None, None) => return Ok(d),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => a.key().cmp(&b.key()),
+        };
+        d.entries += 1;
+        match (order, x.as_ref(), y.as_ref()) {
+            (std::cmp::Ordering::Less, Some(a), _) => {
+                d.one_side(a, true);
+                x = old.next().await?;
+            }
+            (std::cmp::Ordering::Greater, _, Some(b)) => {
+                d.one_side(b, false);
+                y = new.next().await?;
+            }
+            (_, Some(a), Some(b)) => {
+                d.pair(a, b, &owners);
+                (x, y) = next_both(&mut old, &mut new).await?;
+            }
+            _ => return Ok(d),
+        }
+    }
+}
+
+type Pair = (Option<Record>, Option<Record>);
+
+async fn next_both(old: &mut Listing, new: &mut Listing) -> Result<Pair, Incomplete> {
+    let (a, b) = tokio::join!(old.next(), new.next());
+    Ok((a?, b?))
+}

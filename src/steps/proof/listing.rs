@@ -1,0 +1,88 @@
+//! The listing each host sends for the proof: one command, run on OLD and on NEW.
+//!
+//! Records are NUL-terminated (file names may hold tabs, newlines and bytes that
+//! are not UTF-8; only NUL and `/` cannot appear in them) and have six tab-separated
+//! fields, the path last, so a path may hold tabs too:
+//!
+//! | section | fields 2-5 | field 6 |
+//! |---|---|---|
+//! | `M` mailboxes | type, size, mtime, `uid:gid` | path under /home/vmail/mail |
+//! | `S` state entries | type, size, link target, `uid:gid` | absolute path |
+//! | `D` state contents | `-`, `-`, sha256, `-` | absolute path of a regular file |
+//! | `Q` Postfix queue | `-`, `-`, `-`, `-` | `QUEUE/sha256` of one queue file |
+//!
+//! The records are sorted on the host (section, then path, bytewise). A header comes
+//! first (the host's vmail owner and the DKIM owner cmfleet recorded on it) and a
+//! trailer last, computed on the host over the sorted records: their count and
+//! SHA-256. Every part of the listing writes into a file and its exit status is
+//! checked (no pipeline hides a failing `find`); only a complete listing is sent.
+
+use crate::steps::commands::{MAIL_DIR, OPTIONAL_FILES};
+
+/// First record: `#cmfleet-manifest 1 vmail=UID:GID dkim=UID:GID` (`-` unknown).
+pub const HEADER: &str = "#cmfleet-manifest 1";
+/// Last record: `#cmfleet-end COUNT SHA256`.
+pub const TRAILER: &str = "#cmfleet-end";
+/// On NEW: the owner (`uid:gid`) of /etc/dkimkeys as step 2's cmdeploy made it,
+/// recorded before the final sync copies OLD's over it. The DKIM signer's user is
+/// not a constant: chatmail is moving DKIM signing away from opendkim.
+pub const DKIM_OWNER_FILE: &str = "/root/.ssh/cmfleet_dkim_owner";
+/// The state the proof compares by content.
+pub const STATE_PATHS: [&str; 2] = ["/var/lib/acme", "/etc/dkimkeys"];
+/// Postfix's queue directories: their files are compared per directory by content
+/// (`postsuper -s` renames queue files after their new inode numbers).
+pub const QUEUES: [&str; 6] = [
+    "maildrop", "incoming", "active", "deferred", "hold", "corrupt",
+];
+pub const SPOOL: &str = "/var/spool/postfix";
+
+/// The listing command (the same on both hosts).
+pub fn listing() -> String {
+    let state = STATE_PATHS
+        .iter()
+        .chain(OPTIONAL_FILES.iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let queues = QUEUES.join(" ");
+    format!(
+        r#"t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT; tab=$(printf '\t')
+die() {{ echo "cmfleet listing on $(hostname): $1" >&2; exit 70; }}
+vm=$(id -u vmail 2>/dev/null):$(id -g vmail 2>/dev/null); [ "$vm" = : ] && vm=-
+dk=$(cat {DKIM_OWNER_FILE} 2>/dev/null) || dk=-
+cd {MAIL_DIR} || die "cannot enter {MAIL_DIR}"
+find . -ignore_readdir_race -mindepth 1 \( -type d -printf 'M\td\t0\t0\t%U:%G\t%P\0' \) -o -printf 'M\t%y\t%s\t%T@\t%U:%G\t%P\0' > "$t/m" || die "find failed in {MAIL_DIR}"
+set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
+: > "$t/s"; : > "$t/d0"; : > "$t/q0"
+if [ $# -gt 0 ]; then
+  find "$@" \( -type d -printf 'S\td\t0\t-\t%U:%G\t%p\0' \) -o \( -type l -printf 'S\tl\t0\t%l\t%U:%G\t%p\0' \) -o -printf 'S\t%y\t%s\t-\t%U:%G\t%p\0' > "$t/s" || die "find failed in $*"
+  find "$@" -type f -exec sha256sum -z -- {{}} + > "$t/d0" || die "cannot read the files of $*"
+fi
+if [ -d {SPOOL} ]; then
+  cd {SPOOL} || die "cannot enter {SPOOL}"
+  set --; for q in {queues}; do [ -d "$q" ] && set -- "$@" "$q"; done
+  if [ $# -gt 0 ]; then find "$@" -type f -exec sha256sum -z -- {{}} + > "$t/q0" || die "cannot read the Postfix queue"; fi
+fi
+sed -z 's/^\([0-9a-f]\{{64\}}\)  /D\t-\t-\t\1\t-\t/' "$t/d0" > "$t/d" || die "sed failed"
+sed -z 's/^\([0-9a-f]\{{64\}}\)  \([^/]*\)\/.*/Q\t-\t-\t-\t-\t\2\/\1/' "$t/q0" > "$t/q" || die "sed failed"
+LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/all" "$t/m" "$t/s" "$t/d" "$t/q" || die "sort failed"
+n=$(tr -cd '\0' < "$t/all" | wc -c) || die "cannot count the listing"
+sum=$(sha256sum < "$t/all") || die "cannot digest the listing"
+printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
+cat "$t/all" || die "cannot send the listing"
+printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
+    )
+}
+
+/// On NEW before the final sync: record /etc/dkimkeys' owner once (a retried
+/// step 4 finds OLD's copy there, whose owner may be OLD's numbering).
+pub fn record_dkim_owner() -> String {
+    format!(
+        "[ -s {DKIM_OWNER_FILE} ] || {{ [ -d /etc/dkimkeys ] && (umask 077 && stat -c %u:%g /etc/dkimkeys > {DKIM_OWNER_FILE}.tmp && mv {DKIM_OWNER_FILE}.tmp {DKIM_OWNER_FILE}); }} || {{ echo 'no /etc/dkimkeys on the new host (step 2 creates it)' >&2; exit 3; }}"
+    )
+}
+
+/// On NEW after the final sync: DKIM keys to the recorded owner.
+pub fn dkim_chown() -> String {
+    format!("chown -R \"$(cat {DKIM_OWNER_FILE})\" /etc/dkimkeys")
+}

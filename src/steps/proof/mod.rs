@@ -1,0 +1,18 @@
+//! The copy proof of step 4: before DNS moves, NEW must hold what OLD holds.
+//!
+//! Each host sends a complete, self-vouching listing ([`listing`]); the two are
+//! merged as they arrive ([`compare`]). An incomplete listing is an [`Incomplete`]
+//! error (retried: the copy may well be right), never a difference and never a
+//! pass. What is compared, and what is not and why, is in `compare` and in
+//! docs/how-it-works.md.
+
+mod compare;
+mod listing;
+mod read;
+
+pub use compare::{compare, Differences};
+pub use listing::{dkim_chown, listing, record_dkim_owner, DKIM_OWNER_FILE, QUEUES, SPOOL};
+pub use read::{Incomplete, Listing, Owners, Record};
+
+#[cfg(test)]
+mod tests;

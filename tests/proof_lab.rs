@@ -1,0 +1,246 @@
+//! The copy proof of step 4 on the lab's real hosts: what it passes (what the
+//! migration changes on purpose, names no line-based listing can carry) and what it
+//! catches (a DKIM key or a queue file that is not OLD's, a listing that fails).
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use cmfleet::inventory::{Inventory, Relay};
+use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
+use cmfleet::steps::{proof, Step};
+use common::lab::{quiet_sink, ssh_pool, TestLab};
+use common::run::{failures, run};
+
+/// Some message file in a `cur/` directory under `dir`.
+fn a_message(dir: &Path) -> PathBuf {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if d.file_name().is_some_and(|n| n == "cur") {
+                return p;
+            }
+        }
+    }
+    panic!("no message under {}", dir.display())
+}
+
+/// File names a line-based listing cannot carry: a tab, a newline, bytes that are
+/// not UTF-8 (two of them, which a lossy reading would merge into one name).
+const HOSTILE: [&[u8]; 4] = [
+    b"1700000000.M1P1.host:2,S\tx",
+    b"1700000001.M1P1.host\nfake\tf\t0\t0\t0:0",
+    b"1700000002.M1P1.\xff\xfe:2,",
+    b"1700000002.M1P1.\xff\xfd:2,",
+];
+
+/// A root-owned message on OLD (an operator's restore) and hostile names: the
+/// migration chowns NEW, so OLD's owner is no difference, and every name arrives.
+#[test]
+fn hostile_names_and_a_root_owned_message_are_migrated_and_proven() {
+    let lab = TestLab::start(1);
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    let relay = lab.relay(1).expect("relay");
+    let message = a_message(&relay.old.path("/home/vmail/mail"));
+    std::os::unix::fs::chown(&message, Some(0), Some(0)).expect("chown root");
+    let cur = message.parent().expect("cur").to_path_buf();
+    for name in HOSTILE {
+        let path = cur.join(std::ffi::OsStr::from_bytes(name));
+        std::fs::write(&path, b"hostile\n").expect("write");
+        let users = lab.users();
+        std::os::unix::fs::chown(&path, Some(users.vmail_uid), Some(users.vmail_gid))
+            .expect("chown");
+    }
+
+    let (outcome, journal, events) = run(&inv, Step::Activate);
+    assert_eq!(
+        outcome.done.len(),
+        1,
+        "{outcome:?}\n{:#?}\n{events:#?}",
+        journal.data
+    );
+
+    let new_cur = relay.new.path("/home/vmail/mail").join(
+        cur.strip_prefix(relay.old.path("/home/vmail/mail"))
+            .expect("under mail"),
+    );
+    for name in HOSTILE {
+        let copy = new_cur.join(std::ffi::OsStr::from_bytes(name));
+        assert_eq!(std::fs::read(&copy).expect("copied"), b"hostile\n");
+    }
+    let copied = new_cur.join(message.file_name().expect("name"));
+    let meta = std::fs::metadata(&copied).expect("copied message");
+    assert_eq!(meta.uid(), lab.users().vmail_uid, "NEW's copy is vmail's");
+    let log =
+        std::fs::read_to_string(inv.fleet.state_dir.join("logs/relay1.lab.test.log")).expect("log");
+    assert!(
+        log.contains("not vmail's"),
+        "the preflight names the root-owned message:\n{log}"
+    );
+    assert!(log.contains("records identical on old and new"), "{log}");
+}
+
+/// The proof as step 4 runs it: both hosts' listings, merged as they arrive.
+fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let ssh = ssh_pool(inv);
+        let opts = ConnectOptions::for_relay(relay);
+        let old = ssh.connect(&relay.old, opts, || {}).await.expect("old");
+        let new = ssh.connect(&relay.new, opts, || {}).await.expect("new");
+        let sink = quiet_sink(&relay.name);
+        let script = proof::listing();
+        let (old_tx, old_rx) = tokio::sync::mpsc::channel(16);
+        let (new_tx, new_rx) = tokio::sync::mpsc::channel(16);
+        let records = |to| Stdout::Records { to, end: 0 };
+        let plain = CommandKind::Plain;
+        let (a, b, d) = tokio::join!(
+            ssh.run(&old, &script, false, plain, &sink, records(old_tx)),
+            ssh.run(&new, &script, false, plain, &sink, records(new_tx)),
+            proof::compare(old_rx, new_rx)
+        );
+        a.expect("listing on old");
+        b.expect("listing on new");
+        ssh.close().await;
+        d.expect("complete listings").into_lines()
+    })
+}
+
+/// After a migration the proof passes; a DKIM key of the same size but another
+/// content, a queue file gone and one with the wrong owner are each named; a queue
+/// file renamed (as `postsuper -s` does) is no difference.
+#[test]
+fn the_proof_names_a_dkim_key_and_a_queue_file_that_are_not_olds() {
+    let lab = TestLab::start(1);
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    let (outcome, journal, _) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    let relay = lab.relay(1).expect("relay");
+    assert_eq!(prove(&inv, &inv.relays[0]), Vec::<String>::new());
+
+    let deferred = relay.new.path("/var/spool/postfix/deferred");
+    let mut queue: Vec<PathBuf> = walk_files(&deferred);
+    queue.sort();
+    assert!(queue.len() >= 2, "the lab queues mail on OLD: {queue:?}");
+    let renamed = queue[0].with_file_name("4ZRENAMED0");
+    std::fs::rename(&queue[0], &renamed).expect("rename");
+    assert_eq!(
+        prove(&inv, &inv.relays[0]),
+        Vec::<String>::new(),
+        "a rename is no difference"
+    );
+
+    std::fs::remove_file(&queue[1]).expect("remove a queue file");
+    let key = relay.new.path("/etc/dkimkeys/opendkim.private");
+    let mut bytes = std::fs::read(&key).expect("key");
+    bytes[0] ^= 1;
+    std::fs::write(&key, &bytes).expect("write key");
+    let acme = relay.new.path("/var/lib/acme");
+    std::os::unix::fs::chown(&acme, Some(lab.users().vmail_uid), None).expect("chown");
+    let d = prove(&inv, &inv.relays[0]);
+    assert_eq!(d.len(), 3, "{d:#?}");
+    assert!(
+        d.contains(&"differs: /etc/dkimkeys/opendkim.private (content differs)".to_string()),
+        "{d:#?}"
+    );
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("missing on new: queue file deferred (content ")),
+        "{d:#?}"
+    );
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("owner on new: /var/lib/acme is ")),
+        "{d:#?}"
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A `find` that fails on the host (the lab's hosts find /usr/local/sbin first):
+/// it lists half, complains and exits 1 when the host has a fault file.
+fn install_failing_find(lab: &TestLab) {
+    let wrapper = lab.dir().join("bin/find");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\nif [ -e /var/lib/chatmail-lab/fault-find ]; then\n  /usr/bin/find \"$@\" | head -c 2000\n  echo 'find: ‘./x’: Input/output error' >&2; exit 1\nfi\nexec /usr/bin/find \"$@\"\n",
+    )
+    .expect("write find wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+}
+
+/// A listing that fails on OLD: before step 3 the cutover is refused while OLD
+/// still serves; found only inside the downtime (OLD broke after step 3), step 4
+/// fails loudly with the host's error, never as a difference and never a pass.
+#[test]
+fn a_failing_find_refuses_the_cutover_or_fails_step_4_never_passes() {
+    let lab = TestLab::start(2);
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    install_failing_find(&lab);
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    let fault = |index: usize, on: bool| {
+        let r = lab.relay(index).expect("relay");
+        let path = r.old.path("/var/lib/chatmail-lab/fault-find");
+        if on {
+            std::fs::write(path, "").expect("fault");
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+
+    // Relay 1's OLD cannot be listed when step 3 is due; relay 2's breaks only
+    // after its step 3, inside the downtime.
+    fault(1, true);
+    let (outcome, journal, events) = run(&inv, Step::DisableOld);
+    assert_eq!(outcome.failed, vec!["relay1.lab.test".to_string()]);
+    let f = failures(&events, "relay1.lab.test", Step::DisableOld);
+    assert!(f[0].1.contains("cannot be listed completely"), "{f:#?}");
+    assert!(f[0].1.contains("Input/output error"), "{f:#?}");
+    assert!(
+        cmfleet::lab::port_accepts(lab.relay(1).expect("r").old.addr, 25),
+        "OLD still serves"
+    );
+    let state = journal.data.relays["relay1.lab.test"].state();
+    assert_eq!(state, cmfleet::journal::RelayState::Staged, "not DOWN");
+    drop(journal);
+
+    fault(1, false);
+    fault(2, true);
+    let (outcome, _journal, events) = run(&inv, Step::Activate);
+    assert_eq!(
+        outcome.done,
+        vec!["relay1.lab.test".to_string()],
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.failed, vec!["relay2.lab.test".to_string()]);
+    let f = failures(&events, "relay2.lab.test", Step::FinalSync);
+    let last = &f.last().expect("step 4 failed").1;
+    assert!(last.contains("find failed in /home/vmail/mail"), "{f:#?}");
+    assert!(!last.contains("differ"), "never a difference: {last}");
+    let dns_started = events.iter().any(|e| {
+        matches!(e, cmfleet::events::Event::StepStarted { relay, step: Step::Dns, .. } if relay == "relay2.lab.test")
+    });
+    assert!(!dns_started, "DNS is never touched");
+}
