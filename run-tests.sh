@@ -4,15 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 need=()
+# Lab hosts run Debian's own Postfix and Dovecot (each in its mount namespace);
 # chromium: the HTML timeline is loaded in headless chromium (tests/cli.rs).
-for pair in sshd:openssh-server rsync:rsync named:bind9 dig:bind9-dnsutils tsig-keygen:bind9 ssh-agent:openssh-client git:git chromium:chromium; do
+for pair in sshd:openssh-server rsync:rsync named:bind9 dig:bind9-dnsutils tsig-keygen:bind9 ssh-agent:openssh-client git:git chromium:chromium \
+    postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd openssl:openssl ip:iproute2 python3:python3; do
   cmd=${pair%%:*}; pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
+  # The packages' postinst must not start machine-wide daemons (the lab's hosts bind
+  # ports 25 and 993 on their own addresses): a policy-rc.d that denies every start,
+  # only for this install, and Postfix left unconfigured.
+  policy=/usr/sbin/policy-rc.d ours=
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"; ours=1; fi
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  if [ -n "$ours" ]; then rm -f "$policy"; fi
 fi
 mkdir -p /run/sshd
 log=$(mktemp)

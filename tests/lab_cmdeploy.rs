@@ -71,10 +71,14 @@ fn configure_activate_disable_change_the_host_and_its_ports() {
         [false; 3],
         "listeners bind only their host's address"
     );
-    // Activating again keeps one listener.
-    let pid = st.listener_pid.unwrap();
+    // Activating again reloads the running Postfix and Dovecot (same masters).
+    let pids = (st.postfix_pid.unwrap(), st.dovecot_pid.unwrap());
     succeeds(&mut cmdeploy(&lab, Some("activate"), &args));
-    assert_eq!(lab.host_state(new).unwrap().listener_pid, Some(pid));
+    let st = lab.host_state(new).unwrap();
+    assert_eq!(
+        (st.postfix_pid, st.dovecot_pid),
+        (Some(pids.0), Some(pids.1))
+    );
 
     succeeds(&mut cmdeploy(
         &lab,
@@ -84,6 +88,7 @@ fn configure_activate_disable_change_the_host_and_its_ports() {
     let st = lab.host_state(new).unwrap();
     assert!(st.mail_disabled && !st.active && st.configured, "{st:?}");
     assert_eq!(ports_open(new), [false; 3]);
+    assert_eq!((st.postfix_pid, st.dovecot_pid), (None, None), "{st:?}");
     assert_eq!(st.invocations.len(), 4, "{:?}", st.invocations);
     assert!(
         st.invocations[0].contains("stages=install,configure"),
@@ -109,7 +114,7 @@ fn configure_activate_disable_change_the_host_and_its_ports() {
 }
 
 #[test]
-fn listener_is_stopped_by_lab_down() {
+fn mail_system_is_stopped_by_lab_down() {
     let lab = TestLab::start(1);
     let relay = lab.relay(1).unwrap();
     let ini = relay.config.to_str().unwrap().to_string();
@@ -119,17 +124,16 @@ fn listener_is_stopped_by_lab_down() {
         None,
         &["--config", &ini, "--ssh-host", &host],
     ));
-    let pid = lab
-        .host_state(relay.new.addr)
-        .unwrap()
-        .listener_pid
-        .unwrap();
-    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let st = lab.host_state(relay.new.addr).unwrap();
+    let pids = [st.postfix_pid.unwrap(), st.dovecot_pid.unwrap()];
+    assert!(std::path::Path::new(&format!("/proc/{}", pids[0])).exists());
     Lab::down(lab.dir()).unwrap();
     assert_eq!(ports_open(relay.new.addr), [false; 3]);
-    let gone =
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
-    assert!(gone, "listener {pid} survived lab down");
+    for pid in pids {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.contains(") Z "));
+        assert!(gone, "mail master {pid} survived lab down");
+    }
 }
 
 #[test]
@@ -244,10 +248,31 @@ fn fault_file_makes_cmdeploy_fail_until_cleared() {
     assert!(lab.host_state(relay.new.addr).unwrap().active);
 }
 
+/// File names in a host's deferred queue, sorted.
+fn deferred(host: &cmfleet::lab::LabHost) -> Vec<String> {
+    let mut out = Vec::new();
+    let root = host.path("/var/spool/postfix/deferred");
+    for sub in std::fs::read_dir(&root).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            out.push(f.unwrap().file_name().to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+    out
+}
+
 #[test]
-fn postfix_stand_ins_record_that_they_ran() {
+fn postsuper_and_set_permissions_are_the_real_ones() {
     let lab = TestLab::start(1);
-    let new = lab.relay(1).unwrap().new.addr;
+    let relay = lab.relay(1).unwrap();
+    let (old, new) = (relay.old.addr, relay.new.addr);
+    // OLD's deferred queue, copied the guide's way: new inodes on NEW.
+    common::lab::ok(lab.ssh(old, &["-A"]).arg(format!(
+        "tar c /var/spool/postfix/deferred 2>/dev/null | ssh root@{new} \"tar x -C /\""
+    )));
+    let copied = deferred(&relay.new);
+    assert_eq!(copied.len(), cmfleet::lab::DEFERRED_MESSAGES, "{copied:?}");
+    assert_eq!(copied, deferred(&relay.old));
     common::lab::ok(
         lab.ssh(new, &[])
             .arg("postsuper -s && postfix set-permissions"),
@@ -255,10 +280,20 @@ fn postfix_stand_ins_record_that_they_ran() {
     let log = lab.host_state(new).unwrap().postfix_log;
     assert_eq!(log.len(), 2, "{log:?}");
     assert!(log[0].contains("postsuper -s") && log[1].contains("postfix set-permissions"));
-    assert!(!lab
-        .ssh(new, &[])
-        .arg("postfix start")
-        .status()
-        .unwrap()
-        .success());
+    // Queue file names follow inode numbers: the real postsuper renamed every one.
+    let renamed = deferred(&relay.new);
+    assert_eq!(renamed.len(), copied.len());
+    assert!(
+        renamed.iter().all(|n| !copied.contains(n)),
+        "{copied:?} -> {renamed:?}"
+    );
+    // NEW's Postfix takes them over: both deferred messages are in its queue.
+    let queue = common::lab::ok(lab.ssh(new, &[]).arg("postfix start 2>/dev/null; mailq"));
+    assert_eq!(
+        queue
+            .matches(&format!("@{}", cmfleet::lab::LATER_DOMAIN))
+            .count(),
+        cmfleet::lab::DEFERRED_MESSAGES,
+        "{queue}"
+    );
 }

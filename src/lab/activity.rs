@@ -43,7 +43,18 @@ pub struct ActivityReport {
     pub deleted: Vec<PathBuf>,
 }
 
-/// Maildir message files under `mail_root` (DOMAIN/ADDR/{cur,new}/*), sorted.
+/// Whether a maildir file name is one the lab wrote (bulk data: `TS.MmPp.DOMAIN,S=..`;
+/// earlier activity: `TS.MiPseed.lab-activity,S=..`). Messages that came through
+/// Postfix and Dovecot are named after their delivery's time and process, different in
+/// every lab: activity leaves them alone, so the same seed on the same data does the
+/// same things.
+fn written_by_lab(name: &str, domain: &str) -> bool {
+    let base = name.split(',').next().unwrap_or_default();
+    base.ends_with(&format!(".{domain}")) || base.ends_with(".lab-activity")
+}
+
+/// Maildir message files the lab wrote under `mail_root` (DOMAIN/ADDR/{cur,new}/*),
+/// sorted.
 fn messages(mail_root: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let read = |p: &Path| -> Result<Vec<PathBuf>> {
@@ -62,7 +73,15 @@ fn messages(mail_root: &Path) -> Result<Vec<PathBuf>> {
             for sub in ["cur", "new"] {
                 let d = user.join(sub);
                 if d.is_dir() {
-                    out.extend(read(&d)?.into_iter().filter(|p| p.is_file()));
+                    let domain = dom
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    out.extend(read(&d)?.into_iter().filter(|p| {
+                        p.is_file()
+                            && p.file_name()
+                                .is_some_and(|n| written_by_lab(&n.to_string_lossy(), &domain))
+                    }));
                 }
             }
         }

@@ -87,6 +87,10 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             );
             println!("  data       {users} users x {messages} messages x {message_size} bytes per old host");
             println!("  dir        {}", lab.dir().display());
+            println!(
+                "  accounts   {} (ADDRESS PASSWORD OLD NEW; IMAP 143/993, SMTP 25/587/465)",
+                lab.accounts_file().display()
+            );
             println!("  inventory  {}", lab.inventory().display());
             println!(
                 "  ssh        ssh -F {} relay1-old",
@@ -161,7 +165,13 @@ impl fmt::Display for LabStatus {
                 h.host.addr.to_string(),
                 sshd,
                 yn(h.state.configured),
-                if h.state.mail_disabled { "off" } else { "on" },
+                // What runs, not what was recorded: a crashed daemon shows here.
+                match (h.state.postfix_pid, h.state.dovecot_pid) {
+                    (Some(_), Some(_)) => "up",
+                    (None, None) if h.state.mail_disabled => "off",
+                    (None, None) => "down",
+                    _ => "part",
+                },
                 yn(h.state.active),
                 h.state.invocations.len()
             )?;

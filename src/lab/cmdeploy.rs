@@ -1,5 +1,7 @@
-//! The lab's chatmail relay checkout with its stand-in `cmdeploy`, and the stand-in
-//! programs lab hosts find in /usr/local/sbin (postfix, postsuper, the mail listener).
+//! The lab's chatmail relay checkout with its stand-in `cmdeploy`, and the programs lab
+//! hosts find in /usr/local/sbin: logging wrappers around the real postfix and
+//! postsuper, the mail system's start/stop script, rsync and tar wrappers (slow links)
+//! and the lab's mail client.
 //!
 //! The real cmdeploy deploys a whole relay with pyinfra (packages, systemd units, nginx,
 //! acme, ...) and needs a full Debian 12 machine per host; lab hosts are sshds in mount
@@ -19,7 +21,8 @@ const SCRIPTS_CMDEPLOY: &str = include_str!("assets/scripts-cmdeploy");
 const VENV_ACTIVATE: &str = include_str!("assets/venv-activate");
 const VENV_CMDEPLOY: &str = include_str!("assets/venv-cmdeploy");
 const REMOTE: &str = include_str!("assets/remote.sh");
-const LISTENER: &str = include_str!("assets/listener.py");
+const MAIL: &str = include_str!("assets/chatmail-lab-mail");
+const CLIENT: &str = include_str!("assets/lab-client.py");
 const POSTFIX: &str = include_str!("assets/postfix");
 const POSTSUPER: &str = include_str!("assets/postsuper");
 const RSYNC: &str = include_str!("assets/rsync");
@@ -96,11 +99,15 @@ pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The lab's mail client in `DIR/bin` (see assets/lab-client.py).
+pub const CLIENT_NAME: &str = "lab-client";
+
 /// Fills the directory mounted over every host's /usr/local/sbin.
 pub fn write_host_bin(bin: &Path) -> Result<()> {
     write(&bin.join("postfix"), POSTFIX, 0o755)?;
     write(&bin.join("postsuper"), POSTSUPER, 0o755)?;
     write(&bin.join("rsync"), RSYNC, 0o755)?;
     write(&bin.join("tar"), TAR, 0o755)?;
-    write(&bin.join("chatmail-lab-listener"), LISTENER, 0o755)
+    write(&bin.join("chatmail-lab-mail"), MAIL, 0o755)?;
+    write(&bin.join(CLIENT_NAME), CLIENT, 0o755)
 }

@@ -1,7 +1,8 @@
 //! Synthetic relay data on OLD hosts, written straight into the host's directories from
 //! the controller with the lab's vmail/opendkim owners: what a chatmail relay keeps and a
 //! migration must move (mailboxes with their side files, ACME account and certificates,
-//! the DKIM key, the Postfix queue).
+//! the DKIM key). The Postfix queue is real: `lab up` fills it through Postfix (see
+//! `seed`).
 
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::accounts;
 use super::error::{LabError, Result};
 use super::host::LabHost;
 use super::users::LabUsers;
@@ -188,10 +190,11 @@ pub fn write_old_host(
         }
         // The password file's mtime is the last login: a migration must keep it.
         let login = BASE_TIME - 86_400 - (u as u64) * 3_600;
-        let hash = format!("{{SHA512-CRYPT}}$6$lab{u:03}$lab-password-hash-of-{addr}\n");
+        // Dovecot's passdb reads it (see `accounts`), as chatmail's reads its own.
+        let line = accounts::passwd_line(&addr, &accounts::password(opts.seed, &addr));
         file(
             &ud.join("password"),
-            hash.as_bytes(),
+            line.as_bytes(),
             vmail,
             0o600,
             Some(login),
@@ -252,19 +255,5 @@ pub fn write_old_host(
         None,
     )?;
 
-    let spool = host.path("/var/spool/postfix");
-    for d in [
-        "active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming",
-        "maildrop", "pid", "private", "public", "saved", "trace",
-    ] {
-        mkdir(&spool.join(d), root, 0o700)?;
-    }
-    for i in 0..5u32 {
-        let id = format!("4Z{:X}{:06X}", i, rng.random_range(0..0xFF_FFFFu32));
-        let dir = spool.join("deferred").join(&id[..1]);
-        mkdir(&dir, root, 0o700)?;
-        let q = format!("queued message {i} of {domain}\n").repeat(50);
-        file(&dir.join(&id), q.as_bytes(), root, 0o700, None)?;
-    }
     Ok(())
 }

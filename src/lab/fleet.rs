@@ -11,10 +11,11 @@ use super::addr::{Side, Subnet, MAX_RELAYS};
 use super::data::{self, DataOptions};
 use super::error::{LabError, Result};
 use super::host::{self, LabHost, STATE_DIR};
+use super::hoststate::{read_host_state, HostState};
 use super::process::{self, ProcRecord, Stopped};
 use super::state::{LabState, STATE_FILE};
 use super::users::{LabUsers, MachineTables};
-use super::{agent, cmdeploy, inventory_file, sshd};
+use super::{agent, cmdeploy, inventory_file, mail, sshd};
 
 /// The lab directory `cmfleet lab` uses unless told otherwise.
 pub const DEFAULT_DIR: &str = "/tmp/cmfleet-lab";
@@ -66,23 +67,6 @@ pub struct LabRelay {
     pub new: LabHost,
 }
 
-/// What the stand-in cmdeploy recorded on a host.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostState {
-    /// An install or configure stage ran.
-    pub configured: bool,
-    /// `--disable-mail` ran last (and no activate since).
-    pub mail_disabled: bool,
-    /// The activate stage ran last: listeners on 25/465/993.
-    pub active: bool,
-    /// One line per cmdeploy run against this host (args, stages), oldest first.
-    pub invocations: Vec<String>,
-    /// One line per run of the postfix/postsuper stand-ins.
-    pub postfix_log: Vec<String>,
-    /// PID of the listener daemon, if its pid file exists.
-    pub listener_pid: Option<i32>,
-}
-
 /// A host's state as `lab status` shows it.
 #[derive(Debug, Clone)]
 pub struct HostStatus {
@@ -110,7 +94,7 @@ pub struct LabStatus {
 /// A running (or stopped) lab, as recorded in its directory.
 #[derive(Debug, Clone)]
 pub struct Lab {
-    state: LabState,
+    pub(super) state: LabState,
 }
 
 /// Whether something accepts TCP connections on `addr:port` (within 1 s).
@@ -168,6 +152,15 @@ impl Lab {
         }
         for (path, hint) in [
             ("/usr/sbin/sshd", "apt-get install openssh-server"),
+            ("/usr/sbin/postfix", "apt-get install postfix"),
+            (
+                "/usr/sbin/dovecot",
+                "apt-get install dovecot-imapd dovecot-lmtpd",
+            ),
+            ("/usr/lib/dovecot/imap", "apt-get install dovecot-imapd"),
+            ("/usr/lib/dovecot/lmtp", "apt-get install dovecot-lmtpd"),
+            ("/usr/bin/openssl", "apt-get install openssl"),
+            ("/usr/sbin/ip", "apt-get install iproute2"),
             ("/usr/bin/python3", "apt-get install python3"),
             ("/bin/bash", "apt-get install bash"),
         ] {
@@ -177,6 +170,13 @@ impl Lab {
                     hint,
                 });
             }
+        }
+        let missing = MachineTables::read()?.missing_mail_users();
+        if !missing.is_empty() {
+            return Err(LabError::MissingTool {
+                tool: format!("the users and groups {}", missing.join(", ")),
+                hint: "apt-get install postfix dovecot-imapd dovecot-lmtpd",
+            });
         }
         let out = Command::new("unshare")
             .args(["-m", "--propagation", "private", "true"])
@@ -261,13 +261,24 @@ impl Lab {
     }
 
     fn build(&mut self, tables: &MachineTables) -> Result<()> {
+        // CMFLEET_LAB_TIMING=1 prints how long each phase of `lab up` took (stderr).
+        let started = std::time::Instant::now();
+        let timing = std::env::var_os("CMFLEET_LAB_TIMING").is_some();
+        let phase = |what: &str| {
+            if timing {
+                eprintln!("lab up: {:>6.2} s {what}", started.elapsed().as_secs_f64());
+            }
+        };
         host::prepare_machine()?;
         let dir = self.state.dir.clone();
         let users = self.state.users;
         sshd::keygen_all(&[&self.key()], "cmfleet-lab")?;
         let lab_pub = sshd::public_key(&self.key())?;
+        let relays: Vec<(&str, Ipv4Addr)> = self.relays_old_addrs().into_iter().collect();
+        mail::write_lab_files(&dir, self.state.subnet, &relays)?;
         for h in &self.state.hosts {
             host::prepare(h, &users, tables, &format!("{lab_pub} cmfleet-lab\n"))?;
+            mail::prepare_host(h, &self.state.domains[h.relay - 1], &users, &dir)?;
         }
         let keys: Vec<PathBuf> = self.state.hosts.iter().map(LabHost::host_key).collect();
         sshd::keygen_all(
@@ -308,15 +319,23 @@ impl Lab {
             &self.key(),
         )?);
         self.state.save()?;
+        phase("prepared (keys, trees, data)");
+        mail::stop_machine_mail()?;
+        mail::add_addresses(&self.addrs())?;
         self.start_hosts(None)?;
+        phase("sshds up");
         self.serve_mail_on_old_hosts()?;
+        phase("OLD hosts' mail started");
+        self.seed_mail()?;
+        phase("mail seeded over SMTP/IMAP");
+        self.write_accounts()?;
         write(&self.inventory(), &inventory_file::render(&self.state))?;
         self.state.save()
     }
 
-    /// OLD hosts are production relays: configured, active, answering on 25, 465 and
-    /// 993, so that disabling mail at step 3 is a real, checkable change. Done with the
-    /// stand-in's host side directly, all hosts at once.
+    /// OLD hosts are production relays: configured, active, their Postfix and Dovecot
+    /// running, so that disabling mail at step 3 is a real, checkable change. Done with
+    /// the stand-in's host side directly, all hosts at once.
     fn serve_mail_on_old_hosts(&self) -> Result<()> {
         let script = self.checkout().join("venv/lib/cmdeploy-lab/remote.sh");
         let mut children = Vec::new();
@@ -418,24 +437,15 @@ impl Lab {
         })
     }
 
-    /// Stops everything the lab in `dir` started, by recorded PID (listener daemons,
-    /// sshds, the agent), then anything else still living inside one of its hosts (a
-    /// crashed lab, sessions left behind). Works without the state file too.
+    /// Stops everything the lab in `dir` started, by recorded PID (sshds, the agent), then
+    /// anything else still living inside one of its hosts (Postfix and Dovecot, a crashed
+    /// lab, sessions left behind), and takes the hosts' addresses off lo. Works without
+    /// the state file too.
     pub fn down(dir: impl AsRef<Path>) -> Result<Vec<Stopped>> {
         let dir = absolute(dir.as_ref())?;
         let mut targets: Vec<(ProcRecord, String)> = Vec::new();
         let mut state = LabState::load(&dir).ok();
         if let Some(state) = &state {
-            for h in &state.hosts {
-                if let Some(pid) = listener_pid(h) {
-                    let is_listener = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                        String::from_utf8_lossy(&c).contains("chatmail-lab-listener")
-                    });
-                    if let (true, Some(rec)) = (is_listener, ProcRecord::of(pid)) {
-                        targets.push((rec, format!("listener of {}", h.addr)));
-                    }
-                }
-            }
             for h in &state.hosts {
                 if let Some(rec) = h.sshd {
                     targets.push((rec, format!("sshd of {} ({})", h.addr, h.name)));
@@ -451,6 +461,9 @@ impl Lab {
         let strays = process::lab_processes(&dir);
         stopped.extend(process::stop_all(&strays, Duration::from_secs(2))?);
         if let Some(state) = &mut state {
+            // Postfix needed the hosts' addresses on lo; nothing does now.
+            let addrs: Vec<Ipv4Addr> = state.hosts.iter().map(|h| h.addr).collect();
+            mail::remove_addresses(&addrs)?;
             state.agent = None;
             for h in &mut state.hosts {
                 h.sshd = None;
@@ -515,7 +528,7 @@ impl Lab {
         self.checkout().join("scripts/cmdeploy")
     }
     /// `DIR/bin`, mounted over every host's /usr/local/sbin.
-    fn bin_dir(&self) -> PathBuf {
+    pub(super) fn bin_dir(&self) -> PathBuf {
         self.state.dir.join("bin")
     }
     fn faults_dir(&self) -> PathBuf {
@@ -738,31 +751,6 @@ impl Lab {
              ConnectTimeout 5\n    LogLevel ERROR\n"
         );
         s
-    }
-}
-
-/// The listener daemon's PID as its pid file on the host says.
-fn listener_pid(h: &LabHost) -> Option<i32> {
-    fs::read_to_string(h.path(&format!("{STATE_DIR}/listener.pid")))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn read_host_state(h: &LabHost) -> HostState {
-    let read =
-        |name: &str| fs::read_to_string(h.path(&format!("{STATE_DIR}/{name}"))).unwrap_or_default();
-    let lines = |t: String| t.lines().map(str::to_string).collect::<Vec<_>>();
-    let state = read("state");
-    let flag = |k: &str| state.lines().any(|l| l.trim() == format!("{k}=1"));
-    HostState {
-        configured: flag("configured"),
-        mail_disabled: flag("mail_disabled"),
-        active: flag("active"),
-        invocations: lines(read("invocations.log")),
-        postfix_log: lines(read("postfix.log")),
-        listener_pid: listener_pid(h),
     }
 }
 

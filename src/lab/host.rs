@@ -17,8 +17,9 @@ use super::process::{log_tail, ProcRecord};
 use super::sshd;
 use super::users::{LabUsers, MachineTables};
 
-/// Directories of a relay host that the lab replaces by per-host ones (the relay's state
-/// plus root's ssh directory and the stand-in cmdeploy's record).
+/// Directories of a relay host that the lab replaces by per-host ones (the relay's state,
+/// its mail system's configuration and state, root's ssh directory and the stand-in
+/// cmdeploy's record).
 pub const BIND_DIRS: &[&str] = &[
     "/home/vmail",
     "/var/lib/acme",
@@ -26,6 +27,11 @@ pub const BIND_DIRS: &[&str] = &[
     "/var/spool/postfix",
     "/root/.ssh",
     "/var/lib/chatmail-lab",
+    "/etc/postfix",
+    "/var/lib/postfix",
+    "/etc/dovecot",
+    "/run/dovecot",
+    "/var/lib/dovecot",
 ];
 
 /// Where the stand-in cmdeploy records its effect on a host (inside the host).
@@ -167,14 +173,19 @@ fn fstab(host: &LabHost, lab_bin: &Path) -> String {
     s
 }
 
-/// The script run inside the fresh namespace: mounts, then exec sshd (so the PID we
-/// spawned is the sshd's).
+/// The script run inside the fresh namespace: mounts, the mail system if the host was
+/// active (its boot, as systemd starts enabled units: a crashed and restarted OLD host
+/// serves mail again), then exec sshd (so the PID we spawned is the sshd's). A mail
+/// system that fails to start does not keep the host from booting.
 fn start_script(host: &LabHost) -> String {
     let d = host.dir.display();
     format!(
         "#!/bin/sh\n# Runs inside `unshare -m --propagation private`: the mounts exist only in\n\
          # this host's namespace and vanish with its last process.\nset -e\n\
          mount -a -T {d}/fstab\n\
+         if grep -qx active=1 {STATE_DIR}/state 2>/dev/null; then\n\
+         \x20   /usr/local/sbin/chatmail-lab-mail start fast || echo \"mail did not start\" >&2\n\
+         fi\n\
          exec /usr/sbin/sshd -D -f {d}/sshd_config -E {d}/sshd.log\n"
     )
 }

@@ -247,7 +247,7 @@ fn mounts_from(info: &str, key: &MountKey) -> bool {
 
 /// Every process that belongs to the lab in `dir`, found without the state file:
 /// processes in a mount namespace holding bind mounts out of `dir` (sshds, their sessions,
-/// the listener daemons) and lab daemons naming `dir` on their command line (ssh-agent).
+/// Postfix and Dovecot) and lab daemons naming `dir` on their command line (ssh-agent).
 /// Never this process or its ancestors.
 pub fn lab_processes(dir: &Path) -> Vec<(ProcRecord, String)> {
     let me = std::process::id() as i32;

@@ -19,6 +19,15 @@ pub struct LabUsers {
     pub opendkim_uid: u32,
     /// gid of group `opendkim`.
     pub opendkim_gid: u32,
+    /// uid of `postfix` (owns the queue), from the machine's postfix package.
+    #[serde(default)]
+    pub postfix_uid: u32,
+    /// gid of group `postfix`.
+    #[serde(default)]
+    pub postfix_gid: u32,
+    /// gid of group `postdrop` (public/ and maildrop/ of the queue).
+    #[serde(default)]
+    pub postdrop_gid: u32,
 }
 
 /// The machine's user and group tables.
@@ -64,12 +73,34 @@ impl MachineTables {
         let vmail_gid = find(&self.group, "vmail", 2).unwrap_or_else(&mut fresh);
         let opendkim_uid = find(&self.passwd, "opendkim", 2).unwrap_or_else(&mut fresh);
         let opendkim_gid = find(&self.group, "opendkim", 2).unwrap_or_else(&mut fresh);
+        // Postfix's users come with its package: the hosts' tables copy the machine's,
+        // so they exist wherever `Lab::preflight` passed (0 only in a table without them).
         LabUsers {
             vmail_uid,
             vmail_gid,
             opendkim_uid,
             opendkim_gid,
+            postfix_uid: find(&self.passwd, "postfix", 2).unwrap_or(0),
+            postfix_gid: find(&self.group, "postfix", 2).unwrap_or(0),
+            postdrop_gid: find(&self.group, "postdrop", 2).unwrap_or(0),
         }
+    }
+
+    /// Whether the machine has the users and groups the mail system runs as (the
+    /// postfix and dovecot packages create them).
+    pub fn missing_mail_users(&self) -> Vec<&'static str> {
+        let has =
+            |table: &str, name: &str| table.lines().any(|l| l.starts_with(&format!("{name}:")));
+        let mut out = Vec::new();
+        for name in ["postfix", "dovecot", "dovenull"] {
+            if !has(&self.passwd, name) {
+                out.push(name);
+            }
+        }
+        if !has(&self.group, "postdrop") {
+            out.push("postdrop");
+        }
+        out
     }
 
     /// Writes a host's passwd and group: the machine's lines plus the relay users.

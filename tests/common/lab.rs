@@ -47,7 +47,8 @@ pub fn require_lab_machine() {
     if let Err(e) = Lab::preflight() {
         panic!(
             "lab tests cannot run here: {e}\n\
-             They need root on Linux with util-linux, openssh-server, openssh-client, rsync, git and python3.\n\
+             They need root on Linux with util-linux, openssh-server, openssh-client, rsync, git, python3,\n\
+             postfix, dovecot-imapd, dovecot-lmtpd, openssl and iproute2 (./run-tests.sh installs them).\n\
              Run them as root, e.g.: sudo -E env PATH=\"$PATH\" cargo test --test 'lab_*'"
         );
     }

@@ -19,30 +19,21 @@ save() {
     mv "$st/state.tmp" "$st/state"
 }
 
-# A zombie counts as gone: the machine's init may be slow to reap.
-alive() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" | cut -c1)" != Z ]; }
-
-stop_listeners() {
-    [ -f "$st/listener.pid" ] || return 0
-    pid=$(cat "$st/listener.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 200); do alive "$pid" || break; sleep 0.02; done
-    if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-    rm -f "$st/listener.pid"
-}
-
-start_listeners() {
-    if [ -f "$st/listener.pid" ] && alive "$(cat "$st/listener.pid")"; then return 0; fi
-    rm -f "$st/listener.pid"
-    setsid /usr/local/sbin/chatmail-lab-listener "$addr" "$lab_dir" </dev/null >>"$st/listener.log" 2>&1 &
-    for _ in $(seq 250); do [ -f "$st/listener.pid" ] && return 0; sleep 0.02; done
-    echo "cmdeploy: listeners on $addr did not start: $(tail -n3 "$st/listener.log")" >&2
-    exit 1
+# The host's real Postfix and Dovecot (see chatmail-lab-mail). "fast" skips `postfix
+# start`'s integrity checks: `lab up` activates every OLD host at once.
+start_mail() {
+    fast=
+    [ "$args" = "lab up" ] && fast=fast
+    /usr/local/sbin/chatmail-lab-mail start $fast || {
+        echo "cmdeploy: postfix/dovecot on $addr did not start" >&2
+        exit 1
+    }
 }
 
 if [ "$disable" = 1 ]; then
-    # The real one stops and disables postfix and dovecot, and nothing else.
-    stop_listeners
+    # The real one stops and disables postfix and dovecot, and nothing else. Disabled
+    # here means the host's boot (start.sh) does not start them again.
+    /usr/local/sbin/chatmail-lab-mail stop || exit 1
     mail_disabled=1 active=0
     save
     echo "mail disabled on $addr (postfix, dovecot stopped)"
@@ -66,7 +57,7 @@ for stage in ${stages//,/ }; do
                 echo "cmdeploy: cannot activate $addr: not configured (run the install,configure stages first)" >&2
                 exit 1
             fi
-            start_listeners
+            start_mail
             active=1 mail_disabled=0
             ;;
     esac
