@@ -269,33 +269,28 @@ mod tests {
     use std::process::Command;
     use std::sync::{Arc, Mutex};
 
+    /// Runs git in `dir`; the test fails if git does.
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .expect("git")
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
     /// A minimal chatmail relay checkout: a git repository with scripts/cmdeploy.
     fn checkout(dir: &std::path::Path) -> std::path::PathBuf {
         let scripts = dir.join("scripts");
         std::fs::create_dir_all(&scripts).expect("mkdir");
         std::fs::write(scripts.join("cmdeploy"), "#!/bin/sh\n").expect("write");
-        let git = |args: &[&str]| {
-            let ok = Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(args)
-                .output()
-                .expect("git")
-                .status
-                .success();
-            assert!(ok, "git {args:?}");
-        };
-        git(&["init", "-q"]);
-        git(&["add", "."]);
-        git(&[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qm",
-            "x",
-        ]);
+        git(dir, &["init", "-q"]);
+        git(dir, &["add", "."]);
+        git(dir, &["commit", "-qm", "x"]);
         scripts.join("cmdeploy")
     }
 
@@ -338,24 +333,7 @@ mod tests {
                 .is_some_and(|e| e.contains("uncommitted changes (scripts/cmdeploy)")),
             "{dirty:?}"
         );
-        let git = |args: &[&str]| {
-            assert!(Command::new("git")
-                .arg("-C")
-                .arg(&relay)
-                .args(args)
-                .status()
-                .expect("git")
-                .success())
-        };
-        git(&[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@t",
-            "commit",
-            "-qam",
-            "v2",
-        ]);
+        git(&relay, &["commit", "-qam", "v2"]);
         let second = WorkspacePool::prepare(&cmdeploy, &root, 2).expect("pool");
         assert_ne!(first.commit, second.commit);
         for w in ["w0", "w1"] {
