@@ -285,10 +285,6 @@ impl SshPool {
         if let Some(path) = files.get(&key) {
             return Ok(path.clone());
         }
-        let path = match files.len() {
-            0 => self.state_dir.join("ssh_config"),
-            n => self.state_dir.join(format!("ssh_config.{n}")),
-        };
         let mut text = SSH_CONFIG.to_string();
         if let Some(k) = opts.kex {
             text.push_str(&format!("  KexAlgorithms {k}\n"));
@@ -296,10 +292,22 @@ impl SshPool {
         if let Some(c) = opts.cipher {
             text.push_str(&format!("  Ciphers {c}\n"));
         }
-        std::fs::write(&path, text).map_err(|source| SshError::Setup {
+        // Named by content and written whole (temp file, then rename): a `check` or
+        // `verify` beside a running `migrate` writes the very same file, never a
+        // half-written one under a master that starts, and a kept master is reused
+        // only with a config of the same content (same name).
+        let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        let name = data_encoding::HEXLOWER.encode(&digest.as_ref()[..6]);
+        let path = self.state_dir.join(format!("ssh_config-{name}"));
+        let setup = |source| SshError::Setup {
             path: path.clone(),
             source,
-        })?;
+        };
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            let mut tmp = tempfile::NamedTempFile::new_in(&self.state_dir).map_err(setup)?;
+            std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(setup)?;
+            tmp.persist(&path).map_err(|e| setup(e.error))?;
+        }
         files.insert(key, path.clone());
         Ok(path)
     }
@@ -645,10 +653,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Ciphers aes128-gcm@openssh.com\n"), "{text}");
-        let text = std::fs::read_to_string(&plain).expect("read");
-        assert!(!text.contains("Kex") && !text.contains("Ciphers"), "{text}");
+        let text_plain = std::fs::read_to_string(&plain).expect("read");
+        assert!(
+            !text_plain.contains("Kex") && !text_plain.contains("Ciphers"),
+            "{text_plain}"
+        );
         let again = pool.config_file(opts(None, None)).expect("config");
         assert_eq!(again, plain);
+        // A second pool on the same state dir (`check` beside `migrate`) names the
+        // same settings the same file, with the same content.
+        let beside = SshPool::new(&SshPoolConfig {
+            state_dir: dir.path().join("state"),
+            auth_sock: None,
+            connects_per_sec: 1,
+            group_connects_per_sec: HashMap::new(),
+            keep_masters: false,
+        })
+        .expect("pool");
+        assert_eq!(beside.config_file(opts(None, None)).expect("config"), plain);
+        assert_eq!(std::fs::read_to_string(&plain).expect("read"), text_plain);
     }
 
     /// A kept master forwards the agent it started with: after a new login (another
@@ -666,7 +689,7 @@ mod tests {
             keep_masters: true,
         })
         .expect("pool");
-        let config = dir.path().join("state/ssh_config");
+        let config = dir.path().join("state/ssh_config-0123456789ab");
         let kept = |agent: &Path| KeptMaster {
             config: config.clone(),
             ctl: dir.path().join("ctl"),
@@ -674,7 +697,10 @@ mod tests {
         };
         assert!(pool.usable(&kept(&sock), &config));
         assert!(!pool.usable(&kept(&dir.path().join("other.sock")), &config));
-        assert!(!pool.usable(&kept(&sock), &dir.path().join("ssh_config.1")));
+        assert!(!pool.usable(
+            &kept(&sock),
+            &dir.path().join("state/ssh_config-ba9876543210")
+        ));
         drop(listener);
         std::fs::remove_file(&sock).expect("rm");
         assert!(!pool.usable(&kept(&sock), &config), "the agent is gone");
