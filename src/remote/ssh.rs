@@ -619,19 +619,24 @@ Host *
 mod tests {
     use super::*;
 
+    /// A pool on `state_dir`, forwarding `agent`, keeping masters or not.
+    fn pool_in(state_dir: &Path, agent: Option<PathBuf>, keep_masters: bool) -> SshPool {
+        SshPool::new(&SshPoolConfig {
+            state_dir: state_dir.to_path_buf(),
+            auth_sock: agent,
+            connects_per_sec: 1,
+            group_connects_per_sec: HashMap::new(),
+            keep_masters,
+        })
+        .expect("pool")
+    }
+
     /// A relay's kex and cipher reach its masters (staged transfers run over them),
     /// each distinct pair in its own config file.
     #[test]
     fn masters_get_the_relays_algorithms() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = SshPool::new(&SshPoolConfig {
-            state_dir: dir.path().join("state"),
-            auth_sock: None,
-            connects_per_sec: 1,
-            group_connects_per_sec: HashMap::new(),
-            keep_masters: false,
-        })
-        .expect("pool");
+        let pool = pool_in(&dir.path().join("state"), None, false);
         let opts = |kex, cipher| ConnectOptions {
             group: None,
             policy: HostKeyPolicy::Strict,
@@ -662,14 +667,7 @@ mod tests {
         assert_eq!(again, plain);
         // A second pool on the same state dir (`check` beside `migrate`) names the
         // same settings the same file, with the same content.
-        let beside = SshPool::new(&SshPoolConfig {
-            state_dir: dir.path().join("state"),
-            auth_sock: None,
-            connects_per_sec: 1,
-            group_connects_per_sec: HashMap::new(),
-            keep_masters: false,
-        })
-        .expect("pool");
+        let beside = pool_in(&dir.path().join("state"), None, false);
         assert_eq!(beside.config_file(opts(None, None)).expect("config"), plain);
         assert_eq!(std::fs::read_to_string(&plain).expect("read"), text_plain);
     }
@@ -681,14 +679,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("agent.sock");
         let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
-        let pool = SshPool::new(&SshPoolConfig {
-            state_dir: dir.path().join("state"),
-            auth_sock: Some(sock.clone()),
-            connects_per_sec: 1,
-            group_connects_per_sec: HashMap::new(),
-            keep_masters: true,
-        })
-        .expect("pool");
+        let pool = pool_in(&dir.path().join("state"), Some(sock.clone()), true);
         let config = dir.path().join("state/ssh_config-0123456789ab");
         let kept = |agent: &Path| KeptMaster {
             config: config.clone(),
