@@ -81,16 +81,7 @@ fn run_client<T: Serialize>(bin: &Path, cmd: &str, request: &T) -> Result<serde_
             .write_all(&body)
             .map_err(LabError::io(format!("feed `{shown}`")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(LabError::io(format!("wait for `{shown}`")))?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command: shown,
-            status: out.status.to_string(),
-            stderr: process::tail(&String::from_utf8_lossy(&out.stderr), 1200),
-        });
-    }
+    let out = process::wait(shown.clone(), child)?;
     serde_json::from_slice(&out.stdout).map_err(|e| LabError::Command {
         command: shown,
         status: "bad output".into(),

@@ -356,16 +356,7 @@ impl Lab {
             children.push((h.addr, child));
         }
         for (addr, child) in children {
-            let out = child
-                .wait_with_output()
-                .map_err(LabError::io("wait for ssh"))?;
-            if !out.status.success() {
-                return Err(LabError::Command {
-                    command: format!("activate the old host {addr}"),
-                    status: out.status.to_string(),
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
+            super::process::wait(format!("activate the old host {addr}"), child)?;
         }
         Ok(())
     }

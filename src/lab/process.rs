@@ -67,14 +67,27 @@ pub fn run(cmd: &mut Command) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .map_err(LabError::io(format!("run `{shown}`")))?;
-    if !out.status.success() {
-        return Err(LabError::Command {
-            command: shown,
-            status: out.status.to_string(),
-            stderr: tail(&String::from_utf8_lossy(&out.stderr), 800),
-        });
+    checked(shown, out).map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits for a spawned helper; a non-zero exit becomes `LabError::Command`.
+pub fn wait(shown: String, child: std::process::Child) -> Result<std::process::Output> {
+    let out = child
+        .wait_with_output()
+        .map_err(LabError::io(format!("wait for `{shown}`")))?;
+    checked(shown, out)
+}
+
+/// A finished helper's output, or `LabError::Command` with the end of its stderr.
+fn checked(shown: String, out: std::process::Output) -> Result<std::process::Output> {
+    if out.status.success() {
+        return Ok(out);
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Err(LabError::Command {
+        command: shown,
+        status: out.status.to_string(),
+        stderr: tail(&String::from_utf8_lossy(&out.stderr), 800),
+    })
 }
 
 /// A command line as the operator would type it (for error messages).

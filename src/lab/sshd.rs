@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use super::error::{LabError, Result};
 use super::host::LabHost;
-use super::process::{run, show, tail};
+use super::process::{run, show};
 
 /// A host's sshd_config. Limits are raised because a fleet migration multiplexes many
 /// channels over one connection (MaxSessions) and opens bursts of connections
@@ -58,16 +58,7 @@ pub fn keygen_all(paths: &[&Path], comment: &str) -> Result<()> {
         children.push((shown, child));
     }
     for (shown, child) in children {
-        let out = child
-            .wait_with_output()
-            .map_err(LabError::io(format!("wait for `{shown}`")))?;
-        if !out.status.success() {
-            return Err(LabError::Command {
-                command: shown,
-                status: out.status.to_string(),
-                stderr: tail(&String::from_utf8_lossy(&out.stderr), 400),
-            });
-        }
+        super::process::wait(shown, child)?;
     }
     Ok(())
 }
