@@ -3,6 +3,7 @@
 //! Data flows one way (see `docs/how-it-works.md`):
 //! inventory -> plan -> scheduler -> steps -> events -> reporter / journal.
 
+pub mod atomic;
 pub mod check;
 pub mod cli;
 pub mod dns;

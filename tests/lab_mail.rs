@@ -7,10 +7,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cmfleet::check::{RelayFindings, Status};
+use cmfleet::inventory::{self, Inventory};
 use cmfleet::lab::{later_addr, Account, Lab, DEFERRED_MESSAGES, LATER_DOMAIN, LATER_PORT};
 use common::lab::{ok, TestLab};
 use common::run::cmfleet;
@@ -116,20 +119,66 @@ fn smtp_to_old_is_readable_over_imap_and_disable_mail_closes_every_port() {
 }
 
 /// A minimal SMTP server standing in for the down destination once it comes back:
-/// records the RCPT TO addresses of every message it accepts. It stops listening when
-/// dropped: a later lab on the same addresses must find the destination down again.
+/// records (client address, RCPT TO address) of every message it accepts. It stops
+/// listening when dropped: a later lab on the same addresses must find the destination
+/// down again.
 struct Sink {
-    got: Arc<Mutex<Vec<String>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    got: Arc<Mutex<Vec<(Ipv4Addr, String)>>>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// One SMTP session: accepts every message, records its recipients.
+fn smtp_session(conn: TcpStream, seen: Arc<Mutex<Vec<(Ipv4Addr, String)>>>) {
+    let peer = match conn.peer_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => *a.ip(),
+        _ => Ipv4Addr::UNSPECIFIED,
+    };
+    let Ok(mut w) = conn.try_clone() else { return };
+    let mut r = BufReader::new(conn);
+    let _ = w.write_all(b"220 sink ESMTP\r\n");
+    let (mut rcpts, mut line) = (Vec::new(), String::new());
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let up = line.to_ascii_uppercase();
+        let reply: &[u8] = if up.starts_with("EHLO") || up.starts_with("HELO") {
+            b"250 sink\r\n"
+        } else if up.starts_with("RCPT TO:") {
+            let rcpt = line[8..].trim().trim_matches(['<', '>']).to_string();
+            rcpts.push((peer, rcpt));
+            b"250 ok\r\n"
+        } else if up.starts_with("DATA") {
+            let _ = w.write_all(b"354 go\r\n");
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+            }
+            seen.lock().expect("sink").append(&mut rcpts);
+            b"250 queued\r\n"
+        } else if up.starts_with("QUIT") {
+            let _ = w.write_all(b"221 bye\r\n");
+            return;
+        } else {
+            b"250 ok\r\n"
+        };
+        let _ = w.write_all(reply);
     }
 }
 
@@ -137,54 +186,17 @@ fn smtp_sink(addr: Ipv4Addr, port: u16) -> Sink {
     let listener = TcpListener::bind((addr, port)).expect("bind the sink");
     listener.set_nonblocking(true).expect("nonblocking");
     let got = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let (seen, stopped) = (got.clone(), stop.clone());
     let thread = std::thread::spawn(move || {
-        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+        while !stopped.load(Ordering::SeqCst) {
             let Ok((conn, _)) = listener.accept() else {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
             let _ = conn.set_nonblocking(false);
             let seen = seen.clone();
-            std::thread::spawn(move || {
-                let mut w = conn.try_clone().expect("clone");
-                let mut r = BufReader::new(conn);
-                let _ = w.write_all(b"220 sink ESMTP\r\n");
-                let (mut rcpts, mut line) = (Vec::new(), String::new());
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let up = line.to_ascii_uppercase();
-                    let reply: &[u8] = if up.starts_with("EHLO") || up.starts_with("HELO") {
-                        b"250 sink\r\n"
-                    } else if up.starts_with("RCPT TO:") {
-                        rcpts.push(line[8..].trim().trim_matches(['<', '>']).to_string());
-                        b"250 ok\r\n"
-                    } else if up.starts_with("DATA") {
-                        let _ = w.write_all(b"354 go\r\n");
-                        loop {
-                            line.clear();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == ".\r\n" || line == ".\n" {
-                                break;
-                            }
-                        }
-                        seen.lock().expect("sink").append(&mut rcpts);
-                        b"250 queued\r\n"
-                    } else if up.starts_with("QUIT") {
-                        let _ = w.write_all(b"221 bye\r\n");
-                        return;
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    let _ = w.write_all(reply);
-                }
-            });
+            std::thread::spawn(move || smtp_session(conn, seen));
         }
     });
     Sink {
@@ -194,124 +206,238 @@ fn smtp_sink(addr: Ipv4Addr, port: u16) -> Sink {
     }
 }
 
+/// Every queue file on `host` is named after its inode, as `postsuper -s` leaves it
+/// (Postfix's short queue IDs: 5 hex digits of microseconds, then the inode number
+/// in hex). A queue file copied from OLD carries OLD's inode in its name until then.
+fn queue_names_match_inodes(host: &cmfleet::lab::LabHost) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut wrong = Vec::new();
+    for queue in ["incoming", "active", "deferred", "hold"] {
+        let mut stack = vec![host.path(&format!("/var/spool/postfix/{queue}"))];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let meta = e.metadata().expect("stat a queue file");
+                let name = e.file_name().to_string_lossy().into_owned();
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else if name.get(5..).and_then(|i| u64::from_str_radix(i, 16).ok())
+                    != Some(meta.ino())
+                {
+                    wrong.push(format!("{queue}/{name} (inode {:X})", meta.ino()));
+                }
+            }
+        }
+    }
+    wrong
+}
+
+fn run_verify(inventory: &std::path::Path, limit: &str) -> Vec<RelayFindings> {
+    let inv = Inventory::load(inventory).expect("inventory");
+    let relays = inventory::select(&inv, Some(limit)).expect("select");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(cmfleet::verify::verify(&inv, &relays))
+        .expect("verify runs")
+}
+
+/// The reason of `relay`'s finding `check`, which must have `status`.
+fn finding(results: &[RelayFindings], relay: &str, check: &str, status: Status) -> String {
+    let r = results
+        .iter()
+        .find(|r| r.relay == relay)
+        .expect("relay verified");
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.check == check)
+        .expect("finding");
+    assert_eq!(f.status, status, "{relay}: {f:?}");
+    f.reason.clone()
+}
+
 #[test]
 fn a_migration_night_judged_by_a_mail_client() {
-    // relay1 migrates; relay2 stays and sends it mail while it is down.
-    let lab = TestLab::start(2);
-    let (r1, r2) = (lab.relay(1).unwrap(), lab.relay(2).unwrap());
-    let accounts = relay_accounts(&lab, 1);
-    let a = &accounts[0];
-    let domain = r1.mail_domain.clone();
+    // relays 1-3 migrate; relay 4 stays and sends them mail while they are down.
+    let lab = TestLab::start(4);
+    let moving: Vec<_> = (1..=3).map(|i| lab.relay(i).unwrap()).collect();
+    let r4 = lab.relay(4).unwrap();
+    let accounts: Vec<Vec<Account>> = (1..=3).map(|i| relay_accounts(&lab, i)).collect();
+    let domains: Vec<String> = moving.iter().map(|r| r.mail_domain.clone()).collect();
+    let limit = domains.join(",");
     let inventory = lab.inventory();
     let migrate = |extra: &[&str]| {
-        let mut args = vec![
-            "migrate",
-            "--yes",
-            "--progress",
-            "plain",
-            "--limit",
-            &domain,
-        ];
+        let mut args = vec!["migrate", "--yes", "--progress", "plain", "--limit", &limit];
         args.extend_from_slice(extra);
         let (code, out) = cmfleet(&args, &inventory);
         assert_eq!(code, Some(0), "{out}");
     };
 
-    // Pre-stage (steps 1-2), then the relay lives on: new mail, a flag change.
+    // Pre-stage (steps 1-2), then the relays live on: new mail, a flag change.
     migrate(&["--until-step", "2"]);
-    let before = inbox(&lab, r1.old.addr, a).messages.len();
-    lab.send_mail(
-        r1.old.addr,
-        25,
-        "late@example.org",
-        &a.address,
-        "after pre-stage",
-    )
-    .unwrap();
-    wait_until(20, "mail after the pre-stage arrives", || {
-        inbox(&lab, r1.old.addr, a).messages.len() == before + 1
-    });
-    lab.flag_newest(r1.old.addr, &accounts[1], "(\\Flagged)")
+    let mut before = Vec::new();
+    for (r, acc) in moving.iter().zip(&accounts) {
+        let n = inbox(&lab, r.old.addr, &acc[0]).messages.len();
+        lab.send_mail(
+            r.old.addr,
+            25,
+            "late@example.org",
+            &acc[0].address,
+            "after pre-stage",
+        )
         .unwrap();
+        lab.flag_newest(r.old.addr, &acc[1], "(\\Flagged)").unwrap();
+        before.push(n);
+    }
+    for ((r, acc), n) in moving.iter().zip(&accounts).zip(&before) {
+        wait_until(20, "mail after the pre-stage arrives", || {
+            inbox(&lab, r.old.addr, &acc[0]).messages.len() == n + 1
+        });
+    }
 
     // What a client sees on OLD just before the cutover: the reference for NEW.
-    let reference = lab.client_view(r1.old.addr, &accounts).unwrap();
-    assert_eq!(reference.len(), accounts.len());
-    let ref_inbox = reference[&a.address]["INBOX"].clone();
-    assert!(ref_inbox.messages.len() > before, "{ref_inbox:?}");
+    let reference: Vec<_> = moving
+        .iter()
+        .zip(&accounts)
+        .map(|(r, acc)| lab.client_view(r.old.addr, acc).unwrap())
+        .collect();
+    let ref_inboxes: Vec<_> = reference
+        .iter()
+        .zip(&accounts)
+        .map(|(view, acc)| view[&acc[0].address]["INBOX"].clone())
+        .collect();
 
-    // Step 3: OLD stops taking mail. relay2 sends to relay1 anyway: its Postfix defers.
+    // Step 3: OLD stops taking mail. relay4 sends to each anyway: its Postfix defers.
     migrate(&["--until-step", "3"]);
-    assert_eq!(Lab::mail_ports_open(r1.old.addr), [false; 5]);
-    let sender = &relay_accounts(&lab, 2)[0];
-    lab.send_mail(
-        r2.old.addr,
-        25,
-        &sender.address,
-        &a.address,
-        "sent while down",
-    )
-    .unwrap();
-    wait_until(30, "relay2 defers the mail for relay1", || {
-        deferred_count(&r2.old) == DEFERRED_MESSAGES + 1
-    });
+    let sender = &relay_accounts(&lab, 4)[0];
+    for (r, acc) in moving.iter().zip(&accounts) {
+        assert_eq!(Lab::mail_ports_open(r.old.addr), [false; 5]);
+        lab.send_mail(
+            r4.old.addr,
+            25,
+            &sender.address,
+            &acc[0].address,
+            "sent while down",
+        )
+        .unwrap();
+    }
+    wait_until(
+        30,
+        "relay4 defers the mail for the relays that are down",
+        || deferred_count(&r4.old) == DEFERRED_MESSAGES + moving.len(),
+    );
 
-    // Steps 4-6. NEW serves every mailbox exactly as OLD did at the cutover:
+    // Step 4: NEW holds OLD's queue under names of its own inodes (`postsuper -s`).
+    migrate(&["--until-step", "4"]);
+    for r in &moving {
+        assert_eq!(deferred_count(&r.new), DEFERRED_MESSAGES);
+        assert_eq!(queue_names_match_inodes(&r.new), Vec::<String>::new());
+    }
+
+    // Steps 5-6. NEW serves every mailbox exactly as OLD did at the cutover:
     // UIDVALIDITY, UIDNEXT, every UID with its flags and content.
     migrate(&[]);
-    let on_new = lab.client_view(r1.new.addr, &accounts).unwrap();
-    assert_eq!(on_new, reference, "NEW differs from OLD at the cutover");
+    for ((r, acc), want) in moving.iter().zip(&accounts).zip(&reference) {
+        let on_new = lab.client_view(r.new.addr, acc).unwrap();
+        assert_eq!(&on_new, want, "NEW differs from OLD at the cutover");
+    }
+    // verify says so in numbers, from step 4's record; OLD's queue waits on NEW.
+    let results = run_verify(&inventory, &limit);
+    for d in &domains {
+        let uids = finding(&results, d, "client view", Status::Pass);
+        assert!(
+            uids.contains("keep OLD's UIDVALIDITY and UIDNEXT (0 advanced"),
+            "{uids}"
+        );
+        assert!(
+            uids.contains("reference: step 4's cutover record"),
+            "{uids}"
+        );
+        let queue = finding(&results, d, "queue", Status::Pass);
+        let want = format!("{DEFERRED_MESSAGES} message(s); 0 delivered from NEW, {DEFERRED_MESSAGES} still queued on NEW");
+        assert!(queue.contains(&want), "{queue}");
+    }
 
-    // Other mail servers learn the new address (the DNS switch); relay2 retries.
+    // Other mail servers learn the new addresses (the DNS switch); relay4 retries.
     // `postfix reload` is asynchronous: a retry right after it may still take the old
-    // route (and then wait an hour), so relay2 retries until the mail is in.
-    lab.route_mail(&domain, r1.new.addr).unwrap();
+    // route (and then wait an hour), so relay4 retries until the mail is in.
+    let moved: Vec<(&str, Ipv4Addr)> = moving
+        .iter()
+        .map(|r| (r.mail_domain.as_str(), r.new.addr))
+        .collect();
+    lab.route_mail(&moved).unwrap();
     ok(lab
-        .ssh(r2.old.addr, &[])
+        .ssh(r4.old.addr, &[])
         .arg("postfix reload >/dev/null 2>&1"));
     let mut last_flush: Option<Instant> = None;
+    let arrived = |i: usize| {
+        inbox(&lab, moving[i].new.addr, &accounts[i][0])
+            .messages
+            .len()
+            > ref_inboxes[i].messages.len()
+    };
     wait_until(
         30,
         "the mail sent during the downtime arrives on NEW",
         || {
             if last_flush.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
-                ok(lab.ssh(r2.old.addr, &[]).arg("postqueue -f"));
+                ok(lab.ssh(r4.old.addr, &[]).arg("postqueue -f"));
                 last_flush = Some(Instant::now());
             }
-            inbox(&lab, r1.new.addr, a).messages.len() > ref_inbox.messages.len()
+            (0..moving.len()).all(arrived)
         },
     );
     std::thread::sleep(Duration::from_secs(1));
-    let after = inbox(&lab, r1.new.addr, a);
-    assert_eq!(
-        after.messages.len(),
-        ref_inbox.messages.len() + 1,
-        "exactly once"
-    );
-    assert_eq!(after.uidvalidity, ref_inbox.uidvalidity);
-    assert_eq!(after.messages.last().map(|m| m.0), Some(ref_inbox.uidnext));
-    assert_eq!(
-        after.messages[..ref_inbox.messages.len()],
-        ref_inbox.messages[..]
-    );
+    for (i, r) in moving.iter().enumerate() {
+        let (after, was) = (inbox(&lab, r.new.addr, &accounts[i][0]), &ref_inboxes[i]);
+        assert_eq!(after.messages.len(), was.messages.len() + 1, "exactly once");
+        assert_eq!(after.uidvalidity, was.uidvalidity);
+        assert_eq!(after.messages.last().map(|m| m.0), Some(was.uidnext));
+        assert_eq!(after.messages[..was.messages.len()], was.messages[..]);
+    }
 
     // The destination that was down comes back: OLD's deferred mail, taken over by
     // NEW's Postfix, is delivered from NEW, each message once.
     let sink = smtp_sink(later_addr(lab.subnet()), LATER_PORT);
-    ok(lab.ssh(r1.new.addr, &[]).arg("postqueue -f"));
+    for r in &moving {
+        ok(lab.ssh(r.new.addr, &[]).arg("postqueue -f"));
+    }
+    let want_total = DEFERRED_MESSAGES * moving.len();
     wait_until(30, "OLD's deferred mail is delivered from NEW", || {
-        sink.got.lock().expect("sink").len() >= DEFERRED_MESSAGES
+        sink.got.lock().expect("sink").len() >= want_total
     });
-    wait_until(10, "NEW's queue empties", || deferred_count(&r1.new) == 0);
+    for r in &moving {
+        wait_until(10, "NEW's queue empties", || deferred_count(&r.new) == 0);
+    }
     std::thread::sleep(Duration::from_secs(1));
-    let mut got = sink.got.lock().expect("sink").clone();
+    let got = sink.got.lock().expect("sink").clone();
     drop(sink);
-    got.sort();
     let want: Vec<String> = (0..DEFERRED_MESSAGES)
         .map(|i| format!("friend{i}@{LATER_DOMAIN}"))
         .collect();
-    assert_eq!(got, want, "each deferred message delivered once");
-    // OLD keeps its frozen copy and stays down: nothing is sent twice.
-    assert_eq!(deferred_count(&r1.old), DEFERRED_MESSAGES);
-    assert_eq!(Lab::mail_ports_open(r1.old.addr), [false; 5]);
+    for r in &moving {
+        let mut from_new: Vec<String> = got
+            .iter()
+            .filter(|(peer, _)| *peer == r.new.addr)
+            .map(|(_, rcpt)| rcpt.clone())
+            .collect();
+        from_new.sort();
+        assert_eq!(
+            from_new, want,
+            "each deferred message delivered once, from NEW"
+        );
+        // OLD keeps its frozen copy and stays down: nothing is sent twice.
+        assert_eq!(deferred_count(&r.old), DEFERRED_MESSAGES);
+        assert_eq!(Lab::mail_ports_open(r.old.addr), [false; 5]);
+    }
+    assert_eq!(got.len(), want_total, "{got:?}");
+
+    // verify now counts the queue as delivered from NEW (NEW's mail log says so), and
+    // the downtime mail as UIDNEXT advanced on one mailbox per relay.
+    let results = run_verify(&inventory, &limit);
+    for d in &domains {
+        let queue = finding(&results, d, "queue", Status::Pass);
+        let want = format!("{DEFERRED_MESSAGES} message(s); {DEFERRED_MESSAGES} delivered from NEW, 0 still queued");
+        assert!(queue.contains(&want), "{queue}");
+        let uids = finding(&results, d, "client view", Status::Pass);
+        assert!(uids.contains("(1 advanced since by new mail"), "{uids}");
+    }
 }

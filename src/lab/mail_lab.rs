@@ -129,14 +129,18 @@ impl Lab {
         )
     }
 
-    /// Points the lab's mail for `domain` at `addr` (what the DNS switch does for other
-    /// mail servers): rewrites the lab's transport table, which each Postfix reads when
-    /// its processes start (`postfix reload` on a sender makes it take the change).
-    pub fn route_mail(&self, domain: &str, addr: Ipv4Addr) -> Result<()> {
+    /// Points the lab's mail for each `(domain, addr)` of `moved` at `addr` (what the
+    /// DNS switch does for other mail servers), the other domains at their OLD hosts:
+    /// rewrites the lab's transport table, which each Postfix reads when its processes
+    /// start (`postfix reload` on a sender makes it take the change).
+    pub fn route_mail(&self, moved: &[(&str, Ipv4Addr)]) -> Result<()> {
         let routes: Vec<(&str, Ipv4Addr)> = self
             .relays_old_addrs()
             .into_iter()
-            .map(|(d, a)| if d == domain { (d, addr) } else { (d, a) })
+            .map(|(d, a)| match moved.iter().find(|(m, _)| *m == d) {
+                Some((_, to)) => (d, *to),
+                None => (d, a),
+            })
             .collect();
         mail::write_transport(&self.state.dir, self.state.subnet, &routes)
     }

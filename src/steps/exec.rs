@@ -557,6 +557,7 @@ impl Executor {
                 if relay.settings.transfer == TransferMode::Staged {
                     self.release_staging(relay);
                 }
+                self.record_cutover(relay, &differences.cutover, sink);
                 return Ok(None);
             }
             let total = differences.total();
@@ -575,6 +576,19 @@ impl Executor {
             ));
         }
         Err(StepError::permanent("unreachable: the proof loop ended"))
+    }
+
+    /// Keeps what OLD served for `verify`. Not worth failing the step over (this is
+    /// inside the downtime, and the copy is proven): `verify` then reads OLD itself.
+    fn record_cutover(&self, relay: &Relay, cutover: &proof::Cutover, sink: &LineSink) {
+        match cutover.save(&self.fleet.state_dir, &relay.name) {
+            Ok(()) => sink.log(&format!(
+                "proof: recorded {} mailbox(es) and {} queued message(s) for verify",
+                cutover.mailboxes.len(),
+                cutover.queue.len()
+            )),
+            Err(e) => sink.log(&format!("warning: {e} (verify will read the old host)")),
+        }
     }
 
     /// OLD's and NEW's listings, compared as they arrive (nothing of a relay's

@@ -9,18 +9,22 @@
 //! the mailboxes owned by vmail, the DKIM keys by the owner step 2 gave them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use super::clients;
 use crate::check::{quiet_sink, ssh_host, Finding};
 use crate::inventory::Relay;
 use crate::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
-use crate::steps::proof::{self, Incomplete, Listing, Owners, Record};
+use crate::steps::proof::{self, Cutover, Incomplete, Listing, Owners, Record};
 
 /// Differences named in a finding; the rest are counted.
 const SHOWN: usize = 5;
 
 const CHECK: &str = "mailboxes";
 
-pub(super) async fn finding(ssh: &SshPool, relay: &Relay) -> Finding {
+/// The data findings of one relay: NEW holds OLD's mail (`mailboxes`), clients see
+/// the same mailboxes (`client view`), OLD's queue drains from NEW (`queue`).
+pub(super) async fn findings(ssh: &SshPool, relay: &Relay, state_dir: &Path) -> Vec<Finding> {
     let ((f_old, old), (f_new, new)) = tokio::join!(
         ssh_host(ssh, relay, &relay.old, CHECK, || {}),
         ssh_host(ssh, relay, &relay.new, CHECK, || {})
@@ -32,20 +36,39 @@ pub(super) async fn finding(ssh: &SshPool, relay: &Relay) -> Finding {
             f_new
         };
         f.reason = format!("cannot compare: {}", f.reason);
-        return f;
+        return vec![f];
     };
     let sink = quiet_sink(relay);
     let (a, b) = tokio::join!(
         listing(ssh, &old, "old", &sink),
         listing(ssh, &new, "new", &sink)
     );
-    let (old, new) = match (a, b) {
+    let (old_listing, new_listing) = match (a, b) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            return Finding::fail(CHECK, format!("cannot list the mailboxes: {e}"))
+            return vec![Finding::fail(
+                CHECK,
+                format!("cannot list the mailboxes: {e}"),
+            )]
         }
     };
-    let d = compare(&old.1, &new.1, &new.0);
+    let cutover = match Cutover::load(state_dir, &relay.name) {
+        Ok(c) => c,
+        Err(e) => return vec![Finding::fail("client view", e.to_string())],
+    };
+    let (reference, source) = match &cutover {
+        Some(c) => (c.mailboxes.clone(), "step 4's cutover record"),
+        None => (clients::uidlists(&old_listing.1), "OLD's uidlists now"),
+    };
+    vec![
+        mail_finding(&old_listing.1, &new_listing),
+        clients::uids_finding(&reference, source, &new_listing.1),
+        clients::queue_finding(ssh, relay, &new, cutover.as_ref()).await,
+    ]
+}
+
+fn mail_finding(old: &[Record], new: &(Owners, Vec<Record>)) -> Finding {
+    let d = compare(old, &new.1, &new.0);
     if d.problems.is_empty() {
         Finding::pass(
             CHECK,

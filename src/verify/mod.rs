@@ -9,8 +9,10 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+mod clients;
 mod mailboxes;
 
+pub use clients::{compare_uids, queue_fates, QueueFate, UidsDiff};
 pub use mailboxes::{compare, MailboxDiff};
 
 use crate::check::{for_each_relay, ssh_pool, CheckError, Finding, RelayFindings};
@@ -30,13 +32,15 @@ pub async fn verify(inv: &Inventory, relays: &[&Relay]) -> Result<Vec<RelayFindi
     let results = for_each_relay(relays, inv.fleet.limits.forks, |r| {
         let ssh = &ssh;
         async move {
-            let (dns, new, old, mail) = tokio::join!(
+            let (dns, new, old, data) = tokio::join!(
                 dns_finding(r),
                 ports_finding(&r.new, true),
                 ports_finding(&r.old, false),
-                mailboxes::finding(ssh, r),
+                mailboxes::findings(ssh, r, &inv.fleet.state_dir),
             );
-            RelayFindings::new(&r.name, vec![dns, new, old, mail])
+            let mut findings = vec![dns, new, old];
+            findings.extend(data);
+            RelayFindings::new(&r.name, findings)
         }
     })
     .await;

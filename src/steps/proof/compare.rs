@@ -8,10 +8,15 @@
 //! - state (`S`, `D`): the same entries, types, sizes, link targets and contents; on
 //!   NEW /var/lib/acme owned by root and /etc/dkimkeys by the owner step 2 gave it;
 //! - the Postfix queue (`Q`): per queue directory, the same files by content, since
-//!   `postsuper -s` renames them.
+//!   `postsuper -s` renames them;
+//! - Dovecot's uidlists (`U`): the same UIDVALIDITY and UIDNEXT per mailbox (the
+//!   files are copied byte for byte; this says so in the terms a mail client uses).
+//!
+//! The merge also keeps what `verify` needs once OLD is gone ([`Cutover`]).
 
 use tokio::sync::mpsc::Receiver;
 
+use super::cutover::{Cutover, Queued, Uids};
 use super::read::{Incomplete, Listing, Owners, Record};
 
 /// At most this many differences are listed in an error.
@@ -24,6 +29,8 @@ pub struct Differences {
     total: usize,
     /// Records compared (for the log).
     pub entries: u64,
+    /// OLD's uidlists and NEW's queue, as they were compared.
+    pub cutover: Cutover,
 }
 
 impl Differences {
@@ -52,6 +59,24 @@ impl Differences {
         self.shown
     }
 
+    /// Keeps what the cutover record needs from OLD's record `old` and NEW's `new`.
+    fn remember(&mut self, old: Option<&Record>, new: Option<&Record>) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if let Some(r) = old.filter(|r| r.section == b'U') {
+            let uids = Uids {
+                uidvalidity: text(&r.fields[1]),
+                uidnext: text(&r.fields[2]),
+            };
+            self.cutover.mailboxes.insert(r.shown_path(), uids);
+        }
+        if let Some(r) = new.filter(|r| r.section == b'Q') {
+            let path = text(&r.path);
+            let queue = path.split('/').next().unwrap_or_default().to_string();
+            let id = text(&r.fields[3]);
+            self.cutover.queue.push(Queued { queue, id });
+        }
+    }
+
     /// A record on one side only.
     fn one_side(&mut self, r: &Record, missing_on_new: bool) {
         let (what, path) = match r.section {
@@ -62,6 +87,7 @@ impl Differences {
                 ("queue file", format!("{queue} (content {short}...)"))
             }
             b'D' => ("content of", r.shown_path()),
+            b'U' => ("uidlist", r.shown_path()),
             _ => ("", r.shown_path()),
         };
         let side = if missing_on_new {
@@ -88,11 +114,19 @@ impl Differences {
             b'M' => kind == new_kind && size == new_size && seconds(third) == seconds(new_third),
             b'S' => kind == new_kind && (kind != b"f" || size == new_size) && third == new_third,
             b'D' => third == new_third,
+            b'U' => size == new_size && third == new_third,
             _ => true,
         };
         if !same {
             let detail = match old.section {
                 b'D' => "content differs".to_string(),
+                b'U' => format!(
+                    "UIDVALIDITY/UIDNEXT old {}/{}, new {}/{}",
+                    text(size),
+                    text(third),
+                    text(new_size),
+                    text(new_third)
+                ),
                 _ => format!(
                     "old {} {} B {}, new {} {} B {}",
                     text(kind),
@@ -160,14 +194,17 @@ pub async fn compare(
         d.entries += 1;
         match (order, x.as_ref(), y.as_ref()) {
             (std::cmp::Ordering::Less, Some(a), _) => {
+                d.remember(Some(a), None);
                 d.one_side(a, true);
                 x = old.next().await?;
             }
             (std::cmp::Ordering::Greater, _, Some(b)) => {
+                d.remember(None, Some(b));
                 d.one_side(b, false);
                 y = new.next().await?;
             }
             (_, Some(a), Some(b)) => {
+                d.remember(Some(a), Some(b));
                 d.pair(a, b, &owners);
                 (x, y) = next_both(&mut old, &mut new).await?;
             }

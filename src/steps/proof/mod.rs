@@ -7,10 +7,12 @@
 //! docs/how-it-works.md.
 
 mod compare;
+mod cutover;
 mod listing;
 mod read;
 
 pub use compare::{compare, Differences};
+pub use cutover::{cutover_path, Cutover, CutoverError, Queued, Uids};
 pub use listing::{dkim_chown, listing, record_dkim_owner, DKIM_OWNER_FILE, QUEUES, SPOOL};
 pub use read::{Incomplete, Listing, Owners, Record};
 

@@ -187,6 +187,43 @@ async fn queue_files_compare_by_content_per_queue() {
 }
 
 #[tokio::test]
+async fn uidlists_compare_in_a_clients_terms_and_the_cutover_is_recorded() {
+    let u = |v: &str, n: &str| format!("U\t-\t{v}\t{n}\t-\td/u/dovecot-uidlist").into_bytes();
+    let q = format!("Q\t-\t-\t-\tABC12\tdeferred/aaaa").into_bytes();
+    let q_old = b"Q\t-\t-\t-\tXYZ9\tdeferred/aaaa".to_vec();
+    let d = run(
+        listing(&[&u("100", "7")], "-"),
+        listing(&[&u("101", "7")], "-"),
+    )
+    .await
+    .expect("complete");
+    assert_eq!(
+        d,
+        vec!["differs: d/u/dovecot-uidlist (UIDVALIDITY/UIDNEXT old 100/7, new 101/7)"]
+    );
+    // Equal: OLD's UIDs and NEW's queue IDs (postsuper renamed them) are kept.
+    let d = compare(
+        feed(listing(&[&u("100", "7"), &q_old], "-")),
+        feed(listing(&[&u("100", "7"), &q], "-")),
+    )
+    .await
+    .expect("complete");
+    assert!(d.is_empty());
+    let uids = &d.cutover.mailboxes["d/u/dovecot-uidlist"];
+    assert_eq!(
+        (uids.uidvalidity.as_str(), uids.uidnext.as_str()),
+        ("100", "7")
+    );
+    assert_eq!(
+        d.cutover.queue,
+        vec![super::Queued {
+            queue: "deferred".into(),
+            id: "ABC12".into()
+        }]
+    );
+}
+
+#[tokio::test]
 async fn a_listing_cut_short_or_altered_is_incomplete_never_a_result() {
     let records: Vec<Vec<u8>> = (0..50)
         .map(|i| mail(&format!("m{i:03}"), 1, "1", VMAIL))
