@@ -189,7 +189,7 @@ async fn queue_files_compare_by_content_per_queue() {
 #[tokio::test]
 async fn uidlists_compare_in_a_clients_terms_and_the_cutover_is_recorded() {
     let u = |v: &str, n: &str| format!("U\t-\t{v}\t{n}\t-\td/u/dovecot-uidlist").into_bytes();
-    let q = format!("Q\t-\t-\t-\tABC12\tdeferred/aaaa").into_bytes();
+    let q = b"Q\t-\t-\t-\tABC12\tdeferred/aaaa".to_vec();
     let q_old = b"Q\t-\t-\t-\tXYZ9\tdeferred/aaaa".to_vec();
     let d = run(
         listing(&[&u("100", "7")], "-"),
