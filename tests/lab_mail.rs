@@ -441,3 +441,33 @@ fn a_migration_night_judged_by_a_mail_client() {
         assert!(uids.contains("(1 advanced since by new mail"), "{uids}");
     }
 }
+
+#[test]
+fn verify_names_a_mailbox_whose_uids_a_client_would_see_change() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let accounts = relay_accounts(&lab, 1);
+    let domain = relay.mail_domain.clone();
+    let (code, out) = cmfleet(
+        &["migrate", "--yes", "--progress", "plain"],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let results = run_verify(&lab.inventory(), &domain);
+    finding(&results, &domain, "client view", Status::Pass);
+
+    // Dovecot on NEW loses the first account's uidlist (say, a copy that left it out)
+    // and builds a new one when the client next looks: same messages, new UIDs.
+    let a = &accounts[0];
+    let uidlist = relay.new.path(&format!(
+        "/home/vmail/mail/{domain}/{}/dovecot-uidlist",
+        a.address
+    ));
+    std::fs::remove_file(&uidlist).expect("remove NEW's uidlist");
+    inbox(&lab, relay.new.addr, a);
+    let results = run_verify(&lab.inventory(), &domain);
+    let why = finding(&results, &domain, "client view", Status::Fail);
+    let mailbox = format!("{}/INBOX: ", a.address);
+    assert!(why.contains(&mailbox), "{why}");
+    assert!(why.contains("message(s) with another UID on NEW"), "{why}");
+}

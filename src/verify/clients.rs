@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::check::{quiet_sink, Finding};
 use crate::inventory::Relay;
 use crate::remote::{CommandKind, HostConn, SshPool, Stdout};
+use crate::steps::commands::MAIL_DIR;
 use crate::steps::proof::{Cutover, Record, Uids, QUEUES, SPOOL};
 
 /// Mailboxes or messages named in a finding; the rest are counted.
@@ -43,6 +44,58 @@ pub(super) fn uidlists(records: &[Record]) -> BTreeMap<String, Uids> {
                 uidnext: text(&r.fields[2]),
             };
             (r.shown_path(), uids)
+        })
+        .collect()
+}
+
+/// Every message's UID, by (mailbox directory, maildir unique name).
+pub type MessageUids = BTreeMap<(String, String), u64>;
+
+/// On a host: one NUL-ended record per message in the uidlists: `UID\tUNIQUE\tDIR`
+/// (a uidlist line is `UID [EXT...] :FILENAME`; the unique name is the file name
+/// before `:2,flags`; the directory may hold tabs, so it comes last).
+pub(super) fn message_uids_script() -> String {
+    const AWK: &str = r#"FNR > 1 && $1 ~ /^[0-9]+$/ { i = index($0, " :"); if (i == 0) next; u = substr($0, i + 2); sub(/:.*/, "", u); d = substr(FILENAME, 3, length(FILENAME) - 18); printf "%s\t%s\t%s%c", $1, u, d, 0 }"#;
+    format!("cd {MAIL_DIR} && find . -name dovecot-uidlist -type f -exec awk '{AWK}' {{}} +")
+}
+
+pub(super) fn parse_message_uids(records: &[Vec<u8>]) -> MessageUids {
+    records
+        .iter()
+        .filter_map(|r| {
+            let text = String::from_utf8_lossy(r);
+            let mut f = text.splitn(3, '\t');
+            let uid = f.next()?.parse().ok()?;
+            let (unique, dir) = (f.next()?, f.next()?);
+            Some(((dir.to_string(), unique.to_string()), uid))
+        })
+        .collect()
+}
+
+/// Messages whose UID a client would see change: another UID on NEW, or none though
+/// the message is on NEW (`on_new`: by mailbox directory and unique name). Grouped by
+/// mailbox, with one example each.
+pub fn compare_message_uids(
+    old: &MessageUids,
+    new: &MessageUids,
+    on_new: impl Fn(&(String, String)) -> bool,
+) -> Vec<String> {
+    let mut by_mailbox: BTreeMap<&str, (usize, String)> = BTreeMap::new();
+    for (key, uid) in old {
+        let example = match new.get(key) {
+            Some(n) if n == uid => continue,
+            Some(n) => format!("{}: UID {uid} on OLD, {n} on NEW", key.1),
+            None if on_new(key) => format!("{}: UID {uid} on OLD, none on NEW", key.1),
+            None => continue,
+        };
+        let e = by_mailbox.entry(&key.0).or_insert((0, example));
+        e.0 += 1;
+    }
+    by_mailbox
+        .into_iter()
+        .map(|(dir, (n, example))| {
+            let name = mailbox_name(&format!("{dir}/dovecot-uidlist"));
+            format!("{name}: {n} message(s) with another UID on NEW (e.g. {example})")
         })
         .collect()
 }
@@ -97,9 +150,11 @@ pub(super) fn uids_finding(
     reference: &BTreeMap<String, Uids>,
     source: &str,
     new: &[Record],
+    renumbered: Vec<String>,
 ) -> Finding {
     const CHECK: &str = "client view";
-    let d = compare_uids(reference, &uidlists(new));
+    let mut d = compare_uids(reference, &uidlists(new));
+    d.problems.extend(renumbered);
     if d.problems.is_empty() {
         return Finding::pass(
             CHECK,
@@ -116,7 +171,7 @@ pub(super) fn uids_finding(
     Finding::fail(
         CHECK,
         format!(
-            "{} of {} mailbox(es) look different to mail clients (reference: {source}): {}",
+            "{} difference(s) a mail client would see, in {} mailbox(es) (reference: {source}): {}",
             d.problems.len(),
             d.mailboxes,
             shown.join("; ")
@@ -314,6 +369,27 @@ mod tests {
                 "f@d/INBOX: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)",
             ]
         );
+    }
+
+    #[test]
+    fn messages_renumbered_on_new_are_counted_per_mailbox() {
+        let key = |d: &str, u: &str| (d.to_string(), u.to_string());
+        let old = MessageUids::from([
+            (key("d/a", "1.M1"), 1),
+            (key("d/a", "2.M2"), 2),
+            (key("d/a", "3.M3"), 3),
+            (key("d/a/.DC", "4.M4"), 1),
+        ]);
+        // 1 keeps its UID, 2 got another, 3 has none though it is there; 4 was
+        // deleted by its user since: not a difference.
+        let new = MessageUids::from([(key("d/a", "1.M1"), 1), (key("d/a", "2.M2"), 9)]);
+        let problems = compare_message_uids(&old, &new, |k| k.1 != "4.M4");
+        assert_eq!(
+            problems,
+            ["a/INBOX: 2 message(s) with another UID on NEW (e.g. 2.M2: UID 2 on OLD, 9 on NEW)"]
+        );
+        let same = compare_message_uids(&old, &old, |_| true);
+        assert!(same.is_empty(), "{same:?}");
     }
 
     #[test]

@@ -39,19 +39,26 @@ pub(super) async fn findings(ssh: &SshPool, relay: &Relay, state_dir: &Path) -> 
         return vec![f];
     };
     let sink = quiet_sink(relay);
-    let (a, b) = tokio::join!(
+    let uids = clients::message_uids_script();
+    let (a, b, c, d) = tokio::join!(
         listing(ssh, &old, "old", &sink),
-        listing(ssh, &new, "new", &sink)
+        listing(ssh, &new, "new", &sink),
+        records(ssh, &old, &uids, &sink),
+        records(ssh, &new, &uids, &sink),
     );
-    let (old_listing, new_listing) = match (a, b) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            return vec![Finding::fail(
-                CHECK,
-                format!("cannot list the mailboxes: {e}"),
-            )]
+    let (old_listing, new_listing, old_uids, new_uids) = match (a, b, c, d) {
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
+            let reason = format!("cannot list the mailboxes: {e}");
+            return vec![Finding::fail(CHECK, reason)];
         }
     };
+    let on_new = tree(&new_listing.1).messages;
+    let renumbered = clients::compare_message_uids(
+        &clients::parse_message_uids(&old_uids),
+        &clients::parse_message_uids(&new_uids),
+        |key| on_new.contains_key(key),
+    );
     let cutover = match Cutover::load(state_dir, &relay.name) {
         Ok(c) => c,
         Err(e) => return vec![Finding::fail("client view", e.to_string())],
@@ -62,7 +69,7 @@ pub(super) async fn findings(ssh: &SshPool, relay: &Relay, state_dir: &Path) -> 
     };
     vec![
         mail_finding(&old_listing.1, &new_listing),
-        clients::uids_finding(&reference, source, &new_listing.1),
+        clients::uids_finding(&reference, source, &new_listing.1, renumbered),
         clients::queue_finding(ssh, relay, &new, cutover.as_ref()).await,
     ]
 }
@@ -101,6 +108,31 @@ async fn listing(
     );
     ran.map_err(|e| e.message)?;
     read.map_err(|e| e.to_string())
+}
+
+/// All of a command's NUL-ended records (verify runs after the downtime: holding
+/// them is fine).
+async fn records(
+    ssh: &SshPool,
+    conn: &HostConn,
+    script: &str,
+    sink: &LineSink,
+) -> Result<Vec<Vec<u8>>, String> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(128);
+    let to = Stdout::Records { to: tx, end: 0 };
+    let read = async {
+        let mut all = Vec::new();
+        while let Some(r) = rx.recv().await {
+            all.push(r);
+        }
+        all
+    };
+    let (ran, all) = tokio::join!(
+        ssh.run(conn, script, false, CommandKind::Plain, sink, to),
+        read
+    );
+    ran.map_err(|e| e.message)?;
+    Ok(all)
 }
 
 async fn collect(
