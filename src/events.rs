@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::steps::Step;
+pub use crate::step::ErrorKind;
+use crate::step::Step;
 
 /// An action that changes whether a relay serves mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -16,18 +17,6 @@ pub enum ServingChange {
     DisableOld,
     /// The activate stage on NEW (step 6).
     ActivateNew,
-}
-
-/// Why a step failed, as far as retrying is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// Worth retrying: connection refused or reset, timeouts, rsync partial transfers.
-    Transient,
-    /// Retrying will not help: auth failure, host key mismatch, a command that failed.
-    Permanent,
-    /// Stopped by the operator (second Ctrl-C).
-    Interrupted,
 }
 
 /// Why a relay is not running right now although it could.

@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::events::{ErrorKind, Event};
-use crate::steps::Step;
+use crate::events::Event;
+use crate::step::ErrorKind;
+use crate::step::Step;
 
 const VERSION: u32 = 1;
 

@@ -20,6 +20,7 @@ pub mod report;
 pub mod rollback;
 pub mod scheduler;
 pub mod shell;
+pub mod step;
 pub mod steps;
 pub mod ttl;
 pub mod verify;

@@ -16,7 +16,7 @@ use cmfleet::journal::{now_ms, Journal};
 use cmfleet::migrate::{migrate, MigrateOptions};
 use cmfleet::report::{self, ProgressMode, ReportContext, Reporter, RunStats};
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use cmfleet::ttl::TtlOutcome;
 use cmfleet::{exit, lab, plan};
 

@@ -10,8 +10,8 @@ use crate::events::{Event, EventSink};
 use crate::inventory::{Inventory, Relay};
 use crate::journal::{Journal, JournalError, RelayState, StepStatus};
 use crate::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
+use crate::step::Step;
 use crate::steps::exec::Executor;
-use crate::steps::Step;
 
 #[derive(Debug, Error)]
 pub enum MigrateError {

@@ -26,10 +26,10 @@ use crate::events::EventSink;
 use crate::inventory::{DnsProviderKind, Inventory, MailDomain, Relay};
 use crate::journal::{now_ms, Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::LineSink;
+use crate::step::Step;
 use crate::steps::commands;
 use crate::steps::dns::addrs;
 use crate::steps::exec::{expect_port, Executor};
-use crate::steps::Step;
 
 #[derive(Debug, Error)]
 pub enum RollbackError {

@@ -17,10 +17,11 @@ use futures::FutureExt;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::events::{ErrorKind, Event, EventSink, WaitReason};
+use crate::events::{Event, EventSink, WaitReason};
 use crate::inventory::{GroupLimits, Limits, Relay, RetryPolicy, Wave};
-use crate::steps::exec::{StepError, StepResult};
-use crate::steps::Step;
+use crate::step::ErrorKind;
+use crate::step::Step;
+use crate::step::{StepError, StepResult};
 
 /// Runs one step of one relay.
 pub trait StepRunner: Send + Sync + 'static {

@@ -23,12 +23,13 @@ pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, St
 
 pub(crate) use relay::ssh_host;
 
-use crate::events::{ErrorKind, EventSink};
+use crate::events::EventSink;
 use crate::inventory::{Inventory, Relay};
 use crate::journal::{Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::{LineSink, SshError, SshPool, SshPoolConfig};
-use crate::steps::exec::StepError;
-use crate::steps::Step;
+use crate::step::ErrorKind;
+use crate::step::Step;
+use crate::step::StepError;
 
 #[derive(Debug, Error)]
 pub enum CheckError {

@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 
 use super::report::Finding;
-use crate::events::ErrorKind;
 use crate::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
+use crate::step::ErrorKind;
 use crate::steps::commands::{MAIL_DIR, STATE_DIRS};
 use crate::steps::proof;
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use super::probe::{self, HostFacts};
 use super::report::Finding;
 use crate::dns::{Dns, Rrsets};
-use crate::events::ErrorKind;
 use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
 use crate::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool, Stdout};
 use crate::shell::quote;
+use crate::step::ErrorKind;
 use crate::steps::commands;
 use crate::steps::dns::addrs;
 

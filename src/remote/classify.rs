@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::events::ErrorKind;
+use crate::step::{ErrorKind, StepError};
 
 /// What a command does, because the same exit code means different things.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,5 +87,23 @@ pub fn classify_connect(message: &str) -> ErrorKind {
     } else {
         // Refused, timed out, reset during key exchange (MaxStartups), unreachable.
         ErrorKind::Transient
+    }
+}
+
+impl From<CommandError> for StepError {
+    fn from(e: CommandError) -> Self {
+        StepError {
+            kind: e.kind,
+            message: e.message,
+        }
+    }
+}
+
+impl From<super::SshError> for StepError {
+    fn from(e: super::SshError) -> Self {
+        StepError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
     }
 }

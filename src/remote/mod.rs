@@ -9,6 +9,6 @@ mod ssh;
 mod workspace;
 
 pub use classify::{classify_connect, classify_exit, telling_line, CommandError, CommandKind};
-pub use process::{run_process, LineSink, ProcessOutput, Stdout};
+pub use process::{run_process, LineSink, ProcessOutput, Stdout, TAR_PROGRESS};
 pub use ssh::{ConnectOptions, HostConn, SshError, SshPool, SshPoolConfig};
 pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

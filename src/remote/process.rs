@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use crate::events::{Event, EventSink};
-use crate::steps::Step;
+use crate::step::Step;
 
 /// Lines kept for error messages and the report.
 const TAIL: usize = 20;
@@ -217,6 +217,10 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
     }
 }
 
+/// Marks tar's progress lines (`--checkpoint-action=echo`, see
+/// `steps::commands::first_copy`) for the progress parser.
+pub const TAR_PROGRESS: &str = "cmfleet-copied";
+
 /// Parses a progress line: rsync's `--info=progress2` or tar's checkpoints (see
 /// `commands::first_copy`).
 pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
@@ -227,7 +231,7 @@ pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
 fn parse_tar_progress(line: &str) -> Option<(u64, u8, String)> {
     // tar names itself as it was called: "tar: ", "/usr/bin/tar: ".
     let (_, rest) = line.split_once("tar: ")?;
-    let rest = rest.strip_prefix(crate::steps::commands::TAR_PROGRESS)?;
+    let rest = rest.strip_prefix(TAR_PROGRESS)?;
     let (bytes, rest) = rest.trim_start().split_once(' ')?;
     let bytes: u64 = bytes.parse().ok()?;
     let (inside, total) = rest.strip_prefix('(')?.split_once(") of ")?;
@@ -264,7 +268,7 @@ mod tests {
         let stdout = child.stdout.take();
         let sink = super::LineSink {
             relay: "r".into(),
-            step: crate::steps::Step::FinalSync,
+            step: crate::step::Step::FinalSync,
             events: crate::events::EventSink::discard(),
             log: None,
         };

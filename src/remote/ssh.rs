@@ -19,8 +19,8 @@ use tokio::sync::{Mutex, Semaphore};
 use super::channel::run_channel;
 use super::classify::{classify_connect, classify_exit, CommandError, CommandKind};
 use super::process::{LineSink, ProcessOutput, Stdout};
-use crate::events::ErrorKind;
 use crate::inventory::{Host, HostKeyPolicy, Relay};
+use crate::step::ErrorKind;
 
 /// Channels open at once per connection: sshd's MaxSessions defaults to 10.
 const CHANNELS_PER_HOST: usize = 8;

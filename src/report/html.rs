@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 
 use crate::journal::{JournalData, RelayRecord, RelayState, StepRecord, StepStatus};
-use crate::steps::Step;
+use crate::step::Step;
 
 use super::fmt::duration_ms;
 
@@ -579,7 +579,7 @@ const SCRIPT: &str = "<script>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::ErrorKind;
+    use crate::step::ErrorKind;
     use std::collections::BTreeMap;
 
     const T0: u64 = 1_773_450_000_000;

@@ -14,7 +14,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle, T
 use super::{ReportContext, SharedWriter};
 use crate::events::{Event, WaitReason};
 use crate::journal::{JournalData, RelayState};
-use crate::steps::Step;
+use crate::step::Step;
 
 /// Relay lines shown at most; 200 relays in flight must stay readable.
 const MAX_LINES: usize = 15;

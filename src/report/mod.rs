@@ -34,9 +34,10 @@ pub use summary::{
     render_text, Counts, DowntimeStats, NextAction, Outcome, RelaySummary, Summary, REPORT_VERSION,
 };
 
-use crate::events::{ErrorKind, Event};
+use crate::events::Event;
 use crate::journal::JournalData;
-use crate::steps::Step;
+use crate::step::ErrorKind;
+use crate::step::Step;
 
 /// Output lines kept per relay for the final report.
 const LAST_LINES: usize = 10;
@@ -81,7 +82,7 @@ pub struct ReportContext {
     pub state_dir: PathBuf,
     /// The last step this run was asked to reach (`--until-step`): a relay that got
     /// there succeeded, even if it is not migrated yet (pre-staging).
-    pub until_step: crate::steps::Step,
+    pub until_step: crate::step::Step,
 }
 
 /// Facts about the run that the journal does not hold.

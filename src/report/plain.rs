@@ -9,7 +9,7 @@ use super::fmt;
 use super::summary::kind_name;
 use super::Out;
 use crate::events::{Event, WaitReason};
-use crate::steps::Step;
+use crate::step::Step;
 
 /// At most one progress line per relay this often...
 const PROGRESS_EVERY_MS: u64 = 5_000;

@@ -7,9 +7,9 @@ use serde::Serialize;
 use super::fmt;
 use super::summary::kind_name;
 use super::ReportError;
-use crate::events::ErrorKind;
 use crate::journal::{now_ms, JournalData, RelayRecord, RelayState, StepStatus};
-use crate::steps::Step;
+use crate::step::ErrorKind;
+use crate::step::Step;
 
 /// How wide the error column may grow before it is cut.
 const ERROR_WIDTH: usize = 70;

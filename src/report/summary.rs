@@ -11,10 +11,10 @@ use serde::Serialize;
 use super::files::{failed_list_path, log_path};
 use super::fmt;
 use super::{ReportContext, RunStats};
-use crate::events::ErrorKind;
 use crate::journal::{JournalData, RelayRecord, RelayState};
 use crate::shell::quote;
-use crate::steps::Step;
+use crate::step::ErrorKind;
+use crate::step::Step;
 
 /// Version of the `--report` JSON schema (docs/report-schema.md).
 pub const REPORT_VERSION: u32 = 1;

@@ -92,9 +92,6 @@ fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
     )
 }
 
-/// Marks tar's progress lines (`--checkpoint-action=echo`) for the progress parser.
-pub const TAR_PROGRESS: &str = "cmfleet-copied";
-
 /// Step 1 on OLD when NEW has no mail yet: the guide's `tar c | ssh NEW tar x`,
 /// reporting progress every MiB as `tar: cmfleet-copied BYTES (..., RATE) of
 /// TOTAL` (every 100 KiB cost ~2% of the copy's wall time: docs/performance.md).
@@ -106,7 +103,7 @@ pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
     let total = bytes.map_or("?".to_string(), |b| b.to_string());
     format!(
         "tar c -C / --checkpoint=100 --checkpoint-action={} {} | {} {} {}",
-        quote(&format!("echo={TAR_PROGRESS} %{{r}}T of {total}")),
+        quote(&format!("echo={} %{{r}}T of {total}", crate::remote::TAR_PROGRESS)),
         MAIL_DIR.trim_start_matches('/'),
         inner_ssh(relay),
         quote(&relay.new.ssh),

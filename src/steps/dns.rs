@@ -3,9 +3,10 @@
 
 use super::exec::{StepError, StepResult};
 use crate::dns::{Addrs, Dns, DnsError, DnsGate, SwitchOutcome, SwitchRequest};
-use crate::events::{ErrorKind, Event};
+use crate::events::Event;
 use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay};
 use crate::remote::LineSink;
+use crate::step::ErrorKind;
 
 pub fn addrs(h: &Host) -> Addrs {
     Addrs {

@@ -13,49 +13,13 @@ use tokio::process::Command;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{commands, proof, Step};
-use crate::events::{ErrorKind, EventSink, ServingChange};
+use crate::events::{EventSink, ServingChange};
 use crate::inventory::{Fleet, Host, Relay, TransferMode};
 use crate::remote::{
     run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig, Stdout,
     WorkspacePool,
 };
-
-/// A failed step, classified for the scheduler.
-#[derive(Debug, Clone)]
-pub struct StepError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl StepError {
-    pub fn permanent(message: impl Into<String>) -> Self {
-        StepError {
-            kind: ErrorKind::Permanent,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<CommandError> for StepError {
-    fn from(e: CommandError) -> Self {
-        StepError {
-            kind: e.kind,
-            message: e.message,
-        }
-    }
-}
-
-impl From<crate::remote::SshError> for StepError {
-    fn from(e: crate::remote::SshError) -> Self {
-        StepError {
-            kind: e.kind(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// What a successful step reports: `Some(note)` when it had nothing to do.
-pub type StepResult = Result<Option<String>, StepError>;
+pub use crate::step::{ErrorKind, StepError, StepResult};
 
 /// Listing records buffered between a host and the proof's merge, per side.
 const LISTING_RECORDS_IN_FLIGHT: usize = 128;
