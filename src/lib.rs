@@ -4,6 +4,7 @@
 //! inventory -> plan -> scheduler -> steps -> events -> reporter / journal.
 
 pub mod atomic;
+pub mod catalogue;
 pub mod check;
 pub mod cli;
 pub mod dns;
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod lab;
 pub mod migrate;
 pub mod plan;
+pub mod proof;
 pub mod redact;
 pub mod remote;
 pub mod report;

@@ -6,8 +6,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::catalogue;
 use crate::inventory::{DnsProviderKind, Fleet, MailDomain, Relay, TransferMode};
-use crate::steps::{commands, proof, Step};
+use crate::proof;
+use crate::step::Step;
 
 /// Where a planned command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,26 +102,26 @@ fn act(site: Site, command: String) -> Action {
 /// The commands of one step, in order.
 pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
     let cmdeploy =
-        |run: commands::CmdeployRun| vec![act(Site::Controller, run.render(&fleet.cmdeploy))];
+        |run: catalogue::CmdeployRun| vec![act(Site::Controller, run.render(&fleet.cmdeploy))];
     match step {
         Step::InitialSync => sync_actions(fleet, r, false),
-        Step::Preconfigure => cmdeploy(commands::preconfigure(r)),
-        Step::DisableOld => cmdeploy(commands::disable_old(r)),
+        Step::Preconfigure => cmdeploy(catalogue::preconfigure(r)),
+        Step::DisableOld => cmdeploy(catalogue::disable_old(r)),
         Step::FinalSync => {
-            let mut a = vec![act(Site::New, proof::record_dkim_owner())];
+            let mut a = vec![act(Site::New, catalogue::record_dkim_owner())];
             a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,
                 format!(
                     "{}   # then the listing below, which must match old's",
-                    commands::fix_ownership()
+                    catalogue::fix_ownership()
                 ),
             ));
             a.push(act(Site::Old, proof::listing()));
             a
         }
         Step::Dns => vec![act(Site::Dns, dns_description(r))],
-        Step::Activate => cmdeploy(commands::activate(r)),
+        Step::Activate => cmdeploy(catalogue::activate(r)),
     }
 }
 
@@ -127,19 +129,19 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
     match r.settings.transfer {
         TransferMode::Direct if last => vec![act(
             Site::OldForwarded,
-            commands::vouched_push(NEW_HOST_KEY, &commands::final_sync(r)),
+            catalogue::vouched_push(NEW_HOST_KEY, &catalogue::final_sync(r)),
         )],
         TransferMode::Direct => vec![
             act(
                 Site::OldForwarded,
                 format!(
                     "{}   # when new has no mail yet; else:",
-                    commands::vouched_push(NEW_HOST_KEY, &commands::first_copy(r, None))
+                    catalogue::vouched_push(NEW_HOST_KEY, &catalogue::first_copy(r, None))
                 ),
             ),
             act(
                 Site::OldForwarded,
-                commands::vouched_push(NEW_HOST_KEY, &commands::initial_sync(r)),
+                catalogue::vouched_push(NEW_HOST_KEY, &catalogue::initial_sync(r)),
             ),
         ],
         TransferMode::Staged => staged_actions(&fleet.state_dir.join("staging"), r, last),
@@ -147,13 +149,13 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
 }
 
 fn staged_actions(staging: &Path, r: &Relay, last: bool) -> Vec<Action> {
-    let dir = commands::staging_dir(staging, r);
-    let trees = commands::sync_trees(last);
+    let dir = catalogue::staging_dir(staging, r);
+    let trees = catalogue::sync_trees(last);
     let from_old: Vec<String> = trees.iter().map(|p| format!("{}:{p}", r.old.ssh)).collect();
     // From inside the staging directory, relative paths keep -R's layout.
     let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
-    let pull = commands::staged_rsync(OLD_MASTER, &from_old, &format!("{}/", dir.display()));
-    let push = commands::staged_rsync(NEW_MASTER, &relative, &format!("{}:/", r.new.ssh));
+    let pull = catalogue::staged_rsync(OLD_MASTER, &from_old, &format!("{}/", dir.display()));
+    let push = catalogue::staged_rsync(NEW_MASTER, &relative, &format!("{}:/", r.new.ssh));
     vec![
         act(Site::Controller, crate::shell::join(&pull)),
         act(

@@ -157,28 +157,6 @@ fn in_word(word: &str) -> Vec<String> {
     found
 }
 
-/// Registers every secret `inv` makes known (see the module doc). Unreadable key
-/// files are skipped: the DNS step reports them.
-pub fn register_inventory(inv: &crate::inventory::Inventory) {
-    for relay in &inv.relays {
-        let hooks = &relay.settings.hooks;
-        for hook in [&hooks.pre_cutover, &hooks.post_cutover]
-            .into_iter()
-            .flatten()
-        {
-            for s in secrets_in_command(hook) {
-                register(&s);
-            }
-        }
-        if let Some(file) = &relay.settings.dns.tsig_key_file {
-            if let Ok(key) = crate::dns::TsigKey::from_bind_file(file) {
-                register(&key.secret_base64());
-            }
-        }
-    }
-    register_environment();
-}
-
 /// Registers the values of credential-named environment variables.
 pub fn register_environment() {
     for (name, value) in std::env::vars_os() {

@@ -21,14 +21,13 @@ use futures::StreamExt;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::catalogue;
 use crate::dns::{Dns, SwitchOutcome, SwitchRequest};
 use crate::events::EventSink;
 use crate::inventory::{DnsProviderKind, Inventory, MailDomain, Relay};
 use crate::journal::{now_ms, Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::LineSink;
 use crate::step::Step;
-use crate::steps::commands;
-use crate::steps::dns::addrs;
 use crate::steps::exec::{expect_port, Executor};
 
 #[derive(Debug, Error)]
@@ -173,13 +172,13 @@ async fn roll_back(
     sink.log(&format!("== {} rollback", now_ms()));
     let mut done = Vec::new();
     if stop_new {
-        x.cmdeploy(commands::disable_new(relay), &sink)
+        x.cmdeploy(catalogue::disable_new(relay), &sink)
             .await
             .and(expect_port(&relay.new, false).await)
             .map_err(|e| format!("cannot stop mail on NEW: {}", e.message))?;
         done.push("mail stopped on NEW".to_string());
     }
-    x.cmdeploy(commands::reenable_old(relay), &sink)
+    x.cmdeploy(catalogue::reenable_old(relay), &sink)
         .await
         .map_err(|e| format!("cannot re-enable mail on OLD: {}", e.message))?;
     expect_port(&relay.old, true)
@@ -216,8 +215,8 @@ async fn dns_back(relay: &Relay, sink: &LineSink) -> Result<String, String> {
     let dns = Dns::from_settings(&relay.settings.dns).map_err(|e| e.to_string())?;
     let req = SwitchRequest {
         domain: relay.name.clone(),
-        old: addrs(&relay.old),
-        new: addrs(&relay.new),
+        old: relay.old.addrs(),
+        new: relay.new.addrs(),
         ttl: relay.settings.dns.ttl,
     };
     match dns.rollback(&req).await.map_err(|e| e.to_string())? {

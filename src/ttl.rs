@@ -11,7 +11,6 @@ use serde::Serialize;
 use crate::dns::{Dns, DnsAction, SwitchOutcome};
 use crate::inventory::{MailDomain, Relay};
 use crate::journal::{now_ms, Journal, RelayState, TtlRecord};
-use crate::steps::dns::addrs;
 
 /// What happened to one relay's TTL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,7 +79,7 @@ pub async fn lower(relay: &Relay, ttl: u32, journal: &mut Journal) -> TtlOutcome
         return TtlOutcome::Unchanged { ttl: current };
     }
     match dns
-        .set_ttl(&relay.name, &addrs(&relay.old), ttl, DnsAction::LowerTtl)
+        .set_ttl(&relay.name, &relay.old.addrs(), ttl, DnsAction::LowerTtl)
         .await
     {
         Ok(SwitchOutcome::Manual { set, .. }) => TtlOutcome::Manual { set },
@@ -126,7 +125,7 @@ pub async fn restore(relay: &Relay, ttl: Option<u32>, journal: &mut Journal) -> 
         .flatten()
         .unwrap_or(0);
     match dns
-        .set_ttl(&relay.name, &addrs(site), ttl, DnsAction::RestoreTtl)
+        .set_ttl(&relay.name, &site.addrs(), ttl, DnsAction::RestoreTtl)
         .await
     {
         Ok(SwitchOutcome::Manual { set, .. }) => TtlOutcome::Manual { set },

@@ -9,8 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use cmfleet::inventory::{Inventory, Relay};
+use cmfleet::proof;
 use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
-use cmfleet::steps::{proof, Step};
+use cmfleet::step::Step;
 use common::lab::{quiet_sink, ssh_pool, TestLab};
 use common::run::{failures, run};
 

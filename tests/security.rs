@@ -47,9 +47,9 @@ fn hostile_values_reach_a_lab_host_as_data() {
         assert_eq!(out, v, "through ssh and the remote shell");
         ok(lab
             .ssh(old.addr, &[])
-            .arg(cmfleet::steps::commands::install_known_host(v)));
-        let written = std::fs::read_to_string(old.path(cmfleet::steps::commands::OLD_KNOWN_HOSTS))
-            .expect("read");
+            .arg(cmfleet::catalogue::install_known_host(v)));
+        let written =
+            std::fs::read_to_string(old.path(cmfleet::catalogue::OLD_KNOWN_HOSTS)).expect("read");
         assert_eq!(written, format!("{v}\n"));
     }
     no_pwned_files();

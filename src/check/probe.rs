@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use crate::steps::commands::{LEGACY_PASSDB, MAIL_DIR};
+use crate::catalogue::{LEGACY_PASSDB, MAIL_DIR};
 
 /// Facts about a host, as its shell reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

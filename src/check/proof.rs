@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 
 use super::report::Finding;
+use crate::catalogue::{MAIL_DIR, STATE_DIRS};
 use crate::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
 use crate::step::ErrorKind;
-use crate::steps::commands::{MAIL_DIR, STATE_DIRS};
-use crate::steps::proof;
 
 /// Examples named in a finding.
 const EXAMPLES: usize = 3;
@@ -120,8 +119,8 @@ pub async fn old_finding(ssh: &SshPool, old: &HostConn, sink: &LineSink) -> Find
 pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Finding {
     let script = format!(
         "{} && echo \"dkim owner $(cat {})\"",
-        proof::record_dkim_owner(),
-        proof::DKIM_OWNER_FILE
+        crate::catalogue::record_dkim_owner(),
+        crate::catalogue::DKIM_OWNER_FILE
     );
     run_finding(ssh, new, &script, CHECK_NEW, sink, |out| {
         Finding::pass(CHECK_NEW, out.trim())

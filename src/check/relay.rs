@@ -7,13 +7,12 @@ use std::sync::Arc;
 
 use super::probe::{self, HostFacts};
 use super::report::Finding;
+use crate::catalogue;
 use crate::dns::{Dns, Rrsets};
 use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
 use crate::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool, Stdout};
 use crate::shell::quote;
 use crate::step::ErrorKind;
-use crate::steps::commands;
-use crate::steps::dns::addrs;
 
 /// TTLs above this make the cutover wait (the guide lowers them to 300 s).
 pub const MAX_TTL: u32 = 300;
@@ -197,8 +196,8 @@ pub(crate) async fn reach_finding(
     }
     let script = format!(
         "{} && {} -o ConnectTimeout=10 {} true",
-        commands::install_known_host(&lines.join("\n")),
-        commands::inner_ssh(relay),
+        catalogue::install_known_host(&lines.join("\n")),
+        catalogue::inner_ssh(relay),
         quote(&relay.new.ssh)
     );
     match ssh
@@ -307,8 +306,8 @@ pub(crate) async fn dns_findings(relay: &Relay) -> Vec<Finding> {
         }
     };
     let served = served.normalized();
-    let old = addrs(&relay.old).to_rrsets().normalized();
-    let new = addrs(&relay.new).to_rrsets().normalized();
+    let old = relay.old.addrs().to_rrsets().normalized();
+    let new = relay.new.addrs().to_rrsets().normalized();
     let mut out = vec![if served == old {
         Finding::pass("dns", format!("{} points to OLD ({served})", relay.name))
     } else if served == new {
@@ -417,7 +416,7 @@ pub async fn inspect(
         out.push(if f.passdb {
             Finding::fail(
                 "passdb",
-                format!("{} exists on OLD: chatmail migrates it into the maildirs when it starts; this relay is not ready to move (hint: update and restart the relay on OLD first)", commands::LEGACY_PASSDB),
+                format!("{} exists on OLD: chatmail migrates it into the maildirs when it starts; this relay is not ready to move (hint: update and restart the relay on OLD first)", catalogue::LEGACY_PASSDB),
             )
         } else {
             Finding::pass("passdb", "no legacy passdb.sqlite on OLD")

@@ -28,8 +28,31 @@ impl Inventory {
         let inventory = Self::parse(path, &src)?;
         // Whatever runs next may print text a secret can reach (hooks, DNS programs):
         // from now on the secrets this inventory makes known are masked everywhere.
-        crate::redact::register_inventory(&inventory);
+        inventory.register_secrets();
         Ok(inventory)
+    }
+
+    /// Registers every secret this inventory makes known with `redact` (credentials
+    /// in hook lines, TSIG secrets, credential-named environment variables).
+    /// Unreadable key files are skipped: the DNS step reports them.
+    fn register_secrets(&self) {
+        for relay in &self.relays {
+            let hooks = &relay.settings.hooks;
+            for hook in [&hooks.pre_cutover, &hooks.post_cutover]
+                .into_iter()
+                .flatten()
+            {
+                for s in crate::redact::secrets_in_command(hook) {
+                    crate::redact::register(&s);
+                }
+            }
+            if let Some(file) = &relay.settings.dns.tsig_key_file {
+                if let Ok(key) = crate::dns::TsigKey::from_bind_file(file) {
+                    crate::redact::register(&key.secret_base64());
+                }
+            }
+        }
+        crate::redact::register_environment();
     }
 
     /// Parses inventory text; `path` names it in errors and anchors relative paths.

@@ -133,6 +133,16 @@ pub struct Host {
 }
 
 impl Host {
+    /// The addresses DNS must serve for this host.
+    pub fn addrs(&self) -> crate::dns::Addrs {
+        crate::dns::Addrs {
+            ip4: self.ip4,
+            ip6: self.ip6,
+        }
+    }
+}
+
+impl Host {
     /// `user@ssh`, the destination as ssh and rsync write it.
     pub fn destination(&self) -> String {
         format!("{}@{}", self.user, self.ssh)

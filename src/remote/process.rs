@@ -218,7 +218,7 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
 }
 
 /// Marks tar's progress lines (`--checkpoint-action=echo`, see
-/// `steps::commands::first_copy`) for the progress parser.
+/// `catalogue::first_copy`) for the progress parser.
 pub const TAR_PROGRESS: &str = "cmfleet-copied";
 
 /// Parses a progress line: rsync's `--info=progress2` or tar's checkpoints (see

@@ -2,18 +2,11 @@
 //! authoritative server serves them. Step 6 only runs after that.
 
 use super::exec::{StepError, StepResult};
-use crate::dns::{Addrs, Dns, DnsError, DnsGate, SwitchOutcome, SwitchRequest};
+use crate::dns::{Dns, DnsError, DnsGate, SwitchOutcome, SwitchRequest};
 use crate::events::Event;
-use crate::inventory::{DnsProviderKind, Host, MailDomain, Relay};
+use crate::inventory::{DnsProviderKind, MailDomain, Relay};
 use crate::remote::LineSink;
 use crate::step::ErrorKind;
-
-pub fn addrs(h: &Host) -> Addrs {
-    Addrs {
-        ip4: h.ip4,
-        ip6: h.ip6,
-    }
-}
 
 fn step_error(e: DnsError) -> StepError {
     StepError {
@@ -42,8 +35,8 @@ pub async fn switch(relay: &Relay, gate: &DnsGate, sink: &LineSink) -> StepResul
     let dns = Dns::from_settings(&relay.settings.dns).map_err(step_error)?;
     let req = SwitchRequest {
         domain: relay.name.clone(),
-        old: addrs(&relay.old),
-        new: addrs(&relay.new),
+        old: relay.old.addrs(),
+        new: relay.new.addrs(),
         ttl: relay.settings.dns.ttl,
     };
     let outcome = gate.run(dns.switch(&req)).await.map_err(step_error)?;

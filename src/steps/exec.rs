@@ -12,9 +12,11 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{commands, proof, Step};
+use super::Step;
+use crate::catalogue;
 use crate::events::{EventSink, ServingChange};
 use crate::inventory::{Fleet, Host, Relay, TransferMode};
+use crate::proof;
 use crate::remote::{
     run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig, Stdout,
     WorkspacePool,
@@ -151,7 +153,7 @@ impl Executor {
                 self.sync(relay, Pass::initial(&facts), &sink).await
             }
             Step::Preconfigure => {
-                self.cmdeploy(commands::preconfigure(relay), &sink).await?;
+                self.cmdeploy(catalogue::preconfigure(relay), &sink).await?;
                 Ok(Some(self.deployed()))
             }
             Step::DisableOld => {
@@ -171,7 +173,7 @@ impl Executor {
                     )
                     .await?;
                     self.record_first(relay, ServingChange::DisableOld).await?;
-                    self.cmdeploy(commands::disable_old(relay), &sink).await
+                    self.cmdeploy(catalogue::disable_old(relay), &sink).await
                 }
                 .await;
                 if let Err(e) = disabled {
@@ -194,7 +196,7 @@ impl Executor {
                 {
                     sink.log("the journal could not record the activation first; activating anyway (the journal says DOWN until a run records it)");
                 }
-                self.cmdeploy(commands::activate(relay), &sink).await?;
+                self.cmdeploy(catalogue::activate(relay), &sink).await?;
                 expect_port(&relay.new, true).await?;
                 // The relay is up: a failing notification hook must not make it look down.
                 match self
@@ -307,7 +309,7 @@ impl Executor {
             let text = out.ok()?.stdout?;
             text.split_whitespace().map(|w| w.parse().ok()).collect()
         };
-        let (used, free_and_used) = (commands::used_kib(), commands::free_and_used_kib());
+        let (used, free_and_used) = (catalogue::used_kib(), catalogue::free_and_used_kib());
         let (on_old, on_new) = tokio::join!(
             self.ssh.run(
                 &old,
@@ -351,11 +353,11 @@ impl Executor {
         }
         let old = self.connect(relay, &relay.old).await?;
         let sync = match pass {
-            Pass::FirstCopy { bytes } => commands::first_copy(relay, Some(bytes)),
-            Pass::Delta => commands::initial_sync(relay),
-            Pass::Final => commands::final_sync(relay),
+            Pass::FirstCopy { bytes } => catalogue::first_copy(relay, Some(bytes)),
+            Pass::Delta => catalogue::initial_sync(relay),
+            Pass::Final => catalogue::final_sync(relay),
         };
-        let script = commands::vouched_push(&lines.join("\n"), &sync);
+        let script = catalogue::vouched_push(&lines.join("\n"), &sync);
         self.ssh
             .run(
                 &old,
@@ -374,22 +376,22 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         self.reserve_staging(relay, &old, sink).await?;
-        let dir = commands::staging_dir(&self.staging, relay);
+        let dir = catalogue::staging_dir(&self.staging, relay);
         std::fs::create_dir_all(&dir)
             .map_err(|e| StepError::permanent(format!("cannot create {}: {e}", dir.display())))?;
-        let trees = commands::sync_trees(last);
+        let trees = catalogue::sync_trees(last);
         let from_old: Vec<String> = trees
             .iter()
             .map(|p| format!("{}:{p}", relay.old.ssh))
             .collect();
-        let pull = commands::staged_rsync(
+        let pull = catalogue::staged_rsync(
             &old.ssh_command(),
             &from_old,
             &format!("{}/", dir.display()),
         );
         self.local(&pull, None, sink).await?;
         let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
-        let push = commands::staged_rsync(
+        let push = catalogue::staged_rsync(
             &new.ssh_command(),
             &relative,
             &format!("{}:/", relay.new.ssh),
@@ -417,7 +419,7 @@ impl Executor {
             .ssh
             .run(
                 old,
-                &commands::disk_usage(),
+                &catalogue::disk_usage(),
                 false,
                 CommandKind::Plain,
                 sink,
@@ -464,7 +466,7 @@ impl Executor {
     }
 
     fn release_staging(&self, relay: &Relay) {
-        let _ = std::fs::remove_dir_all(commands::staging_dir(&self.staging, relay));
+        let _ = std::fs::remove_dir_all(catalogue::staging_dir(&self.staging, relay));
         if let Ok(mut m) = self.staged.lock() {
             m.remove(&relay.name);
         }
@@ -509,7 +511,7 @@ impl Executor {
     /// something is really wrong, and a relay left DOWN for a fluke is an outage.
     async fn final_sync(&self, relay: &Relay, sink: &LineSink) -> StepResult {
         let new = self.connect(relay, &relay.new).await?;
-        let record = proof::record_dkim_owner();
+        let record = catalogue::record_dkim_owner();
         self.ssh
             .run(&new, &record, false, CommandKind::Plain, sink, Stdout::Sink)
             .await?;
@@ -561,7 +563,7 @@ impl Executor {
     async fn prove(&self, relay: &Relay, sink: &LineSink) -> Result<proof::Differences, StepError> {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
-        let (on_old, on_new) = (proof::listing(), commands::settle_new());
+        let (on_old, on_new) = (proof::listing(), proof::settle_new());
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let records = |to| Stdout::Records { to, end: 0 };
@@ -589,7 +591,7 @@ impl Executor {
     }
 
     /// One cmdeploy run in a borrowed workspace (also for rollback).
-    pub async fn cmdeploy(&self, run: commands::CmdeployRun, sink: &LineSink) -> StepResult {
+    pub async fn cmdeploy(&self, run: catalogue::CmdeployRun, sink: &LineSink) -> StepResult {
         let ws = self
             .workspaces
             .borrow(run.urgent)

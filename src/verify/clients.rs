@@ -7,16 +7,16 @@
 //! - The Postfix queue NEW took over from OLD drains from NEW: each message is still
 //!   queued on NEW, or NEW's mail log says it was delivered (or bounced).
 //!
-//! The reference is step 4's cutover record (`steps::proof::Cutover`); without one,
+//! The reference is step 4's cutover record (`proof::Cutover`); without one,
 //! OLD's uidlists as read now (OLD is frozen since step 3) and no queue check.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::catalogue::MAIL_DIR;
 use crate::check::{quiet_sink, Finding};
 use crate::inventory::Relay;
+use crate::proof::{Cutover, Record, Uids, QUEUES, SPOOL};
 use crate::remote::{CommandKind, HostConn, SshPool, Stdout};
-use crate::steps::commands::MAIL_DIR;
-use crate::steps::proof::{Cutover, Record, Uids, QUEUES, SPOOL};
 
 /// Mailboxes or messages named in a finding; the rest are counted.
 const SHOWN: usize = 5;

@@ -1,7 +1,7 @@
 //! `verify`'s data check: does NEW hold every message, account and DKIM key of OLD?
 //!
 //! Both hosts send the proof's listing (complete and self-vouching, see
-//! `steps::proof`), but NEW is live by now, so the comparison is the one a user
+//! `proof`), but NEW is live by now, so the comparison is the one a user
 //! would make, not step 4's exact one: NEW may have more (mail delivered since step
 //! 6) and may have renamed messages (a client read or flagged them), so messages
 //! are compared by mailbox and maildir unique name; the Postfix queue drains and
@@ -14,8 +14,8 @@ use std::path::Path;
 use super::clients;
 use crate::check::{quiet_sink, ssh_host, Finding};
 use crate::inventory::Relay;
+use crate::proof::{self, Cutover, Incomplete, Listing, Owners, Record};
 use crate::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
-use crate::steps::proof::{self, Cutover, Incomplete, Listing, Owners, Record};
 
 /// Differences named in a finding; the rest are counted.
 const SHOWN: usize = 5;

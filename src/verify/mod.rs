@@ -18,7 +18,6 @@ pub use mailboxes::{compare, MailboxDiff};
 use crate::check::{for_each_relay, ssh_pool, CheckError, Finding, RelayFindings};
 use crate::dns::Dns;
 use crate::inventory::{DnsProviderKind, Host, Inventory, MailDomain, Relay};
-use crate::steps::dns::addrs;
 
 /// The ports a chatmail relay serves mail on: SMTP, SMTPS (submission), IMAPS.
 pub const MAIL_PORTS: [u16; 3] = [25, 465, 993];
@@ -66,7 +65,7 @@ async fn dns_finding(relay: &Relay) -> Finding {
         Ok(d) => d,
         Err(e) => return Finding::fail(CHECK, e.to_string()),
     };
-    let new = addrs(&relay.new);
+    let new = relay.new.addrs();
     match dns
         .wait_propagated(&relay.name, &new, DNS_WAIT, |_, _| {})
         .await

@@ -13,7 +13,7 @@ mod read;
 
 pub use compare::{compare, Differences};
 pub use cutover::{cutover_path, Cutover, CutoverError, Queued, Uids};
-pub use listing::{dkim_chown, listing, record_dkim_owner, DKIM_OWNER_FILE, QUEUES, SPOOL};
+pub use listing::{listing, settle_new, QUEUES, SPOOL};
 pub use read::{Incomplete, Listing, Owners, Record};
 
 #[cfg(test)]

@@ -103,7 +103,10 @@ pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
     let total = bytes.map_or("?".to_string(), |b| b.to_string());
     format!(
         "tar c -C / --checkpoint=100 --checkpoint-action={} {} | {} {} {}",
-        quote(&format!("echo={} %{{r}}T of {total}", crate::remote::TAR_PROGRESS)),
+        quote(&format!(
+            "echo={} %{{r}}T of {total}",
+            crate::remote::TAR_PROGRESS
+        )),
         MAIL_DIR.trim_start_matches('/'),
         inner_ssh(relay),
         quote(&relay.new.ssh),
@@ -144,24 +147,31 @@ pub fn final_sync(relay: &Relay) -> String {
 }
 
 /// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
-/// 2 gave /etc/dkimkeys on NEW, recorded by `proof::record_dkim_owner`), then
+/// 2 gave /etc/dkimkeys on NEW, recorded by [`record_dkim_owner`]), then
 /// Postfix's queue repair (queue file names follow inode numbers, which changed).
 pub fn fix_ownership() -> String {
     format!(
         "chown root: -R /var/lib/acme && {} && \
          chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s",
-        super::proof::dkim_chown()
+        dkim_chown()
     )
 }
 
-/// On NEW after the final sync, in one command: the ownership repair, then the
-/// proof's listing (taken while OLD's is, the shortest path through the downtime).
-pub fn settle_new() -> String {
+/// On NEW: the owner (`uid:gid`) of /etc/dkimkeys as step 2's cmdeploy made it,
+/// recorded before the final sync copies OLD's over it. The DKIM signer's user is
+/// not a constant: chatmail is moving DKIM signing away from opendkim.
+pub const DKIM_OWNER_FILE: &str = "/root/.ssh/cmfleet_dkim_owner";
+/// On NEW before the final sync: record /etc/dkimkeys' owner once (a retried
+/// step 4 finds OLD's copy there, whose owner may be OLD's numbering).
+pub fn record_dkim_owner() -> String {
     format!(
-        "{} || exit $?\n{}",
-        fix_ownership(),
-        super::proof::listing()
+        "[ -s {DKIM_OWNER_FILE} ] || {{ [ -d /etc/dkimkeys ] && (umask 077 && stat -c %u:%g /etc/dkimkeys > {DKIM_OWNER_FILE}.tmp && mv {DKIM_OWNER_FILE}.tmp {DKIM_OWNER_FILE}); }} || {{ echo 'no /etc/dkimkeys on the new host (step 2 creates it)' >&2; exit 3; }}"
     )
+}
+
+/// On NEW after the final sync: DKIM keys to the recorded owner.
+pub fn dkim_chown() -> String {
+    format!("chown -R \"$(cat {DKIM_OWNER_FILE})\" /etc/dkimkeys")
 }
 
 /// On OLD before a staged transfer: bytes the relay will occupy in staging.

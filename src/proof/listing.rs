@@ -18,16 +18,12 @@
 //! SHA-256. Every part of the listing writes into a file and its exit status is
 //! checked (no pipeline hides a failing `find`); only a complete listing is sent.
 
-use crate::steps::commands::{MAIL_DIR, OPTIONAL_FILES};
+use crate::catalogue::{DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
 
 /// First record: `#cmfleet-manifest 1 vmail=UID:GID dkim=UID:GID` (`-` unknown).
 pub const HEADER: &str = "#cmfleet-manifest 1";
 /// Last record: `#cmfleet-end COUNT SHA256`.
 pub const TRAILER: &str = "#cmfleet-end";
-/// On NEW: the owner (`uid:gid`) of /etc/dkimkeys as step 2's cmdeploy made it,
-/// recorded before the final sync copies OLD's over it. The DKIM signer's user is
-/// not a constant: chatmail is moving DKIM signing away from opendkim.
-pub const DKIM_OWNER_FILE: &str = "/root/.ssh/cmfleet_dkim_owner";
 /// The state the proof compares by content.
 pub const STATE_PATHS: [&str; 2] = ["/var/lib/acme", "/etc/dkimkeys"];
 /// Postfix's queue directories: their files are compared per directory by content
@@ -87,15 +83,12 @@ printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
     )
 }
 
-/// On NEW before the final sync: record /etc/dkimkeys' owner once (a retried
-/// step 4 finds OLD's copy there, whose owner may be OLD's numbering).
-pub fn record_dkim_owner() -> String {
+/// On NEW after the final sync, in one command: the ownership repair, then the
+/// listing (taken while OLD's is, the shortest path through the downtime).
+pub fn settle_new() -> String {
     format!(
-        "[ -s {DKIM_OWNER_FILE} ] || {{ [ -d /etc/dkimkeys ] && (umask 077 && stat -c %u:%g /etc/dkimkeys > {DKIM_OWNER_FILE}.tmp && mv {DKIM_OWNER_FILE}.tmp {DKIM_OWNER_FILE}); }} || {{ echo 'no /etc/dkimkeys on the new host (step 2 creates it)' >&2; exit 3; }}"
+        "{} || exit $?\n{}",
+        crate::catalogue::fix_ownership(),
+        listing()
     )
-}
-
-/// On NEW after the final sync: DKIM keys to the recorded owner.
-pub fn dkim_chown() -> String {
-    format!("chown -R \"$(cat {DKIM_OWNER_FILE})\" /etc/dkimkeys")
 }
