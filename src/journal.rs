@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -251,14 +250,10 @@ pub fn journal_path(state_dir: &Path, inventory: &Path) -> PathBuf {
 
 /// Creates the state directory 0700: logs and the journal are nobody else's business.
 pub fn ensure_state_dir(dir: &Path) -> Result<(), JournalError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| JournalError::StateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::state_dir::ensure(dir).map_err(|source| JournalError::StateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 impl Journal {
@@ -458,27 +453,7 @@ impl Journal {
         };
         let json =
             serde_json::to_vec_pretty(&self.data).map_err(|e| err(std::io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        let written = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            })
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
-        if let Err(e) = written {
-            // A full disk must not also leave a half-written temp file behind.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
-        }
-        if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        }
-        Ok(())
+        crate::atomic::write(&self.path, &json).map_err(err)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod report;
 pub mod rollback;
 pub mod scheduler;
 pub mod shell;
+pub mod state_dir;
 pub mod step;
 pub mod steps;
 pub mod ttl;

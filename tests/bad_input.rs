@@ -523,7 +523,7 @@ fn a_full_disk_for_the_journal_is_refused_and_the_journal_kept() {
     let (shown, files) = rest.split_once("\n--- files:").expect("files shown");
     assert_eq!(shown, journal, "the journal is unchanged");
     assert!(
-        !files.lines().any(|l| l.ends_with(".json.tmp")),
+        !files.lines().any(|l| l.ends_with(".tmp")),
         "no temp file is left behind: {files}"
     );
 }

@@ -146,7 +146,7 @@ pub fn prepare(
     let bashrc = host.dir.join("bashrc");
     fs::write(&bashrc, "").map_err(io("write", &bashrc))?;
     let cfg = host.sshd_config();
-    fs::write(&cfg, sshd::config(host)).map_err(io("write", &cfg))?;
+    fs::write(&cfg, sshd::config(&host.name, host.addr, &host.dir)).map_err(io("write", &cfg))?;
     Ok(())
 }
 

@@ -1,17 +1,18 @@
 //! sshd configuration and host keys of lab hosts.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::error::{LabError, Result};
-use super::host::LabHost;
 use super::process::{run, show};
 
 /// A host's sshd_config. Limits are raised because a fleet migration multiplexes many
 /// channels over one connection (MaxSessions) and opens bursts of connections
 /// (MaxStartups); StrictModes is off because the lab's files live under /tmp.
-pub fn config(host: &LabHost) -> String {
-    let d = host.dir.display();
+/// `dir` holds the host's keys and pid file.
+pub fn config(name: &str, addr: Ipv4Addr, dir: &Path) -> String {
+    let d = dir.display();
     format!(
         "# sshd of lab host {name} ({addr}), written by cmfleet lab\n\
          ListenAddress {addr}:22\n\
@@ -35,8 +36,6 @@ pub fn config(host: &LabHost) -> String {
          StrictModes no\n\
          LogLevel INFO\n\
          Subsystem sftp internal-sftp\n",
-        name = host.name,
-        addr = host.addr,
     )
 }
 

@@ -2,7 +2,6 @@
 //! work from any process, also after a crash.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::addr::Subnet;
@@ -56,16 +55,11 @@ impl LabState {
     /// must not lose the PIDs `down` needs.
     pub fn save(&self) -> Result<()> {
         let path = self.dir.join(STATE_FILE);
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
         let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
             path: path.clone(),
             source,
         })?;
-        let mut f =
-            fs::File::create(&tmp).map_err(LabError::io(format!("create {}", tmp.display())))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(LabError::io(format!("write {}", tmp.display())))?;
-        fs::rename(&tmp, &path).map_err(LabError::io(format!("rename {}", tmp.display())))
+        crate::atomic::write(&path, text.as_bytes())
+            .map_err(LabError::io(format!("write {}", path.display())))
     }
 }

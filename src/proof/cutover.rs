@@ -57,10 +57,7 @@ pub enum CutoverError {
     },
 }
 
-/// `<state_dir>/cutover/<relay>.json`.
-pub fn cutover_path(state_dir: &Path, relay: &str) -> PathBuf {
-    state_dir.join("cutover").join(format!("{relay}.json"))
-}
+pub use crate::state_dir::cutover_path;
 
 impl Cutover {
     /// The record of `relay`, `None` if step 4 never recorded one (an older cmfleet,

@@ -171,10 +171,7 @@ impl SshPool {
             let path = path.to_path_buf();
             move |source| SshError::Setup { path, source }
         };
-        crate::journal::ensure_state_dir(&cfg.state_dir).map_err(|e| SshError::Setup {
-            path: cfg.state_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        crate::state_dir::ensure(&cfg.state_dir).map_err(setup(&cfg.state_dir))?;
         // Control sockets need a short path (at most ~100 bytes in total).
         let control_dir = tempfile::Builder::new()
             .prefix("cmf-")
@@ -304,9 +301,7 @@ impl SshPool {
             source,
         };
         if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-            let mut tmp = tempfile::NamedTempFile::new_in(&self.state_dir).map_err(setup)?;
-            std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(setup)?;
-            tmp.persist(&path).map_err(|e| setup(e.error))?;
+            crate::atomic::write(&path, text.as_bytes()).map_err(setup)?;
         }
         files.insert(key, path.clone());
         Ok(path)

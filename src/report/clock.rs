@@ -13,7 +13,7 @@ pub trait Clock: Send {
     fn time_of_day(&self, ms: u64) -> String;
 }
 
-/// The real clock; times of day in the machine's local time zone.
+/// The real clock; times of day in UTC.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -22,8 +22,10 @@ impl Clock for SystemClock {
         now_ms()
     }
 
+    /// In UTC, like the journal and the reports: a fleet spans time zones, and an
+    /// operator comparing a live line with a host's log or a report needs one clock.
     fn time_of_day(&self, ms: u64) -> String {
-        hms((ms / 1000) as i64 + local_offset_secs(ms))
+        hms((ms / 1000) as i64)
     }
 }
 
@@ -65,20 +67,6 @@ impl Clock for ManualClock {
 fn hms(secs: i64) -> String {
     let s = secs.rem_euclid(86_400);
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
-
-/// The local time zone's offset from UTC at `ms`, 0 when it cannot be found.
-fn local_offset_secs(ms: u64) -> i64 {
-    let t = (ms / 1000) as nix::libc::time_t;
-    // SAFETY: localtime_r only writes into the `tm` we own; a zeroed `tm` is a valid value.
-    unsafe {
-        let mut tm: nix::libc::tm = std::mem::zeroed();
-        if nix::libc::localtime_r(&t, &mut tm).is_null() {
-            0
-        } else {
-            tm.tm_gmtoff
-        }
-    }
 }
 
 #[cfg(test)]

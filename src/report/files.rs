@@ -6,16 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::summary::Summary;
 use super::ReportError;
-
-/// `<state_dir>/failed.txt`: the relays to retry with `--limit @FILE`.
-pub fn failed_list_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("failed.txt")
-}
-
-/// `<state_dir>/logs/<relay>.log`: everything one relay's commands printed.
-pub fn log_path(state_dir: &Path, relay: &str) -> PathBuf {
-    state_dir.join("logs").join(format!("{relay}.log"))
-}
+use crate::state_dir::failed_list_path;
 
 /// Writes `failed.txt` (one mail_domain a line), empty when nothing failed so a stale
 /// list from an earlier run cannot be retried by mistake. Returns its path.

@@ -25,8 +25,9 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+pub use crate::state_dir::{failed_list_path, log_path};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use files::{failed_list_path, log_path, write_atomic, write_failed_list, write_json_report};
+pub use files::{write_atomic, write_failed_list, write_json_report};
 pub use status::{
     status_json, status_json_at, status_rows, status_table, status_table_at, StatusRow,
 };

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::files::{failed_list_path, log_path};
 use super::fmt;
 use super::{ReportContext, RunStats};
 use crate::journal::{JournalData, RelayRecord, RelayState};
 use crate::shell::quote;
+use crate::state_dir::{failed_list_path, log_path};
 use crate::step::ErrorKind;
 use crate::step::Step;
 

@@ -1,12 +1,12 @@
 //! Step 5: point the relay's A/AAAA records at NEW, then wait until every
 //! authoritative server serves them. Step 6 only runs after that.
 
-use super::exec::{StepError, StepResult};
 use crate::dns::{Dns, DnsError, DnsGate, SwitchOutcome, SwitchRequest};
 use crate::events::Event;
 use crate::inventory::{DnsProviderKind, MailDomain, Relay};
 use crate::remote::LineSink;
 use crate::step::ErrorKind;
+use crate::step::{StepError, StepResult};
 
 fn step_error(e: DnsError) -> StepError {
     StepError {

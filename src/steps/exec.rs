@@ -62,7 +62,6 @@ pub struct Executor {
     fleet: Fleet,
     pub ssh: SshPool,
     workspaces: WorkspacePool,
-    logs: PathBuf,
     staging: PathBuf,
     /// The staging byte budget, in KiB permits, held per relay from its first
     /// staged hop to the end of its final sync.
@@ -100,14 +99,14 @@ impl Executor {
             fleet.limits.cmdeploy_runs,
         )
         .map_err(|e| StepError::permanent(e.to_string()))?;
-        let logs = state.join("logs");
-        crate::journal::ensure_state_dir(&logs).map_err(|e| StepError::permanent(e.to_string()))?;
+        let logs = crate::state_dir::logs_dir(state);
+        crate::state_dir::ensure(&logs)
+            .map_err(|e| StepError::permanent(format!("cannot create {}: {e}", logs.display())))?;
         let budget_kib = (fleet.limits.staging_budget / 1024).clamp(1, MAX_KIB);
         Ok(Executor {
             fleet: fleet.clone(),
             ssh,
             workspaces,
-            logs,
             staging: state.join("staging"),
             staging_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             staged: Mutex::new(HashMap::new()),
@@ -120,7 +119,7 @@ impl Executor {
     }
 
     pub fn log_path(&self, relay: &str) -> PathBuf {
-        self.logs.join(format!("{relay}.log"))
+        crate::state_dir::log_path(&self.fleet.state_dir, relay)
     }
 
     /// The relay's log and event stream for `step` (also for rollback).
