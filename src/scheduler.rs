@@ -19,9 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::events::{Event, EventSink, WaitReason};
 use crate::inventory::{GroupLimits, Limits, Relay, RetryPolicy, Wave};
-use crate::step::ErrorKind;
-use crate::step::Step;
-use crate::step::{StepError, StepResult};
+use crate::step::{ErrorKind, Step, StepError, StepResult};
 
 /// Runs one step of one relay.
 pub trait StepRunner: Send + Sync + 'static {
@@ -30,16 +28,6 @@ pub trait StepRunner: Send + Sync + 'static {
         relay: &'a Relay,
         step: Step,
     ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
-}
-
-impl StepRunner for crate::steps::exec::Executor {
-    fn run<'a>(
-        &'a self,
-        relay: &'a Relay,
-        step: Step,
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-        Box::pin(crate::steps::exec::Executor::run(self, relay, step))
-    }
 }
 
 /// How far cancellation has gone; it only escalates.

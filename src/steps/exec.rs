@@ -695,3 +695,15 @@ pub async fn expect_port(host: &Host, open: bool) -> StepResult {
         format!("cmdeploy reported success but {addr} still accepts SMTP connections")
     }))
 }
+
+/// The scheduler drives the real executor through its trait (tests drive mocks).
+impl crate::scheduler::StepRunner for Executor {
+    fn run<'a>(
+        &'a self,
+        relay: &'a Relay,
+        step: Step,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = StepResult> + Send + 'a>> {
+        Box::pin(Executor::run(self, relay, step))
+    }
+}
+
