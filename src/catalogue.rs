@@ -278,7 +278,7 @@ pub fn staging_dir(staging_root: &Path, relay: &Relay) -> PathBuf {
 /// `ssh` is the remote shell (reusing the host's master connection);
 /// `--numeric-ids` because the controller has no vmail or opendkim users —
 /// ownership is set on NEW afterwards anyway.
-pub fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
+fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
     let mut argv: Vec<String> = [
         "rsync",
         "-aHR",
@@ -297,8 +297,40 @@ pub fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
     argv
 }
 
+/// A staged sync's two hops, run on the controller: OLD -> staging, then staging ->
+/// NEW from inside the staging directory (relative paths keep `-R`'s layout).
+pub struct StagedHops {
+    pub dir: PathBuf,
+    pub pull: Vec<String>,
+    /// Runs in `dir`.
+    pub push: Vec<String>,
+}
+
+/// The hops of a staged sync of `relay` (`last`: the final sync, with the state);
+/// `old_ssh` and `new_ssh` are the remote shells (the hosts' master connections).
+pub fn staged_hops(
+    staging_root: &Path,
+    relay: &Relay,
+    last: bool,
+    old_ssh: &str,
+    new_ssh: &str,
+) -> StagedHops {
+    let dir = staging_dir(staging_root, relay);
+    let trees = sync_trees(last);
+    let from_old: Vec<String> = trees
+        .iter()
+        .map(|p| format!("{}:{p}", relay.old.ssh))
+        .collect();
+    let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
+    StagedHops {
+        pull: staged_rsync(old_ssh, &from_old, &format!("{}/", dir.display())),
+        push: staged_rsync(new_ssh, &relative, &format!("{}:/", relay.new.ssh)),
+        dir,
+    }
+}
+
 /// The trees a sync moves: the mailboxes, and at the final sync the state too.
-pub fn sync_trees(last: bool) -> Vec<&'static str> {
+fn sync_trees(last: bool) -> Vec<&'static str> {
     let mut trees = if last {
         STATE_DIRS.to_vec()
     } else {

@@ -149,21 +149,15 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
 }
 
 fn staged_actions(staging: &Path, r: &Relay, last: bool) -> Vec<Action> {
-    let dir = catalogue::staging_dir(staging, r);
-    let trees = catalogue::sync_trees(last);
-    let from_old: Vec<String> = trees.iter().map(|p| format!("{}:{p}", r.old.ssh)).collect();
-    // From inside the staging directory, relative paths keep -R's layout.
-    let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
-    let pull = catalogue::staged_rsync(OLD_MASTER, &from_old, &format!("{}/", dir.display()));
-    let push = catalogue::staged_rsync(NEW_MASTER, &relative, &format!("{}:/", r.new.ssh));
+    let hops = catalogue::staged_hops(staging, r, last, OLD_MASTER, NEW_MASTER);
     vec![
-        act(Site::Controller, crate::shell::join(&pull)),
+        act(Site::Controller, crate::shell::join(&hops.pull)),
         act(
             Site::Controller,
             format!(
                 "cd {} && {}",
-                crate::shell::quote(&dir.display().to_string()),
-                crate::shell::join(&push)
+                crate::shell::quote(&hops.dir.display().to_string()),
+                crate::shell::join(&hops.push)
             ),
         ),
     ]

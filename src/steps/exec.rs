@@ -375,27 +375,18 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         self.reserve_staging(relay, &old, sink).await?;
-        let dir = catalogue::staging_dir(&self.staging, relay);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StepError::permanent(format!("cannot create {}: {e}", dir.display())))?;
-        let trees = catalogue::sync_trees(last);
-        let from_old: Vec<String> = trees
-            .iter()
-            .map(|p| format!("{}:{p}", relay.old.ssh))
-            .collect();
-        let pull = catalogue::staged_rsync(
+        let hops = catalogue::staged_hops(
+            &self.staging,
+            relay,
+            last,
             &old.ssh_command(),
-            &from_old,
-            &format!("{}/", dir.display()),
-        );
-        self.local(&pull, None, sink).await?;
-        let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
-        let push = catalogue::staged_rsync(
             &new.ssh_command(),
-            &relative,
-            &format!("{}:/", relay.new.ssh),
         );
-        self.local(&push, Some(&dir), sink).await?;
+        let dir = &hops.dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StepError::permanent(format!("cannot create {}: {e}", dir.display())))?;
+        self.local(&hops.pull, None, sink).await?;
+        self.local(&hops.push, Some(dir), sink).await?;
         Ok(None)
     }
 
