@@ -14,8 +14,22 @@ use crate::steps::Step;
 pub enum ServingChange {
     /// `cmdeploy --disable-mail` on OLD (step 3).
     DisableOld,
+    /// `systemctl disable --now` of dovecot and postfix on OLD (step 3 with
+    /// `disable_old = "systemctl"`).
+    StopOldUnits,
     /// The activate stage on NEW (step 6).
     ActivateNew,
+}
+
+impl ServingChange {
+    /// How this change disables OLD, if it does.
+    pub fn disables_old(self) -> Option<crate::inventory::DisableOld> {
+        match self {
+            ServingChange::DisableOld => Some(crate::inventory::DisableOld::Cmdeploy),
+            ServingChange::StopOldUnits => Some(crate::inventory::DisableOld::Systemctl),
+            ServingChange::ActivateNew => None,
+        }
+    }
 }
 
 /// Why a step failed, as far as retrying is concerned.
