@@ -652,6 +652,24 @@ impl Lab {
         }
     }
 
+    /// Makes the host's `systemctl stop` (and `disable --now`) of postfix and dovecot
+    /// leave Postfix running and still succeed, as a master that outlives its unit
+    /// would: port 25 keeps taking mail (`false` undoes it).
+    pub fn set_smtp_stays_open(&self, addr: Ipv4Addr, on: bool) -> Result<()> {
+        let p = self
+            .host(addr)?
+            .path(&format!("{STATE_DIR}/smtp-stays-open"));
+        let done = if on {
+            fs::write(&p, "lab fault\n")
+        } else {
+            fs::remove_file(&p).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        };
+        done.map_err(LabError::io(format!("set {}", p.display())))
+    }
+
     /// Starts a host's sshd again (after `stop_host`).
     pub fn start_host(&mut self, addr: Ipv4Addr) -> Result<()> {
         let i = self.index_of(addr)?;
