@@ -6,7 +6,7 @@ mod common;
 
 use cmfleet::inventory::{DisableOld, Inventory, Relay};
 use cmfleet::journal::RelayState;
-use cmfleet::lab::port_accepts;
+use cmfleet::lab::{port_accepts, StopFault};
 use cmfleet::rollback::{self, RollbackStatus};
 use cmfleet::steps::Step;
 use common::lab::TestLab;
@@ -93,7 +93,7 @@ fn old_keeping_port_25_open_fails_step_3_and_stays_maybe_disabled() {
     let lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
     let inv = systemctl_inventory(&lab);
-    lab.set_smtp_stays_open(relay.old.addr, true)
+    lab.set_smtp_stays_open(relay.old.addr, Some(StopFault::Silent))
         .expect("fault");
 
     let (outcome, journal, events) = run(&inv, Step::Activate);
@@ -126,11 +126,44 @@ fn old_keeping_port_25_open_fails_step_3_and_stays_maybe_disabled() {
     );
     assert!(!port_accepts(relay.old.addr, 143), "dovecot stopped");
 
-    lab.set_smtp_stays_open(relay.old.addr, false)
+    lab.set_smtp_stays_open(relay.old.addr, None)
         .expect("fault off");
     let row = run_rollback(&inv, &inv.relays[0]);
     assert_eq!(row.status, RollbackStatus::RolledBack, "{row:?}");
     assert!(port_accepts(relay.old.addr, 25) && port_accepts(relay.old.addr, 143));
+}
+
+/// `systemctl` itself fails after dovecot stopped: port 25 still answers, but users
+/// cannot read their mail, so the relay is DOWN (possibly disabled), not "still
+/// serving" as a failure that changed nothing would leave it.
+#[test]
+fn a_systemctl_failing_halfway_leaves_the_relay_down() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let inv = systemctl_inventory(&lab);
+    lab.set_smtp_stays_open(relay.old.addr, Some(StopFault::Fails))
+        .expect("fault");
+
+    let (outcome, journal, events) = run(&inv, Step::Activate);
+    assert_eq!(
+        outcome.failed,
+        vec![relay.mail_domain.clone()],
+        "{outcome:?}"
+    );
+    let failed = failures(&events, &relay.mail_domain, Step::DisableOld);
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.1.contains("postfix.service failed")),
+        "{failed:?}"
+    );
+    let rec = journal.data.relays[&relay.mail_domain].clone();
+    assert!(
+        rec.old_may_be_disabled && !rec.old_still_serving,
+        "{rec:#?}"
+    );
+    assert_eq!(rec.state(), RelayState::Down, "{rec:#?}");
+    assert!(port_accepts(relay.old.addr, 25) && !port_accepts(relay.old.addr, 143));
 }
 
 /// A relay DOWN after a systemctl step 3 is brought back by `systemctl enable --now`
