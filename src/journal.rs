@@ -90,8 +90,8 @@ pub struct RelayRecord {
     /// Step 3 failed and OLD was seen still accepting mail afterwards: not down.
     #[serde(default)]
     pub old_still_serving: bool,
-    /// `cmdeploy --disable-mail` on OLD was about to start (recorded before it
-    /// did): OLD may be disabled, whatever happened to the controller since.
+    /// Step 3's change on OLD (`cmdeploy --disable-mail`, or `systemctl disable
+    /// --now`) was about to start (recorded before it did): OLD may be disabled, whatever happened to the controller since.
     /// Cleared only when OLD is seen serving again. Journals from before this
     /// field assume it for a relay that started step 3 (the safe side).
     #[serde(default = "assume_disabled")]
