@@ -253,7 +253,8 @@ pub fn activate(relay: &Relay) -> CmdeployRun {
 /// What `cmdeploy run --disable-mail` does to mail, and nothing else: its dovecot and
 /// postfix deployers end in pyinfra's `systemd.service(running=False, enabled=False)`
 /// for these units (chatmail relay, `cmdeploy/src/cmdeploy/{dovecot,postfix}/deployer.py`),
-/// dovecot first. Stopped and disabled, not masked.
+/// dovecot first, which runs `systemctl stop` and `systemctl disable` (pyinfra,
+/// `operations/systemd.py`). Stopped and disabled, not masked.
 pub const MAIL_UNITS: [&str; 2] = ["dovecot.service", "postfix.service"];
 
 /// Step 3 with `disable_old = "systemctl"`, on OLD: stop mail and keep it off across

@@ -314,30 +314,9 @@ impl Executor {
     /// OLD still takes mail, yet it may be half stopped (dovecot down): the relay is
     /// not reported as serving, it stays recorded as possibly disabled.
     async fn expect_old_refuses_smtp(&self, relay: &Relay, sink: &LineSink) -> StepResult {
-        let old = self.connect(relay, &relay.old).await?;
-        let probe = commands::smtp_probe(relay.old.ip4);
         let deadline = tokio::time::Instant::now() + PORT_SETTLE;
         loop {
-            let out = self
-                .ssh
-                .run(
-                    &old,
-                    &probe,
-                    false,
-                    CommandKind::Plain,
-                    sink,
-                    Stdout::Capture,
-                )
-                .await?;
-            let from_old = out.stdout.unwrap_or_default();
-            let seen = SmtpSeen {
-                from_old: from_old.trim().to_string(),
-                from_controller: smtp_state(&relay.old).await,
-            };
-            sink.log(&format!(
-                "port 25 of {}: {} from the old host, {} from the controller",
-                relay.old.ip4, seen.from_old, seen.from_controller
-            ));
+            let seen = self.smtp_seen(relay, sink).await?;
             if seen.refused() {
                 return Ok(None);
             }
@@ -346,6 +325,32 @@ impl Executor {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// One look at OLD's port 25 from both sides, logged.
+    async fn smtp_seen(&self, relay: &Relay, sink: &LineSink) -> Result<SmtpSeen, StepError> {
+        let old = self.connect(relay, &relay.old).await?;
+        let probe = commands::smtp_probe(relay.old.ip4);
+        let (on_old, from_controller) = tokio::join!(
+            self.ssh.run(
+                &old,
+                &probe,
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture
+            ),
+            smtp_state(&relay.old)
+        );
+        let seen = SmtpSeen {
+            from_old: on_old?.stdout.unwrap_or_default().trim().to_string(),
+            from_controller,
+        };
+        sink.log(&format!(
+            "port 25 of {}: {} from the old host, {} from the controller",
+            relay.old.ip4, seen.from_old, seen.from_controller
+        ));
+        Ok(seen)
     }
 
     /// After a failed step 3: say whether the relay is down (users care). OLD that
