@@ -1186,8 +1186,8 @@ mod scale {
     use cmfleet::events::EventSink;
     use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
     use cmfleet::scheduler::{Cancel, Job, Scheduler, StepRunner};
-    use cmfleet::steps::exec::StepResult;
-    use cmfleet::steps::Step;
+    use cmfleet::step::Step;
+    use cmfleet::step::StepResult;
 
     /// Zero-duration steps.
     struct Nop;

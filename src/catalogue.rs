@@ -257,6 +257,40 @@ pub fn activate(relay: &Relay) -> CmdeployRun {
     cmdeploy(&relay.config, &relay.new, Some("activate"), false)
 }
 
+/// What `cmdeploy run --disable-mail` does to mail, and nothing else: its dovecot and
+/// postfix deployers end in pyinfra's `systemd.service(running=False, enabled=False)`
+/// for these units (chatmail relay, `cmdeploy/src/cmdeploy/{dovecot,postfix}/deployer.py`),
+/// dovecot first, which runs `systemctl stop` and `systemctl disable` (pyinfra,
+/// `operations/systemd.py`). Stopped and disabled, not masked.
+pub const MAIL_UNITS: [&str; 2] = ["dovecot.service", "postfix.service"];
+
+/// Step 3 with `disable_old = "systemctl"`, on OLD: stop mail and keep it off across
+/// a reboot, as `--disable-mail` does, without the whole deploy around it.
+pub fn systemctl_disable_mail() -> String {
+    format!("systemctl disable --now {}", MAIL_UNITS.join(" "))
+}
+
+/// Rollback of a systemctl step 3, on OLD: exactly its inverse.
+pub fn systemctl_enable_mail() -> String {
+    format!("systemctl enable --now {}", MAIL_UNITS.join(" "))
+}
+
+/// What [`smtp_probe`] prints.
+pub const PROBE_OPEN: &str = "open";
+pub const PROBE_CLOSED: &str = "closed";
+pub const PROBE_UNKNOWN: &str = "unknown";
+
+/// On OLD: does its own public address take SMTP? Asked from OLD itself so that a
+/// firewall between the controller and OLD cannot pass for a closed port; a connect
+/// that hangs (`timeout`) is neither answer.
+pub fn smtp_probe(ip4: std::net::Ipv4Addr) -> String {
+    format!(
+        "timeout 5 bash -c 'exec 3<>\"/dev/tcp/$1/25\"' cmfleet-probe {} 2>/dev/null; \
+         case $? in 0) echo {PROBE_OPEN} ;; 124) echo {PROBE_UNKNOWN} ;; *) echo {PROBE_CLOSED} ;; esac",
+        quote(&ip4.to_string())
+    )
+}
+
 /// Rollback: a full run against OLD without `--disable-mail` re-enables mail there.
 pub fn reenable_old(relay: &Relay) -> CmdeployRun {
     cmdeploy(&relay.config, &relay.old, None, false)

@@ -6,8 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-pub use crate::step::ErrorKind;
-use crate::step::Step;
+use crate::step::{ErrorKind, Step};
 
 /// An action that changes whether a relay serves mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -15,8 +14,22 @@ use crate::step::Step;
 pub enum ServingChange {
     /// `cmdeploy --disable-mail` on OLD (step 3).
     DisableOld,
+    /// `systemctl disable --now` of dovecot and postfix on OLD (step 3 with
+    /// `disable_old = "systemctl"`).
+    StopOldUnits,
     /// The activate stage on NEW (step 6).
     ActivateNew,
+}
+
+impl ServingChange {
+    /// How this change disables OLD, if it does.
+    pub fn disables_old(self) -> Option<crate::inventory::DisableOld> {
+        match self {
+            ServingChange::DisableOld => Some(crate::inventory::DisableOld::Cmdeploy),
+            ServingChange::StopOldUnits => Some(crate::inventory::DisableOld::Systemctl),
+            ServingChange::ActivateNew => None,
+        }
+    }
 }
 
 /// Why a relay is not running right now although it could.

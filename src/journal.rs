@@ -90,12 +90,16 @@ pub struct RelayRecord {
     /// Step 3 failed and OLD was seen still accepting mail afterwards: not down.
     #[serde(default)]
     pub old_still_serving: bool,
-    /// `cmdeploy --disable-mail` on OLD was about to start (recorded before it
-    /// did): OLD may be disabled, whatever happened to the controller since.
+    /// Step 3's change on OLD (`cmdeploy --disable-mail`, or `systemctl disable
+    /// --now`) was about to start (recorded before it did): OLD may be disabled, whatever happened to the controller since.
     /// Cleared only when OLD is seen serving again. Journals from before this
     /// field assume it for a relay that started step 3 (the safe side).
     #[serde(default = "assume_disabled")]
     pub old_may_be_disabled: bool,
+    /// How step 3 last set out to disable OLD, so that a rollback undoes that way.
+    /// Journals from before `disable_old` existed only knew cmdeploy's.
+    #[serde(default)]
+    pub old_disabled_by: crate::inventory::DisableOld,
 }
 
 fn assume_disabled() -> bool {
@@ -145,6 +149,7 @@ impl Default for RelayRecord {
             dns_ttl: None,
             old_may_be_disabled: false,
             old_still_serving: false,
+            old_disabled_by: crate::inventory::DisableOld::Cmdeploy,
         }
     }
 }
@@ -413,8 +418,9 @@ impl Journal {
             }
             Event::ServingChange { relay, change } => {
                 let r = self.relay(relay);
-                if *change == crate::events::ServingChange::DisableOld {
+                if let Some(way) = change.disables_old() {
                     r.old_may_be_disabled = true;
+                    r.old_disabled_by = way;
                     // The downtime starts here, not at step 3's preflight.
                     r.down_since_ms.get_or_insert(now);
                 }
@@ -520,5 +526,25 @@ mod tests {
         let old: RelayRecord = serde_json::from_value(json).expect("read");
         assert_eq!(old.state(), RelayState::Down);
         assert_eq!(rec.state(), RelayState::Staged);
+    }
+
+    /// Before `disable_old` there was only cmdeploy's way: an older journal's relay
+    /// is rolled back with cmdeploy; a newer one keeps the way it recorded.
+    #[test]
+    fn the_way_step_3_disabled_old_survives_and_defaults_to_cmdeploy() {
+        use crate::inventory::DisableOld;
+        let rec = RelayRecord {
+            old_disabled_by: DisableOld::Systemctl,
+            ..RelayRecord::default()
+        };
+        let mut json = serde_json::to_value(&rec).expect("json");
+        let back: RelayRecord = serde_json::from_value(json.clone()).expect("read");
+        assert_eq!(back.old_disabled_by, DisableOld::Systemctl);
+        assert_eq!(json["old_disabled_by"], "systemctl");
+        json.as_object_mut()
+            .expect("object")
+            .remove("old_disabled_by");
+        let old: RelayRecord = serde_json::from_value(json).expect("read");
+        assert_eq!(old.old_disabled_by, DisableOld::Cmdeploy);
     }
 }

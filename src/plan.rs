@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::catalogue;
-use crate::inventory::{DnsProviderKind, Fleet, MailDomain, Relay, TransferMode};
+use crate::inventory::{DisableOld, DnsProviderKind, Fleet, MailDomain, Relay, TransferMode};
 use crate::proof;
 use crate::step::Step;
 
@@ -55,6 +55,8 @@ pub struct RelayPlan {
     pub relay: String,
     pub group: Option<String>,
     pub transfer: TransferMode,
+    /// How step 3 disables OLD.
+    pub disable_old: DisableOld,
     pub old: String,
     pub new: String,
     pub steps: Vec<PlannedStep>,
@@ -89,6 +91,7 @@ fn relay_plan(fleet: &Fleet, r: &Relay) -> RelayPlan {
         relay: r.name.clone(),
         group: r.group.clone(),
         transfer: r.settings.transfer,
+        disable_old: r.settings.disable_old,
         old: r.old.destination(),
         new: r.new.destination(),
         steps,
@@ -106,7 +109,20 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
     match step {
         Step::InitialSync => sync_actions(fleet, r, false),
         Step::Preconfigure => cmdeploy(catalogue::preconfigure(r)),
-        Step::DisableOld => cmdeploy(catalogue::disable_old(r)),
+        Step::DisableOld => match r.settings.disable_old {
+            DisableOld::Cmdeploy => cmdeploy(catalogue::disable_old(r)),
+            DisableOld::Systemctl => vec![
+                act(Site::Old, catalogue::systemctl_disable_mail()),
+                act(
+                    Site::Old,
+                    format!(
+                        "{}   # must say closed, and the controller must not reach {}:25 either",
+                        catalogue::smtp_probe(r.old.ip4),
+                        r.old.ip4
+                    ),
+                ),
+            ],
+        },
         Step::FinalSync => {
             let mut a = vec![act(Site::New, catalogue::record_dkim_owner())];
             a.extend(sync_actions(fleet, r, true));

@@ -1,7 +1,9 @@
 //! `cmfleet rollback`: put DOWN relays back on their OLD machine.
 //!
 //! For a relay that is DOWN (OLD disabled at step 3, NEW not active): re-enable mail on
-//! OLD (a full `cmdeploy run --ssh-host OLD` without `--disable-mail`), check that OLD
+//! OLD the way step 3 disabled it, as the journal recorded (a full `cmdeploy run
+//! --ssh-host OLD` without `--disable-mail`, or `systemctl enable --now` of dovecot and
+//! postfix after a `disable_old = "systemctl"` step 3), check that OLD
 //! accepts SMTP again, and if step 5 was attempted point DNS back to OLD. If step 6 was
 //! attempted, mail is stopped on NEW first: a relay must never have two active sites.
 //!
@@ -24,10 +26,10 @@ use thiserror::Error;
 use crate::catalogue;
 use crate::dns::{Dns, SwitchOutcome, SwitchRequest};
 use crate::events::EventSink;
-use crate::inventory::{DnsProviderKind, Inventory, MailDomain, Relay};
+use crate::inventory::{DisableOld, DnsProviderKind, Inventory, MailDomain, Relay};
 use crate::journal::{now_ms, Journal, JournalError, RelayRecord, RelayState, StepStatus};
 use crate::remote::LineSink;
-use crate::step::Step;
+use crate::step::{Step, StepResult};
 use crate::steps::exec::{expect_port, Executor};
 
 #[derive(Debug, Error)]
@@ -62,7 +64,12 @@ pub struct RollbackRow {
 enum Plan {
     Nothing(String),
     Refuse(String),
-    Go { stop_new: bool, dns: bool },
+    Go {
+        stop_new: bool,
+        dns: bool,
+        /// How step 3 disabled OLD, undone the same way.
+        via: DisableOld,
+    },
 }
 
 fn touched(rec: &RelayRecord, s: Step) -> bool {
@@ -73,6 +80,7 @@ fn plan(rec: &RelayRecord, force: bool) -> Plan {
     let go = Plan::Go {
         stop_new: touched(rec, Step::Activate),
         dns: touched(rec, Step::Dns) && rec.step(Step::Dns).status != StepStatus::Skipped,
+        via: rec.old_disabled_by,
     };
     match rec.state() {
         RelayState::NotStarted | RelayState::Staged => {
@@ -91,6 +99,7 @@ fn record_rollback(rec: &mut RelayRecord, at_ms: u64) {
     rec.down_since_ms = None;
     rec.up_again_ms = None;
     rec.old_may_be_disabled = false;
+    rec.old_disabled_by = DisableOld::default();
     rec.rollbacks.push(at_ms);
 }
 
@@ -130,8 +139,8 @@ pub async fn rollback(
             let (status, message) = match (p, executor) {
                 (Plan::Nothing(m), _) => (RollbackStatus::NothingToDo, m.clone()),
                 (Plan::Refuse(m), _) => (RollbackStatus::Refused, m.clone()),
-                (Plan::Go { stop_new, dns }, Some(x)) => {
-                    match roll_back(x, r, *stop_new, *dns).await {
+                (Plan::Go { stop_new, dns, via }, Some(x)) => {
+                    match roll_back(x, r, *stop_new, *dns, *via).await {
                         Ok(m) => (RollbackStatus::RolledBack, m),
                         Err(m) => (RollbackStatus::Failed, m),
                     }
@@ -167,6 +176,7 @@ async fn roll_back(
     relay: &Relay,
     stop_new: bool,
     dns: bool,
+    via: DisableOld,
 ) -> Result<String, String> {
     let sink = x.sink(relay, Step::DisableOld);
     sink.log(&format!("== {} rollback", now_ms()));
@@ -178,7 +188,7 @@ async fn roll_back(
             .map_err(|e| format!("cannot stop mail on NEW: {}", e.message))?;
         done.push("mail stopped on NEW".to_string());
     }
-    x.cmdeploy(catalogue::reenable_old(relay), &sink)
+    reenable_old(x, relay, via, &sink)
         .await
         .map_err(|e| format!("cannot re-enable mail on OLD: {}", e.message))?;
     expect_port(&relay.old, true)
@@ -199,6 +209,18 @@ async fn roll_back(
     }
     sink.log(&format!("rollback done: {}", done.join(", ")));
     Ok(done.join(", "))
+}
+
+/// Undoes step 3 the way it ran: a systemctl stop is undone by its inverse (a whole
+/// deploy would also do, but takes minutes while the relay is down).
+async fn reenable_old(x: &Executor, relay: &Relay, via: DisableOld, sink: &LineSink) -> StepResult {
+    match via {
+        DisableOld::Cmdeploy => x.cmdeploy(catalogue::reenable_old(relay), sink).await,
+        DisableOld::Systemctl => {
+            x.on_old(relay, &catalogue::systemctl_enable_mail(), sink)
+                .await
+        }
+    }
 }
 
 /// Points the relay's A/AAAA back to OLD and waits until the authoritative servers
@@ -310,7 +332,8 @@ mod tests {
             ),
             Plan::Go {
                 stop_new: false,
-                dns: false
+                dns: false,
+                via: crate::inventory::DisableOld::Cmdeploy
             }
         );
         assert_eq!(
@@ -323,7 +346,8 @@ mod tests {
             ),
             Plan::Go {
                 stop_new: true,
-                dns: true
+                dns: true,
+                via: crate::inventory::DisableOld::Cmdeploy
             }
         );
         let done = rec(&Step::ALL, None);
@@ -332,9 +356,43 @@ mod tests {
             plan(&done, true),
             Plan::Go {
                 stop_new: true,
-                dns: true
+                dns: true,
+                via: crate::inventory::DisableOld::Cmdeploy
             }
         );
+    }
+
+    /// A relay whose step 3 stopped OLD's units is brought back by starting them, not
+    /// by a deploy: the journal, not today's inventory, says how OLD was disabled.
+    #[test]
+    fn a_systemctl_step_3_is_undone_by_systemctl() {
+        use crate::events::{Event, ServingChange};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inventory = dir.path().join("fleet.toml");
+        std::fs::write(&inventory, "").expect("inventory");
+        let mut journal = Journal::open(dir.path(), &inventory).expect("journal");
+        for s in [Step::InitialSync, Step::Preconfigure] {
+            let r = journal.relay("r");
+            r.step_mut(s).status = StepStatus::Done;
+            r.step_mut(s).attempts = 1;
+        }
+        journal.relay("r").step_mut(Step::DisableOld).attempts = 1;
+        journal.apply(&Event::ServingChange {
+            relay: "r".into(),
+            change: ServingChange::StopOldUnits,
+        });
+        let rec = journal.relay("r").clone();
+        assert_eq!(
+            plan(&rec, false),
+            Plan::Go {
+                stop_new: false,
+                dns: false,
+                via: DisableOld::Systemctl
+            }
+        );
+        let mut rec = rec;
+        record_rollback(&mut rec, 1);
+        assert_eq!(rec.old_disabled_by, DisableOld::Cmdeploy);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{Journal, StepStatus};
 use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::bind::Bind;
 use common::lab::{ok, TestLab};
 

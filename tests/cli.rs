@@ -119,8 +119,8 @@ fn html_report_renders_in_headless_chromium() {
         found.is_ok_and(|o| o.status.success()),
         "this test needs Debian's chromium: apt-get install chromium (run-tests.sh installs it)"
     );
-    use cmfleet::events::ErrorKind;
     use cmfleet::journal::{JournalData, RelayRecord, StepRecord, StepStatus};
+    use cmfleet::step::ErrorKind;
     let t0 = 1_773_450_000_000u64;
     let done = |a: u64, b: u64| StepRecord {
         status: StepStatus::Done,

@@ -10,11 +10,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cmfleet::events::ErrorKind;
 use cmfleet::inventory::Inventory;
 use cmfleet::journal::{RelayState, StepStatus};
 use cmfleet::lab::{Activity, DataOptions, Lab};
-use cmfleet::steps::Step;
+use cmfleet::step::ErrorKind;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 use common::run::{
     assert_relay_equal, assert_trees_equal, cmfleet, failures, peek, run, variant, wait_for_log,

@@ -267,3 +267,66 @@ fn example_plan_json_parses_and_has_six_steps_per_relay() {
         assert_eq!(r["steps"].as_array().map(Vec::len), Some(6));
     }
 }
+
+/// `disable_old` is inherited like every setting (relay > group > defaults), is the
+/// guide's cmdeploy run unless set, and a typo names the key and the choices.
+#[test]
+fn disable_old_inherits_defaults_to_cmdeploy_and_refuses_typos() {
+    use cmfleet::inventory::DisableOld;
+    let toml = format!(
+        "{FLEET}
+[groups.fast]
+disable_old = \"systemctl\"
+{}{}{}",
+        relay(1, "group = \"fast\"\n"),
+        relay(2, "group = \"fast\"\ndisable_old = \"cmdeploy\"\n"),
+        relay(3, ""),
+    );
+    let inv = load(&toml).expect("valid inventory");
+    let ways: Vec<DisableOld> = inv.relays.iter().map(|r| r.settings.disable_old).collect();
+    assert_eq!(
+        ways,
+        [
+            DisableOld::Systemctl,
+            DisableOld::Cmdeploy,
+            DisableOld::Cmdeploy
+        ]
+    );
+    let defaults = format!(
+        "{FLEET}[defaults]\ndisable_old = \"systemctl\"\n{}",
+        relay(1, "")
+    );
+    let inv = load(&defaults).expect("valid inventory");
+    assert_eq!(inv.relays[0].settings.disable_old, DisableOld::Systemctl);
+
+    let msg = errors(&format!(
+        "{FLEET}{}",
+        relay(1, "disable_old = \"systemd\"\n")
+    ));
+    assert!(msg.contains("relay[0].disable_old"), "{msg}");
+    assert!(msg.contains("\"cmdeploy\" or \"systemctl\""), "{msg}");
+    assert!(msg.contains("fleet.toml:"), "{msg}");
+}
+
+/// The plan says which way step 3 runs: the systemctl command on old, not cmdeploy.
+#[test]
+fn the_plan_shows_how_step_3_disables_old() {
+    let inv = example();
+    let relays = inventory::select(&inv, Some("c1.example.org,c6.example.org")).expect("select");
+    let plan = cmfleet::plan::plan(&inv.fleet, &relays);
+    let step3 = |i: usize| -> Vec<String> {
+        plan.relays[i].steps[2]
+            .actions
+            .iter()
+            .map(|a| a.command.clone())
+            .collect()
+    };
+    assert!(step3(0)[0].contains("--disable-mail"), "{:?}", step3(0));
+    assert_eq!(
+        step3(1)[0],
+        "systemctl disable --now dovecot.service postfix.service"
+    );
+    assert!(step3(1).iter().all(|c| !c.contains("cmdeploy")));
+    let json = serde_json::to_value(&plan).expect("json");
+    assert_eq!(json["relays"][1]["disable_old"], "systemctl");
+}

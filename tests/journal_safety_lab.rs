@@ -5,7 +5,7 @@ mod common;
 
 use cmfleet::inventory::Inventory;
 use cmfleet::journal::RelayState;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 use common::run::{cmfleet, peek, variant, with_settings};
 

@@ -4,12 +4,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cmfleet::events::{ErrorKind, Event, WaitReason};
+use cmfleet::events::{Event, WaitReason};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{Journal, StepStatus};
 use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::ErrorKind;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 
 /// Writes a variant of the lab inventory with `fleet_keys` added to `[fleet]`.

@@ -9,7 +9,7 @@ use cmfleet::journal::{Journal, RelayState};
 use cmfleet::lab::{Activity, Manifest};
 use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 use common::run::{assert_trees_equal, options, rfc2136_inventory};
 

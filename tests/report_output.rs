@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmfleet::events::{ErrorKind, Event, WaitReason};
+use cmfleet::events::{Event, WaitReason};
 use cmfleet::journal::{JournalData, RelayRecord, StepStatus};
 use cmfleet::report::{ManualClock, ProgressMode, ReportContext, Reporter};
-use cmfleet::steps::Step;
+use cmfleet::step::ErrorKind;
+use cmfleet::step::Step;
 
 /// 2026-03-14 01:00:00 UTC: the night of the migration.
 const T0: u64 = 1_773_450_000_000;
@@ -43,7 +44,7 @@ fn ctx(state_dir: PathBuf, relays: &[&str]) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: relays.iter().map(|s| s.to_string()).collect(),
         state_dir,
-        until_step: cmfleet::steps::Step::Activate,
+        until_step: cmfleet::step::Step::Activate,
     }
 }
 

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cmfleet::events::ErrorKind;
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{JournalData, RelayRecord, RelayState, StepStatus};
 use cmfleet::report::{
     self, render_text, status_json_at, status_table_at, write_failed_list, write_json_report,
     ManualClock, ProgressMode, ReportContext, Reporter, RunStats, Summary,
 };
-use cmfleet::steps::Step;
+use cmfleet::step::ErrorKind;
+use cmfleet::step::Step;
 
 /// 2026-03-14 01:00:00 UTC.
 const T0: u64 = 1_773_450_000_000;
@@ -109,7 +109,7 @@ fn ctx(state_dir: &Path) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: NAMES.iter().map(|s| s.to_string()).collect(),
         state_dir: state_dir.to_path_buf(),
-        until_step: cmfleet::steps::Step::Activate,
+        until_step: cmfleet::step::Step::Activate,
     }
 }
 
@@ -174,7 +174,7 @@ fn all_done_means_exit_zero_and_nothing_to_do() {
             inventory: "fleet.toml".into(),
             relays: vec!["c1.example.org".into(), "c2.example.org".into()],
             state_dir: "/var/lib/cmfleet".into(),
-            until_step: cmfleet::steps::Step::Activate,
+            until_step: cmfleet::step::Step::Activate,
         },
         &j,
         &RunStats {

@@ -10,7 +10,7 @@ use cmfleet::lab::{port_accepts, DataOptions};
 use cmfleet::migrate::migrate;
 use cmfleet::rollback::{self, RollbackStatus};
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 
 fn run_migrate(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmfleet::events::{ErrorKind, Event, EventSink};
+use cmfleet::events::{Event, EventSink};
 use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
 use cmfleet::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
-use cmfleet::steps::exec::{StepError, StepResult};
-use cmfleet::steps::Step;
+use cmfleet::step::ErrorKind;
+use cmfleet::step::Step;
+use cmfleet::step::{StepError, StepResult};
 
 /// A fleet of `n` relays (retry backoff 10 ms so retry tests stay fast).
 fn fleet(n: usize) -> (tempfile::TempDir, Vec<Relay>) {

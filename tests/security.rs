@@ -320,7 +320,7 @@ fn a_changed_host_key_on_new_is_refused_with_host_and_fingerprint() {
     let inv = Inventory::load(&path).expect("inventory");
     assert_eq!(
         peek(&inv).relays[&relay.mail_domain]
-            .step(cmfleet::steps::Step::InitialSync)
+            .step(cmfleet::step::Step::InitialSync)
             .status,
         cmfleet::journal::StepStatus::Done
     );
@@ -390,7 +390,7 @@ fn a_changed_host_key_on_new_is_refused_with_host_and_fingerprint() {
     assert!(text.contains(&fingerprint), "{text}");
     assert_eq!(
         rec.steps.iter().find_map(|s| s.error_kind),
-        Some(cmfleet::events::ErrorKind::Permanent)
+        Some(cmfleet::step::ErrorKind::Permanent)
     );
     assert_eq!(
         std::fs::read_to_string(&known).expect("known_hosts"),

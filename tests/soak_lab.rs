@@ -14,7 +14,7 @@ mod common;
 
 use cmfleet::inventory::Inventory;
 use cmfleet::lab::{Activity, DataOptions};
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 use common::run::{assert_trees_equal, run};
 

@@ -9,7 +9,7 @@ use cmfleet::check::{RelayFindings, Status};
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::migrate::migrate;
 use cmfleet::scheduler::Cancel;
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 use common::lab::TestLab;
 
 fn run_verify(inv: &Inventory) -> Vec<RelayFindings> {

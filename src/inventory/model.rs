@@ -163,6 +163,8 @@ pub struct RelaySettings {
     /// ssh KexAlgorithms for every connection of the relay (controller and OLD->NEW);
     /// `None` keeps OpenSSH's own.
     pub kex: Option<String>,
+    /// How step 3 stops mail on OLD.
+    pub disable_old: DisableOld,
     pub dns: DnsConfig,
     pub retry: RetryPolicy,
     pub hooks: Hooks,
@@ -175,6 +177,18 @@ pub enum TransferMode {
     Direct,
     /// Through a staging directory on the controller (two rsync hops).
     Staged,
+}
+
+/// How step 3 stops mail on OLD (and so how a rollback starts it again).
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DisableOld {
+    /// The guide's `cmdeploy run --disable-mail`: a whole deploy inside the downtime.
+    #[default]
+    Cmdeploy,
+    /// `systemctl disable --now` of dovecot and postfix over cmfleet's own connection:
+    /// what `--disable-mail` does to them, without the deploy around it.
+    Systemctl,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]

@@ -68,6 +68,7 @@ macro_rules! with_settings {
             pub host_key_policy: Option<Text>,
             pub cipher: Option<Text>,
             pub kex: Option<Text>,
+            pub disable_old: Option<Text>,
             pub dns: Option<RawDns>,
             pub retry: Option<RawRetry>,
             pub hooks: Option<RawHooks>,

@@ -343,6 +343,10 @@ fn settings(
         // stay safe. A faster kex is the operator's choice, not cmfleet's.
         None => None,
     };
+    let disable_old = match inherit!(disable_old) {
+        Some(t) => c.parse(t, &format!("{at}disable_old"), parse_disable_old)?,
+        None => DisableOld::Cmdeploy,
+    };
     // Nested tables merge key by key, so a group can set only `dns.server`.
     let dns = merge_dns([
         r.dns.as_ref(),
@@ -368,6 +372,7 @@ fn settings(
         host_key_policy,
         cipher,
         kex,
+        disable_old,
         dns: dns?,
         retry: retry?,
         hooks: Hooks {
@@ -659,6 +664,16 @@ fn parse_kex(s: &str) -> Result<Option<String>, String> {
         Ok(_) => Ok(Some(s.to_string())),
         Err(_) => Err(format!(
             "{s:?} is not an ssh key exchange list (names like \"curve25519-sha256\", comma-separated, optionally after ^, + or -; or \"openssh\" for OpenSSH's own order)"
+        )),
+    }
+}
+
+fn parse_disable_old(s: &str) -> Result<DisableOld, String> {
+    match s {
+        "cmdeploy" => Ok(DisableOld::Cmdeploy),
+        "systemctl" => Ok(DisableOld::Systemctl),
+        _ => Err(format!(
+            "{s:?} is not a way to disable mail on the old host (expected \"cmdeploy\" or \"systemctl\")"
         )),
     }
 }

@@ -1,7 +1,8 @@
 //! The lab's chatmail relay checkout with its stand-in `cmdeploy`, and the programs lab
 //! hosts find in /usr/local/sbin: logging wrappers around the real postfix and
-//! postsuper, the mail system's start/stop script, rsync and tar wrappers (slow links)
-//! and the lab's mail client.
+//! postsuper, the mail system's start/stop script, a `systemctl` for postfix and dovecot
+//! (step 3 with `disable_old = "systemctl"`), rsync and tar wrappers (slow links) and the
+//! lab's mail client.
 //!
 //! The real cmdeploy deploys a whole relay with pyinfra (packages, systemd units, nginx,
 //! acme, ...) and needs a full Debian 12 machine per host; lab hosts are sshds in mount
@@ -27,6 +28,7 @@ const POSTFIX: &str = include_str!("assets/postfix");
 const POSTSUPER: &str = include_str!("assets/postsuper");
 const RSYNC: &str = include_str!("assets/rsync");
 const TAR: &str = include_str!("assets/tar");
+const SYSTEMCTL: &str = include_str!("assets/systemctl");
 
 /// Writes `text` to `path` with `mode`.
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
@@ -109,5 +111,6 @@ pub fn write_host_bin(bin: &Path) -> Result<()> {
     write(&bin.join("rsync"), RSYNC, 0o755)?;
     write(&bin.join("tar"), TAR, 0o755)?;
     write(&bin.join("chatmail-lab-mail"), MAIL, 0o755)?;
+    write(&bin.join("systemctl"), SYSTEMCTL, 0o755)?;
     write(&bin.join(CLIENT_NAME), CLIENT, 0o755)
 }

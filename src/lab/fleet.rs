@@ -652,6 +652,27 @@ impl Lab {
         }
     }
 
+    /// Makes the host's `systemctl stop` (and `disable --now`) of postfix and dovecot
+    /// stop Dovecot only: port 25 keeps taking mail (`None` undoes it).
+    pub fn set_smtp_stays_open(&self, addr: Ipv4Addr, fault: Option<StopFault>) -> Result<()> {
+        let p = self
+            .host(addr)?
+            .path(&format!("{STATE_DIR}/smtp-stays-open"));
+        let done = if let Some(f) = fault {
+            let word = match f {
+                StopFault::Silent => "silent",
+                StopFault::Fails => "fails",
+            };
+            fs::write(&p, word)
+        } else {
+            fs::remove_file(&p).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        };
+        done.map_err(LabError::io(format!("set {}", p.display())))
+    }
+
     /// Starts a host's sshd again (after `stop_host`).
     pub fn start_host(&mut self, addr: Ipv4Addr) -> Result<()> {
         let i = self.index_of(addr)?;
@@ -743,6 +764,15 @@ impl Lab {
         );
         s
     }
+}
+
+/// How a lab host's `systemctl` stop leaves Postfix running (`Lab::set_smtp_stays_open`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopFault {
+    /// The stop succeeds: a Postfix master that outlived its unit.
+    Silent,
+    /// The stop fails (exit 1) after Dovecot stopped: postfix's stop job failed.
+    Fails,
 }
 
 /// Empties `dir` for a new lab: a stopped lab is replaced, a running one or a directory

@@ -9,7 +9,7 @@ use super::host::{LabHost, STATE_DIR};
 pub struct HostState {
     /// An install or configure stage ran.
     pub configured: bool,
-    /// `--disable-mail` ran last (and no activate since).
+    /// `--disable-mail` or the lab's `systemctl disable` ran last (and no activate since).
     pub mail_disabled: bool,
     /// The activate stage ran last: Postfix and Dovecot run.
     pub active: bool,

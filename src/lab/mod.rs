@@ -85,7 +85,9 @@ pub use client::{
 };
 pub use data::{user_address, DataOptions};
 pub use error::{LabError, Result};
-pub use fleet::{port_accepts, HostStatus, Lab, LabOptions, LabRelay, LabStatus, DEFAULT_DIR};
+pub use fleet::{
+    port_accepts, HostStatus, Lab, LabOptions, LabRelay, LabStatus, StopFault, DEFAULT_DIR,
+};
 pub use host::{LabHost, BIND_DIRS, STATE_DIR};
 pub use hoststate::HostState;
 pub use mail::{later_addr, LATER_DOMAIN, LATER_PORT};

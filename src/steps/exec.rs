@@ -15,13 +15,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Step;
 use crate::catalogue;
 use crate::events::{EventSink, ServingChange};
-use crate::inventory::{Fleet, Host, Relay, TransferMode};
+use crate::inventory::{DisableOld, Fleet, Host, Relay, TransferMode};
 use crate::proof;
 use crate::remote::{
     run_process, CommandError, CommandKind, HostConn, LineSink, SshPool, SshPoolConfig, Stdout,
     WorkspacePool,
 };
-pub use crate::step::{ErrorKind, StepError, StepResult};
+use crate::step::{ErrorKind, StepError, StepResult};
 
 /// Listing records buffered between a host and the proof's merge, per side.
 const LISTING_RECORDS_IN_FLIGHT: usize = 128;
@@ -171,15 +171,17 @@ impl Executor {
                         &sink,
                     )
                     .await?;
-                    self.record_first(relay, ServingChange::DisableOld).await?;
-                    self.cmdeploy(catalogue::disable_old(relay), &sink).await
+                    self.disable_old(relay, &sink).await
                 }
                 .await;
                 if let Err(e) = disabled {
                     self.still_serving(relay, &sink).await;
                     return Err(e);
                 }
-                expect_port(&relay.old, false).await
+                match relay.settings.disable_old {
+                    DisableOld::Cmdeploy => expect_port(&relay.old, false).await,
+                    DisableOld::Systemctl => self.expect_old_refuses_smtp(relay, &sink).await,
+                }
             }
             Step::FinalSync => self.final_sync(relay, &sink).await,
             Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink).await,
@@ -247,10 +249,82 @@ impl Executor {
         )))
     }
 
+    /// Step 3's change itself, write-ahead recorded with the way it takes.
+    async fn disable_old(&self, relay: &Relay, sink: &LineSink) -> StepResult {
+        match relay.settings.disable_old {
+            DisableOld::Cmdeploy => {
+                self.record_first(relay, ServingChange::DisableOld).await?;
+                self.cmdeploy(catalogue::disable_old(relay), sink).await
+            }
+            DisableOld::Systemctl => {
+                self.record_first(relay, ServingChange::StopOldUnits)
+                    .await?;
+                self.on_old(relay, &catalogue::systemctl_disable_mail(), sink)
+                    .await
+            }
+        }
+    }
+
+    /// One command on OLD over cmfleet's own connection (also for rollback).
+    pub async fn on_old(&self, relay: &Relay, script: &str, sink: &LineSink) -> StepResult {
+        let old = self.connect(relay, &relay.old).await?;
+        self.ssh
+            .run(&old, script, false, CommandKind::Plain, sink, Stdout::Sink)
+            .await?;
+        Ok(None)
+    }
+
+    /// After `systemctl disable --now`: OLD's port 25 must refuse, seen from OLD itself
+    /// (a firewall cannot fake that) and not open from the controller. Until it does
+    /// OLD still takes mail, yet it may be half stopped (dovecot down): the relay is
+    /// not reported as serving, it stays recorded as possibly disabled.
+    async fn expect_old_refuses_smtp(&self, relay: &Relay, sink: &LineSink) -> StepResult {
+        let deadline = tokio::time::Instant::now() + PORT_SETTLE;
+        loop {
+            let seen = self.smtp_seen(relay, sink).await?;
+            if seen.refused() {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(seen.error(relay));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One look at OLD's port 25 from both sides, logged.
+    async fn smtp_seen(&self, relay: &Relay, sink: &LineSink) -> Result<SmtpSeen, StepError> {
+        let old = self.connect(relay, &relay.old).await?;
+        let probe = catalogue::smtp_probe(relay.old.ip4);
+        let (on_old, from_controller) = tokio::join!(
+            self.ssh.run(
+                &old,
+                &probe,
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture
+            ),
+            smtp_state(&relay.old)
+        );
+        let seen = SmtpSeen {
+            from_old: on_old?.stdout.unwrap_or_default().trim().to_string(),
+            from_controller,
+        };
+        sink.log(&format!(
+            "port 25 of {}: {} from the old host, {} from the controller",
+            relay.old.ip4, seen.from_old, seen.from_controller
+        ));
+        Ok(seen)
+    }
+
     /// After a failed step 3: say whether the relay is down (users care). OLD that
-    /// still accepts mail was not disabled, or not for good.
+    /// still accepts mail was not disabled, or not for good. Both daemons must answer:
+    /// a run stopped between them (cmdeploy and systemctl stop dovecot first) leaves
+    /// SMTP open and users without their mail.
     async fn still_serving(&self, relay: &Relay, sink: &LineSink) {
-        if port_open(&relay.old).await {
+        let (smtp, imap) = tokio::join!(port_open(&relay.old, 25), port_open(&relay.old, IMAP));
+        if smtp && imap {
             sink.log("step 3 failed, but the old host still accepts mail: the relay is not down");
             self.events.send(crate::events::Event::OldStillServing {
                 relay: relay.name.clone(),
@@ -659,9 +733,62 @@ impl Executor {
     }
 }
 
-/// Whether `host` accepts SMTP right now.
-async fn port_open(host: &Host) -> bool {
+/// How long OLD's listeners may take to close after their units stopped.
+const PORT_SETTLE: Duration = Duration::from_secs(5);
+
+/// What the controller sees at `host`'s port 25: a refusal is the only "closed"; a
+/// connect that hangs may be a firewall and says nothing.
+async fn smtp_state(host: &Host) -> &'static str {
     let addr = std::net::SocketAddr::from((host.ip4, 25));
+    match tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => catalogue::PROBE_OPEN,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => catalogue::PROBE_CLOSED,
+        _ => catalogue::PROBE_UNKNOWN,
+    }
+}
+
+/// OLD's port 25 as seen from OLD itself and from the controller.
+struct SmtpSeen {
+    from_old: String,
+    from_controller: &'static str,
+}
+
+impl SmtpSeen {
+    /// OLD itself is refused and the controller does not get in: the controller alone
+    /// may stand behind a firewall, OLD's own view decides.
+    fn refused(&self) -> bool {
+        self.from_old == catalogue::PROBE_CLOSED && self.from_controller != catalogue::PROBE_OPEN
+    }
+
+    fn error(&self, relay: &Relay) -> StepError {
+        let addr = format!("{}:25", relay.old.ip4);
+        let why = if self.from_old == catalogue::PROBE_OPEN
+            || self.from_controller == catalogue::PROBE_OPEN
+        {
+            format!(
+                "port 25 of the old host ({addr}) still accepts connections after `{}` ({} from the old host, {} from the controller): the old host still takes mail, and it may be partly stopped, so the relay counts as down",
+                catalogue::systemctl_disable_mail(),
+                self.from_old,
+                self.from_controller
+            )
+        } else {
+            format!(
+                "cannot tell whether port 25 of the old host ({addr}) refuses connections ({} from the old host, {} from the controller); the relay counts as down",
+                self.from_old, self.from_controller
+            )
+        };
+        StepError::permanent(format!(
+            "{why} (hint: see what listens there on the old host with `ss -ltnp 'sport = :25'` and stop it, then run migrate again; or `cmfleet rollback` brings mail back on the old host)"
+        ))
+    }
+}
+
+/// Dovecot's IMAP port on a relay.
+const IMAP: u16 = 143;
+
+/// Whether `host` accepts connections on `port` right now.
+async fn port_open(host: &Host, port: u16) -> bool {
+    let addr = std::net::SocketAddr::from((host.ip4, port));
     tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
         .await
         .is_ok_and(|r| r.is_ok())
@@ -697,4 +824,3 @@ impl crate::scheduler::StepRunner for Executor {
         Box::pin(Executor::run(self, relay, step))
     }
 }
-

@@ -4,4 +4,4 @@
 pub mod dns;
 pub mod exec;
 
-pub use crate::step::Step;
+use crate::step::Step;

@@ -191,7 +191,7 @@ pub fn ssh_pool(inv: &cmfleet::inventory::Inventory) -> cmfleet::remote::SshPool
 pub fn quiet_sink(relay: &str) -> cmfleet::remote::LineSink {
     cmfleet::remote::LineSink {
         relay: relay.into(),
-        step: cmfleet::steps::Step::FinalSync,
+        step: cmfleet::step::Step::FinalSync,
         events: cmfleet::events::EventSink::discard(),
         log: None,
     }

@@ -11,7 +11,7 @@ use cmfleet::journal::{Journal, JournalData};
 use cmfleet::lab::Manifest;
 use cmfleet::migrate::{migrate, MigrateOptions};
 use cmfleet::scheduler::{Cancel, Outcome};
-use cmfleet::steps::Step;
+use cmfleet::step::Step;
 
 use super::lab::TestLab;
 
@@ -58,7 +58,7 @@ pub fn failures(
     events: &[Event],
     relay: &str,
     step: Step,
-) -> Vec<(cmfleet::events::ErrorKind, String, bool)> {
+) -> Vec<(cmfleet::step::ErrorKind, String, bool)> {
     events
         .iter()
         .filter_map(|e| match e {
