@@ -20,6 +20,7 @@ pub mod redact;
 pub mod remote;
 pub mod report;
 pub mod rollback;
+pub mod run;
 pub mod scheduler;
 pub mod shell;
 pub mod state_dir;

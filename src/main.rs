@@ -13,9 +13,8 @@ use cmfleet::cli::{
 };
 use cmfleet::inventory::{self, Inventory};
 use cmfleet::journal::{now_ms, Journal};
-use cmfleet::migrate::{migrate, MigrateOptions};
-use cmfleet::report::{self, ProgressMode, ReportContext, Reporter, RunStats};
-use cmfleet::scheduler::Cancel;
+use cmfleet::migrate::MigrateOptions;
+use cmfleet::report::{self, ProgressMode, ReportContext, Reporter};
 use cmfleet::step::Step;
 use cmfleet::ttl::TtlOutcome;
 use cmfleet::{exit, lab, plan};
@@ -223,62 +222,18 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
     if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
         reporter.preload(&before);
     }
-    // The reporter draws on its own thread: a stalled terminal or a full pipe must
-    // never hold up the engine or the journal.
-    let (report_tx, report_rx) = std::sync::mpsc::channel::<cmfleet::events::Event>();
-    let drawer = std::thread::spawn(move || {
-        for ev in report_rx {
-            reporter.handle(&ev);
-        }
-        reporter
-    });
-    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(Cancel::None);
-    let started_ms = now_ms();
-    let result = rt.block_on(async {
-        // First Ctrl-C: start nothing new. Second: stop running steps.
-        tokio::spawn(async move {
-            for level in [Cancel::StopStarting, Cancel::Kill] {
-                if tokio::signal::ctrl_c().await.is_err() {
-                    return;
-                }
-                let _ = cancel_tx.send(level);
-            }
-        });
-        migrate(inv, &relays, &opts, cancel_rx, |ev, _| {
-            let _ = report_tx.send(ev.clone());
-        })
-        .await
-    });
-    drop(report_tx);
-    let reporter = drawer
-        .join()
-        .map_err(|_| anyhow::anyhow!("the progress display crashed"))?;
-    let (outcome, journal) = result?;
-    let stats = RunStats {
-        started_ms,
-        ended_ms: now_ms(),
-        halted: outcome.halted.clone(),
-        interrupted: outcome.interrupted,
-    };
-    let finished = reporter.finish(&journal.data, stats);
+    let result = cmfleet::run::run(inv, &relays, &opts, reporter)?;
+    let finished = &result.finished;
     for e in &finished.errors {
         eprintln!("warning: {e}");
     }
     if let Some(path) = &args.report {
         report::write_json_report(path, &finished.summary)?;
     }
-    for (relay, why) in &outcome.held {
-        eprintln!("held back: {relay}: {why}");
-    }
-    if let Some(e) = &outcome.journal_error {
+    if let Some(e) = &result.outcome.journal_error {
         eprintln!("error: {e}");
-        return Ok(exit::JOURNAL_UNSAVED);
     }
-    if !outcome.held.is_empty() && finished.exit_code() == exit::OK {
-        return Ok(exit::RELAYS_FAILED);
-    }
-    Ok(finished.exit_code())
+    Ok(result.exit_code())
 }
 
 /// `report --html`: the journal as a timeline page.

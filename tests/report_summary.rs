@@ -119,6 +119,7 @@ fn stats() -> RunStats {
         ended_ms: T0 + 600 * SEC,
         halted: Some("max_fail_percent (30%) reached: 2 of 4 finished relays failed".into()),
         interrupted: false,
+        held: Vec::new(),
     }
 }
 
@@ -340,4 +341,27 @@ fn status_json_matches_the_journal() {
     assert_eq!(c2["attempts"], 2);
     assert_eq!(c2["downtime_ms"], 480 * SEC);
     assert_eq!(v["relays"][1]["state"], "not-started");
+}
+
+#[test]
+fn held_back_relays_are_in_the_text_the_json_and_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = journal();
+    let mut run = stats();
+    run.halted = None;
+    run.held = vec![(
+        "c9.example.org".into(),
+        "DOWN in the journal: use --from-step 4 or rollback".into(),
+    )];
+    let s = Summary::build(&ctx(dir.path()), &journal, &run, &BTreeMap::new());
+    let text = render_text(&s, false);
+    assert!(
+        text.contains(
+            "held back: c9.example.org: DOWN in the journal: use --from-step 4 or rollback"
+        ),
+        "{text}"
+    );
+    let json = serde_json::to_value(&s).expect("json");
+    assert_eq!(json["held"][0]["relay"], "c9.example.org");
+    assert_eq!(s.exit_code(), cmfleet::exit::RELAYS_FAILED);
 }

@@ -96,6 +96,8 @@ pub struct RunStats {
     pub halted: Option<String>,
     /// Stopped by Ctrl-C (exit code 130).
     pub interrupted: bool,
+    /// Relays the run did not start, and why (a safety gate, or not in the inventory).
+    pub held: Vec<(String, String)>,
 }
 
 /// What `finish` leaves: the facts, and what went wrong while reporting them.
@@ -348,6 +350,7 @@ impl Reporter {
             ended_ms: self.clock.now_ms(),
             halted: self.halted.clone(),
             interrupted: self.interrupted,
+            held: Vec::new(),
         }
     }
 

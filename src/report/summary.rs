@@ -88,6 +88,13 @@ pub struct DowntimeStats {
 }
 
 /// The facts of a finished run; serialised as-is for `--report FILE.json`.
+/// A relay the run did not start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldRelay {
+    pub relay: String,
+    pub why: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub version: u32,
@@ -101,6 +108,9 @@ pub struct Summary {
     /// Why the run stopped starting relays, if it did.
     pub halted: Option<String>,
     pub interrupted: bool,
+    /// Relays the run did not start, and why (a safety gate: for example one that is
+    /// DOWN in the journal and needs `--from-step` or `rollback`).
+    pub held: Vec<HeldRelay>,
     pub counts: Counts,
     pub downtime: Option<DowntimeStats>,
     /// Every selected relay, in selection order.
@@ -175,6 +185,14 @@ impl Summary {
             wall_time_ms: stats.ended_ms.saturating_sub(stats.started_ms),
             halted: stats.halted.clone(),
             interrupted: stats.interrupted,
+            held: stats
+                .held
+                .iter()
+                .map(|(relay, why)| HeldRelay {
+                    relay: relay.clone(),
+                    why: why.clone(),
+                })
+                .collect(),
             counts,
             downtime,
             relays,
@@ -195,7 +213,7 @@ impl Summary {
         let c = &self.counts;
         if self.interrupted {
             crate::exit::INTERRUPTED
-        } else if c.succeeded + c.already_done == c.selected {
+        } else if c.succeeded + c.already_done == c.selected && self.held.is_empty() {
             crate::exit::OK
         } else {
             crate::exit::RELAYS_FAILED
@@ -401,6 +419,15 @@ pub fn render_text(s: &Summary, color: bool) -> String {
     }
     if let Some(reason) = &s.halted {
         let _ = writeln!(out, "stopped early: {reason}");
+    }
+    for h in &s.held {
+        let _ = writeln!(
+            out,
+            "{} {}: {}",
+            paint(color, RED, "held back:"),
+            h.relay,
+            h.why
+        );
     }
 
     // DOWN relays first: users of those cannot get mail until someone acts.
