@@ -30,9 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cmfleet::lab::{
-    Activity, CmdeployCost, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet,
-};
+use cmfleet::lab::{Activity, CmdeployCost, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
 
 // Not benches/throughput.rs: Cargo would make every file in benches/ a bench target.
 #[path = "fleet/throughput.rs"]
@@ -1444,13 +1442,19 @@ mod scale {
         let d: Vec<Durations> = (0..n).map(durations).collect();
         let sum = |f: fn(&Durations) -> f64| d.iter().map(f).sum::<f64>();
         let max = |f: fn(&Durations) -> f64| d.iter().map(f).fold(0.0, f64::max);
-        let first_copy = d.iter().map(|x| x.initial_sync).fold(f64::INFINITY, f64::min);
+        let first_copy = d
+            .iter()
+            .map(|x| x.initial_sync)
+            .fold(f64::INFINITY, f64::min);
         let bounds = [
             (
                 "cmdeploy",
                 first_copy + sum(Durations::cmdeploy) / limits.cmdeploy_runs as f64,
             ),
-            ("transfers", sum(Durations::transfers) / limits.transfers as f64),
+            (
+                "transfers",
+                sum(Durations::transfers) / limits.transfers as f64,
+            ),
             ("cutovers", sum(Durations::cutover) / limits.cutovers as f64),
             ("forks", sum(Durations::sequence) / limits.forks as f64),
             ("longest relay", max(Durations::sequence)),

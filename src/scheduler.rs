@@ -178,6 +178,7 @@ impl Scheduler {
                         retry: job.relay.settings.retry,
                         at: Arc::default(),
                         activation_claim: Mutex::new(None),
+                        activation_ahead: Default::default(),
                     };
                     // Every log line of this relay's steps carries its name (`-vv`).
                     let span = tracing::info_span!("relay", name = %job.relay.name);
@@ -270,6 +271,8 @@ struct RelayTask {
     /// From the end of step 3 until step 6 has its cmdeploy slot: the relay is down
     /// and its activation must not wait behind a run that could have waited.
     activation_claim: Mutex<Option<ActivationClaim>>,
+    /// This run goes on to step 6 (so a done step 3 claims a slot for it).
+    activation_ahead: std::sync::atomic::AtomicBool,
 }
 
 impl RelayTask {
@@ -315,7 +318,8 @@ impl RelayTask {
         let mut claim = None;
         let final_sync_ahead = job.steps.contains(&Step::FinalSync);
         let overlap = job.steps.contains(&Step::Dns) && job.steps.contains(&Step::Activate);
-        let activation_ahead = job.steps.contains(&Step::Activate);
+        self.activation_ahead
+            .store(job.steps.contains(&Step::Activate), Ordering::SeqCst);
         for step in job.steps {
             let stop =
                 *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
@@ -359,13 +363,6 @@ impl RelayTask {
             };
             if !ok {
                 return RelayResult::Failed;
-            }
-            if step == Step::DisableOld && activation_ahead {
-                *self
-                    .activation_claim
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) =
-                    Some(ActivationClaim::new(&self.gates.cmdeploy));
             }
         }
         RelayResult::Done
@@ -412,6 +409,18 @@ impl RelayTask {
             let started = Instant::now();
             let result = self.run_cancellable(relay, step).await;
             drop(_transfer);
+            if result.is_ok()
+                && step == Step::DisableOld
+                && self.activation_ahead.load(Ordering::SeqCst)
+            {
+                // Before step 3's slot is given back, or the next waiter takes it
+                // from under the claim.
+                *self
+                    .activation_claim
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(ActivationClaim::new(&self.gates.cmdeploy));
+            }
             drop(_cmdeploy);
             match result {
                 Ok(note) => {
