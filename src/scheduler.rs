@@ -613,8 +613,8 @@ impl CmdeployClass {
 /// run could use it, and a down relay's runs must never queue behind pre-staging.
 /// Waiters are served by class, then in arrival order. A relay that is down (step 3
 /// done) claims a slot for its activation until it takes one: only activations may
-/// use the last free slots while claims are open, so a step 2 started during the
-/// relay's final sync (minutes long) cannot hold up its activation. The cost is a
+/// use the last free slots while claims are open, so a step 2 (minutes long) started
+/// during the relay's final sync cannot hold up its activation. The cost is a
 /// slot idle during a final sync (seconds), the gain a downtime without the wait for
 /// a whole pre-staging run (docs/performance.md, "The scheduler against its limit").
 /// No polling: a release hands the slot to the next waiter directly.
