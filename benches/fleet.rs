@@ -1189,6 +1189,26 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         let down: Vec<f64> = s.iter().flat_map(|r| r.downtimes.clone()).collect();
         let (m, _, x) = stats(&down);
         let _ = writeln!(out, "shell downtime per relay (relay.sh step 3 start -> step 6 end): median {m:.2} s, max {x:.2} s");
+        // The guide's sequence is the baseline every downtime change is measured by.
+        for c in only.iter().filter(|c| **c != Contender::Shell) {
+            let Some(rs) = results.get(c) else { continue };
+            let d: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.completed())
+                .flat_map(|r| r.downtimes.clone())
+                .collect();
+            if d.is_empty() || down.is_empty() {
+                continue;
+            }
+            let (cm, _, cx) = stats(&d);
+            let _ = writeln!(
+                out,
+                "downtime {} / the guide's sequence (shell): median {:.2}, max {:.2}",
+                c.name(),
+                cm / m,
+                cx / x
+            );
+        }
     }
     let _ = writeln!(out, "\nssh handshakes per relay, median over rounds (controller -> hosts + OLD -> NEW; the stand-in cmdeploy's own ssh, 1 per run, included):\n");
     let _ = writeln!(out, "| contender | pre-stage | cutover |\n|---|---|---|");
