@@ -225,6 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn up_takes_the_cmdeploy_cost_model_fast_by_default() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.lab) {
+            Ok(LabCommand::Up {
+                cmdeploy_cost,
+                cmdeploy_scale,
+                ..
+            }) => (cmdeploy_cost, cmdeploy_scale),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(parse(&["lab", "up"]).0, CostModel::Fast);
+        assert_eq!(
+            parse(&[
+                "lab",
+                "up",
+                "--cmdeploy-cost",
+                "real",
+                "--cmdeploy-scale",
+                "0.2"
+            ]),
+            (CostModel::Real, 0.2)
+        );
+        assert!(Cli::try_parse_from(["lab", "up", "--cmdeploy-cost", "slow"]).is_err());
+    }
+
+    #[test]
     fn up_parses_relays_dir_and_subnet() {
         let cli = Cli::try_parse_from([
             "lab", "up", "--relays", "5", "--dir", "/tmp/x", "--subnet", "127.9.9",
