@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use cmfleet::lab::{Activity, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
+use cmfleet::lab::{Activity, CmdeployCost, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
 
 // Not benches/throughput.rs: Cargo would make every file in benches/ a bench target.
 #[path = "fleet/throughput.rs"]
@@ -108,6 +108,10 @@ struct Opts {
     tp_subnet: Subnet,
     dir: PathBuf,
     subnet: Subnet,
+    /// What each stand-in cmdeploy run costs (`None`: the stand-in's own ~0.3 s).
+    cmdeploy_cost: Option<CmdeployCost>,
+    /// `--cmdeploy-model` and `--cmdeploy-scale` as given, for the report.
+    cmdeploy_model: String,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -125,7 +129,11 @@ fn parse_args() -> Result<Opts> {
         tp_subnet: Subnet::new(79, 2),
         dir: PathBuf::from("/dev/shm/cmfleet-bench"),
         subnet: Subnet::new(79, 1),
+        cmdeploy_cost: None,
+        cmdeploy_model: "fast (the stand-in's own cost)".into(),
     };
+    let mut model = "fast".to_string();
+    let mut model_scale: f64 = 0.1;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -166,10 +174,16 @@ fn parse_args() -> Result<Opts> {
                 scale::one(val()?.parse()?, 10_000)?;
                 std::process::exit(0);
             }
+            "--night" => {
+                scale::night(val()?.parse()?)?;
+                std::process::exit(0);
+            }
             "--no-fleet" => o.fleet = false,
             "--throughput" => o.throughput = true,
             "--size-mib" => o.size_mib = val()?.parse()?,
             "--tp-subnet" => o.tp_subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+            "--cmdeploy-model" => model = val()?,
+            "--cmdeploy-scale" => model_scale = val()?.parse()?,
             "--dir" => o.dir = val()?.into(),
             "--subnet" => o.subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
             "-h" | "--help" => {
@@ -182,14 +196,40 @@ fn parse_args() -> Result<Opts> {
     if o.parallel == 0 {
         o.parallel = o.relays;
     }
+    match model.as_str() {
+        "fast" => {}
+        "real" => {
+            if !(model_scale.is_finite() && model_scale >= 0.0) {
+                bail!("--cmdeploy-scale must be >= 0");
+            }
+            let c = CmdeployCost::REAL.scaled(model_scale);
+            o.cmdeploy_model = format!(
+                "real x {model_scale} (wall / controller CPU per run: install,configure {:.1} / {:.1} s, --disable-mail {:.1} / {:.1} s, activate {:.1} / {:.1} s)",
+                c.install_configure.wall.as_secs_f64(),
+                c.install_configure.cpu.as_secs_f64(),
+                c.disable_mail.wall.as_secs_f64(),
+                c.disable_mail.cpu.as_secs_f64(),
+                c.activate.wall.as_secs_f64(),
+                c.activate.cpu.as_secs_f64(),
+            );
+            o.cmdeploy_cost = Some(c);
+        }
+        _ => bail!("--cmdeploy-model fast|real"),
+    }
     Ok(o)
 }
 
 const HELP: &str = "cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N (default: relays)] \
 [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] \
 [--throughput [--size-mib 500] [--tp-subnet 127.79.2]] [--scale] [--no-fleet] \
-[--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]
+[--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1] [--cmdeploy-model fast|real [--cmdeploy-scale 0.1]] \
+[--night N]
 
+--cmdeploy-model real: every stand-in cmdeploy run costs the real one's estimated wall time and controller CPU \
+(cmfleet::lab::CmdeployCost::REAL, docs/performance.md) times --cmdeploy-scale (default 0.1); fast (default): \
+the stand-in's own fraction of a second.
+--scale: also simulates nights of 200 and 2,000 relays with the cost model's unscaled durations (tokio's paused \
+clock), reporting the makespan against its lower bound and the downtime distribution; --night N: one such night.
 --throughput: one relay with --size-mib MiB of random mail; the raw pipe (ssh -A OLD \"tar c | ssh NEW tar x\"), \
 cmfleet direct and cmfleet staged step 1, alternating for --rounds rounds, each with the default cipher and \
 aes128-gcm; lab in DIR-tp on --tp-subnet. --no-fleet skips the fleet benchmark.";
@@ -210,6 +250,7 @@ fn main() -> Result<()> {
     }
     if o.scale {
         scale::run(10_000)?;
+        scale::nights(&[200, 2_000])?;
     }
     Ok(())
 }
@@ -402,6 +443,7 @@ fn fresh_lab(o: &Opts) -> Result<Lab> {
     }
     let mut opts = LabOptions::new(&o.dir, o.relays, o.subnet);
     opts.data = o.data;
+    opts.cmdeploy_cost = o.cmdeploy_cost;
     let lab = Lab::up(opts).context("lab up")?;
     // The accounting wrapper around the stand-in, committed so cmfleet's worktrees see it.
     let acct = lab.dir().join("cmdeploy-cpu.log");
@@ -1019,6 +1061,7 @@ fn fleet(o: &Opts) -> Result<()> {
         "ssh algorithms, the same for every contender: {}",
         ssh_algorithms()
     );
+    eprintln!("cmdeploy cost model: {}", o.cmdeploy_model);
     let mut results: BTreeMap<Contender, Vec<RunResult>> = BTreeMap::new();
     for round in 1..=o.rounds {
         for &c in &only {
@@ -1043,6 +1086,7 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         o.data.messages,
         o.data.message_size
     );
+    let _ = writeln!(out, "cmdeploy cost model: {}\n", o.cmdeploy_model);
     let _ = writeln!(
         out,
         "| contender | wall median (min-max) | pre / cut phase | controller CPU | CPU w/o stand-in | peak RSS main | largest process | downtime median / max | result |"
@@ -1145,6 +1189,26 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         let down: Vec<f64> = s.iter().flat_map(|r| r.downtimes.clone()).collect();
         let (m, _, x) = stats(&down);
         let _ = writeln!(out, "shell downtime per relay (relay.sh step 3 start -> step 6 end): median {m:.2} s, max {x:.2} s");
+        // The guide's sequence is the baseline every downtime change is measured by.
+        for c in only.iter().filter(|c| **c != Contender::Shell) {
+            let Some(rs) = results.get(c) else { continue };
+            let d: Vec<f64> = rs
+                .iter()
+                .filter(|r| r.completed())
+                .flat_map(|r| r.downtimes.clone())
+                .collect();
+            if d.is_empty() || down.is_empty() {
+                continue;
+            }
+            let (cm, _, cx) = stats(&d);
+            let _ = writeln!(
+                out,
+                "downtime {} / the guide's sequence (shell): median {:.2}, max {:.2}",
+                c.name(),
+                cm / m,
+                cx / x
+            );
+        }
     }
     let _ = writeln!(out, "\nssh handshakes per relay, median over rounds (controller -> hosts + OLD -> NEW; the stand-in cmdeploy's own ssh, 1 per run, included):\n");
     let _ = writeln!(out, "| contender | pre-stage | cutover |\n|---|---|---|");
@@ -1239,6 +1303,246 @@ mod scale {
             }
         }
         println!("\ntargets: < 20 µs CPU per relay-step, < 4 KiB per relay");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ simulated nights
+
+    /// A relay's step durations in the model, seconds.
+    #[derive(Clone, Copy)]
+    struct Durations {
+        initial_sync: f64,
+        preconfigure: f64,
+        disable_old: f64,
+        final_sync: f64,
+        dns: f64,
+        activate: f64,
+    }
+
+    impl Durations {
+        fn of(&self, step: Step) -> f64 {
+            match step {
+                Step::InitialSync => self.initial_sync,
+                Step::Preconfigure => self.preconfigure,
+                Step::DisableOld => self.disable_old,
+                Step::FinalSync => self.final_sync,
+                Step::Dns => self.dns,
+                Step::Activate => self.activate,
+            }
+        }
+        /// The relay's own shortest sequence (steps 5 and 6 side by side).
+        fn sequence(&self) -> f64 {
+            self.initial_sync + self.preconfigure + self.cutover()
+        }
+        /// Its shortest downtime: step 3 to the later of 5 and 6.
+        fn cutover(&self) -> f64 {
+            self.disable_old + self.final_sync + self.dns.max(self.activate)
+        }
+        fn cmdeploy(&self) -> f64 {
+            self.preconfigure + self.disable_old + self.activate
+        }
+        fn transfers(&self) -> f64 {
+            self.initial_sync + self.final_sync
+        }
+    }
+
+    /// Nominal transfer and DNS durations of the model (cmdeploy's are
+    /// `CmdeployCost::REAL`): a relay of ~20 GiB of mail copied at ~40 MiB/s between
+    /// datacenters (step 1: 10 min), a final sync of the delta since then plus the
+    /// state and the proof's two listings (step 4: 30 s), and the DNS switch until
+    /// the authoritative servers serve the new address (step 5: 60 s).
+    const INITIAL_SYNC_S: f64 = 600.0;
+    const FINAL_SYNC_S: f64 = 30.0;
+    const DNS_S: f64 = 60.0;
+
+    /// Relay `i`'s durations: relays differ in size (transfers x 0.25..1.75) and
+    /// in latency to the controller (cmdeploy runs x 0.9..1.1), deterministically.
+    fn durations(i: usize) -> Durations {
+        let c = cmfleet::lab::CmdeployCost::REAL;
+        // A fixed pseudo-random sequence (splitmix64): the same night every run.
+        let mut x = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let size = 0.25 + 1.5 * next();
+        let mut latency = || 0.9 + 0.2 * next();
+        Durations {
+            initial_sync: INITIAL_SYNC_S * size,
+            preconfigure: c.install_configure.wall.as_secs_f64() * latency(),
+            disable_old: c.disable_mail.wall.as_secs_f64() * latency(),
+            final_sync: FINAL_SYNC_S * size,
+            dns: DNS_S,
+            activate: c.activate.wall.as_secs_f64() * latency(),
+        }
+    }
+
+    /// Sleeps each step's model duration on the paused clock and records when each
+    /// relay went down (step 3 started) and came back (both 5 and 6 done).
+    struct Night {
+        durations: std::collections::HashMap<String, Durations>,
+        marks: std::sync::Mutex<std::collections::HashMap<String, [f64; 3]>>,
+        start: tokio::time::Instant,
+    }
+
+    impl StepRunner for Night {
+        fn run<'a>(
+            &'a self,
+            relay: &'a Relay,
+            step: Step,
+        ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+            Box::pin(async move {
+                let d = self.durations.get(&relay.name).map_or(0.0, |d| d.of(step));
+                let now = || self.start.elapsed().as_secs_f64();
+                if step == Step::DisableOld {
+                    self.mark(&relay.name, 0, now());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs_f64(d)).await;
+                match step {
+                    Step::Dns => self.mark(&relay.name, 1, now()),
+                    Step::Activate => self.mark(&relay.name, 2, now()),
+                    _ => {}
+                }
+                Ok(None)
+            })
+        }
+    }
+
+    impl Night {
+        fn mark(&self, relay: &str, i: usize, t: f64) {
+            if let Ok(mut m) = self.marks.lock() {
+                m.entry(relay.to_string()).or_default()[i] = t;
+            }
+        }
+    }
+
+    fn percentile(sorted: &[f64], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted[i.min(sorted.len() - 1)]
+    }
+
+    /// Each night in a fresh process (its own peak RSS).
+    pub fn nights(sizes: &[usize]) -> Result<()> {
+        let c = cmfleet::lab::CmdeployCost::REAL;
+        println!(
+            "\n## simulated nights: default limits (forks 20, transfers 8, cmdeploy_runs 4, cutovers 4), tokio's paused clock\n"
+        );
+        println!(
+            "model per relay: step 1 {INITIAL_SYNC_S:.0} s and step 4 {FINAL_SYNC_S:.0} s x size 0.25-1.75; step 2 {:.0} s, step 3 {:.0} s, step 6 {:.0} s x latency 0.9-1.1 (cmdeploy: CmdeployCost::REAL); step 5 {DNS_S:.0} s beside step 6\n",
+            c.install_configure.wall.as_secs_f64(),
+            c.disable_mail.wall.as_secs_f64(),
+            c.activate.wall.as_secs_f64(),
+        );
+        println!("lower bound = max(first step 1 + cmdeploy time / cmdeploy_runs, transfer time / transfers, cutover windows / cutovers, relay sequences / forks, longest relay sequence)\n");
+        println!("| relays | makespan | lower bound (binding term) | makespan / bound | cmdeploy slots busy | downtime median / p95 / max | shortest possible downtime median | sim wall | peak RSS | done |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for n in sizes {
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["--night", &n.to_string()])
+                .output()?;
+            print!("{}", String::from_utf8_lossy(&out.stdout));
+            if !out.status.success() {
+                bail!("night of {n}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        println!("\ntarget: makespan <= 1.1 x the lower bound");
+        Ok(())
+    }
+
+    /// One simulated night of `n` relays with the default limits: one table row.
+    pub fn night(n: usize) -> Result<()> {
+        let (_dir, relays) = fleet(n)?;
+        let limits = Limits::default();
+        let d: Vec<Durations> = (0..n).map(durations).collect();
+        let sum = |f: fn(&Durations) -> f64| d.iter().map(f).sum::<f64>();
+        let max = |f: fn(&Durations) -> f64| d.iter().map(f).fold(0.0, f64::max);
+        let first_copy = d
+            .iter()
+            .map(|x| x.initial_sync)
+            .fold(f64::INFINITY, f64::min);
+        let bounds = [
+            (
+                "cmdeploy",
+                first_copy + sum(Durations::cmdeploy) / limits.cmdeploy_runs as f64,
+            ),
+            (
+                "transfers",
+                sum(Durations::transfers) / limits.transfers as f64,
+            ),
+            ("cutovers", sum(Durations::cutover) / limits.cutovers as f64),
+            ("forks", sum(Durations::sequence) / limits.forks as f64),
+            ("longest relay", max(Durations::sequence)),
+        ];
+        let (which, bound) = bounds
+            .iter()
+            .copied()
+            .fold(("", 0.0), |a, b| if b.1 > a.1 { b } else { a });
+        let night = Arc::new(Night {
+            durations: relays
+                .iter()
+                .zip(&d)
+                .map(|(r, x)| (r.name.clone(), *x))
+                .collect(),
+            marks: Default::default(),
+            start: tokio::time::Instant::now(),
+        });
+        let jobs: Vec<Job> = relays
+            .iter()
+            .map(|r| Job {
+                relay: r.clone(),
+                steps: Step::ALL.to_vec(),
+            })
+            .collect();
+        drop(relays);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()?;
+        let (_tx, cancel) = tokio::sync::watch::channel(Cancel::None);
+        let scheduler = Scheduler {
+            limits: limits.clone(),
+            groups: Default::default(),
+            waves: vec![Wave::Percent(100)],
+            events: EventSink::discard(),
+            cancel,
+        };
+        let t0 = Instant::now();
+        let (outcome, makespan) = rt.block_on(async {
+            let start = tokio::time::Instant::now();
+            let runner: Arc<dyn StepRunner> = night.clone();
+            let outcome = scheduler.run(jobs, runner).await;
+            (outcome, start.elapsed().as_secs_f64())
+        });
+        let wall = t0.elapsed().as_secs_f64();
+        if outcome.done.len() != n {
+            bail!("night: only {} of {n} relays done", outcome.done.len());
+        }
+        let marks = night.marks.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut down: Vec<f64> = marks.values().map(|m| m[1].max(m[2]) - m[0]).collect();
+        down.sort_by(f64::total_cmp);
+        let mut shortest: Vec<f64> = d.iter().map(Durations::cutover).collect();
+        shortest.sort_by(f64::total_cmp);
+        let busy = sum(Durations::cmdeploy) / (limits.cmdeploy_runs as f64 * makespan);
+        let h = |s: f64| format!("{:.2} h", s / 3600.0);
+        println!(
+            "| {n} | {} | {} ({which}) | **{:.3}** | {:.1}% | {:.0} / {:.0} / {:.0} s | {:.0} s | {wall:.2} s | {:.1} MiB | {} |",
+            h(makespan),
+            h(bound),
+            makespan / bound,
+            busy * 100.0,
+            percentile(&down, 0.5),
+            percentile(&down, 0.95),
+            percentile(&down, 1.0),
+            percentile(&shortest, 0.5),
+            kib("VmHWM:") as f64 / 1024.0,
+            outcome.done.len()
+        );
         Ok(())
     }
 

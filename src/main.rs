@@ -351,6 +351,8 @@ fn lab_demo(
         messages: data.messages,
         message_size: data.message_size,
         seed: data.seed,
+        cmdeploy_cost: lab::CostModel::Fast,
+        cmdeploy_scale: 0.0,
     })?;
     let inventory = dir.join("inventory.toml");
     let result = Inventory::load(&inventory)

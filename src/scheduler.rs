@@ -68,6 +68,8 @@ struct Gates {
     forks: Arc<Semaphore>,
     transfers: Arc<Semaphore>,
     cutovers: Arc<Semaphore>,
+    /// The `cmdeploy_runs` slots of steps 2, 3 and 6, by priority.
+    cmdeploy: Arc<CmdeployGate>,
     groups: HashMap<String, Arc<Semaphore>>,
     /// Relays inside their cutover window whose final sync has no transfer slot
     /// yet. Initial syncs leave that many slots free, so pre-staging never
@@ -91,6 +93,7 @@ impl Scheduler {
             forks: Arc::new(Semaphore::new(self.limits.forks)),
             transfers: Arc::new(Semaphore::new(self.limits.transfers)),
             cutovers: Arc::new(Semaphore::new(self.limits.cutovers)),
+            cmdeploy: Arc::new(CmdeployGate::new(self.limits.cmdeploy_runs)),
             groups: self
                 .groups
                 .iter()
@@ -163,6 +166,8 @@ impl Scheduler {
                         cancel: self.cancel.clone(),
                         retry: job.relay.settings.retry,
                         at: Arc::default(),
+                        activation_claim: Mutex::new(None),
+                        activation_ahead: Default::default(),
                     };
                     // Every log line of this relay's steps carries its name (`-vv`).
                     let span = tracing::info_span!("relay", name = %job.relay.name);
@@ -252,6 +257,11 @@ struct RelayTask {
     /// The step and attempt running now, kept outside the task so that a panic
     /// can still be recorded against them.
     at: Arc<Mutex<Option<(Step, u32)>>>,
+    /// From the end of step 3 until step 6 has its cmdeploy slot: the relay is down
+    /// and its activation must not wait behind a run that could have waited.
+    activation_claim: Mutex<Option<ActivationClaim>>,
+    /// This run goes on to step 6 (so a done step 3 claims a slot for it).
+    activation_ahead: std::sync::atomic::AtomicBool,
 }
 
 impl RelayTask {
@@ -297,6 +307,8 @@ impl RelayTask {
         let mut claim = None;
         let final_sync_ahead = job.steps.contains(&Step::FinalSync);
         let overlap = job.steps.contains(&Step::Dns) && job.steps.contains(&Step::Activate);
+        self.activation_ahead
+            .store(job.steps.contains(&Step::Activate), Ordering::SeqCst);
         for step in job.steps {
             let stop =
                 *self.cancel.borrow() > Cancel::None || self.gates.halted.load(Ordering::SeqCst);
@@ -376,6 +388,7 @@ impl RelayTask {
         for attempt in 1..=self.retry.attempts {
             tracing::debug!(attempt, "starting");
             let _transfer = self.transfer_slot(relay, step, claim).await;
+            let _cmdeploy = self.cmdeploy_slot(relay, step).await;
             *self.at.lock().unwrap_or_else(PoisonError::into_inner) = Some((step, attempt));
             self.events.send(Event::StepStarted {
                 relay: relay.name.clone(),
@@ -385,6 +398,19 @@ impl RelayTask {
             let started = Instant::now();
             let result = self.run_cancellable(relay, step).await;
             drop(_transfer);
+            if result.is_ok()
+                && step == Step::DisableOld
+                && self.activation_ahead.load(Ordering::SeqCst)
+            {
+                // Before step 3's slot is given back, or the next waiter takes it
+                // from under the claim.
+                *self
+                    .activation_claim
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some(ActivationClaim::new(&self.gates.cmdeploy));
+            }
+            drop(_cmdeploy);
             match result {
                 Ok(note) => {
                     self.events.send(Event::StepDone {
@@ -456,6 +482,27 @@ impl RelayTask {
         }
     }
 
+    /// A cmdeploy slot for the steps that run cmdeploy (2, 3 and 6), by priority:
+    /// activations first (they end a downtime), then step 3, then pre-staging.
+    async fn cmdeploy_slot(&self, relay: &Relay, step: Step) -> Option<CmdeployPermit> {
+        let class = CmdeployClass::of(step)?;
+        if self.gates.cmdeploy.available() == 0 {
+            self.events.send(Event::Waiting {
+                relay: relay.name.clone(),
+                reason: WaitReason::CmdeployLimit,
+            });
+        }
+        let permit = self.gates.cmdeploy.acquire(class).await;
+        if step == Step::Activate {
+            // Honoured: the slot held for this relay is the one it now runs in.
+            self.activation_claim
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
+        Some(permit)
+    }
+
     /// Transfer permits (fleet-wide and per group) for steps 1 and 4.
     async fn transfer_slot(
         &self,
@@ -525,6 +572,171 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.gates.cutover_claims.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Order in the queue for a cmdeploy slot (lower first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum CmdeployClass {
+    /// Step 6: ends a relay's downtime.
+    Activate,
+    /// Step 3: starts one (waiting here costs no downtime).
+    DisableOld,
+    /// Step 2: pre-staging, nobody is waiting for it.
+    Preconfigure,
+}
+
+impl CmdeployClass {
+    fn of(step: Step) -> Option<CmdeployClass> {
+        match step {
+            Step::Preconfigure => Some(CmdeployClass::Preconfigure),
+            Step::DisableOld => Some(CmdeployClass::DisableOld),
+            Step::Activate => Some(CmdeployClass::Activate),
+            _ => None,
+        }
+    }
+}
+
+/// The fleet's cmdeploy slots (`cmdeploy_runs`): the bottleneck of a night (each
+/// relay needs minutes of cmdeploy, three runs), so a slot must never idle while a
+/// run could use it, and a down relay's runs must never queue behind pre-staging.
+/// Waiters are served by class, then in arrival order. A relay that is down (step 3
+/// done) claims a slot for its activation until it takes one: only activations may
+/// use the last free slots while claims are open, so a step 2 (minutes long) started
+/// during the relay's final sync cannot hold up its activation. The cost is a
+/// slot idle during a final sync (seconds), the gain a downtime without the wait for
+/// a whole pre-staging run (docs/performance.md, "The scheduler against its limit").
+/// No polling: a release hands the slot to the next waiter directly.
+struct CmdeployGate {
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    free: usize,
+    /// Down relays whose activation has no slot yet.
+    claims: usize,
+    waiting: std::collections::BTreeMap<(CmdeployClass, u64), tokio::sync::oneshot::Sender<()>>,
+    arrivals: u64,
+}
+
+impl GateState {
+    /// Hands free slots to waiters, best first, as far as the claims allow.
+    fn dispatch(&mut self) {
+        while self.free > 0 {
+            let Some(entry) = self.waiting.first_entry() else {
+                return;
+            };
+            if entry.key().0 != CmdeployClass::Activate && self.free <= self.claims {
+                return;
+            }
+            let tx = entry.remove();
+            self.free -= 1;
+            if tx.send(()).is_err() {
+                // The waiter is gone (its relay stopped): the slot is still free.
+                self.free += 1;
+            }
+        }
+    }
+}
+
+impl CmdeployGate {
+    fn new(slots: usize) -> CmdeployGate {
+        CmdeployGate {
+            state: Mutex::new(GateState {
+                free: slots.max(1),
+                claims: 0,
+                waiting: Default::default(),
+                arrivals: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn available(&self) -> usize {
+        self.lock().free
+    }
+
+    async fn acquire(self: &Arc<Self>, class: CmdeployClass) -> CmdeployPermit {
+        let (key, rx) = {
+            let mut st = self.lock();
+            let key = (class, st.arrivals);
+            st.arrivals += 1;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            st.waiting.insert(key, tx);
+            st.dispatch();
+            (key, rx)
+        };
+        let mut waiter = Waiter {
+            gate: self.clone(),
+            key,
+            served: false,
+        };
+        // The sender is only dropped after sending (dispatch) or by this waiter's
+        // own removal, so an error cannot happen while the waiter lives.
+        let _ = rx.await;
+        waiter.served = true;
+        CmdeployPermit { gate: self.clone() }
+    }
+
+    fn release(&self) {
+        let mut st = self.lock();
+        st.free += 1;
+        st.dispatch();
+    }
+}
+
+/// A queued `acquire`; if it is dropped while waiting (its relay stopped), it leaves
+/// the queue, or gives back the slot it was handed meanwhile.
+struct Waiter {
+    gate: Arc<CmdeployGate>,
+    key: (CmdeployClass, u64),
+    served: bool,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.served {
+            return;
+        }
+        let mut st = self.gate.lock();
+        if st.waiting.remove(&self.key).is_none() {
+            st.free += 1;
+            st.dispatch();
+        }
+    }
+}
+
+/// A cmdeploy slot, given back on drop.
+struct CmdeployPermit {
+    gate: Arc<CmdeployGate>,
+}
+
+impl Drop for CmdeployPermit {
+    fn drop(&mut self) {
+        self.gate.release();
+    }
+}
+
+/// A down relay's claim on a cmdeploy slot for its activation.
+struct ActivationClaim {
+    gate: Arc<CmdeployGate>,
+}
+
+impl ActivationClaim {
+    fn new(gate: &Arc<CmdeployGate>) -> ActivationClaim {
+        gate.lock().claims += 1;
+        ActivationClaim { gate: gate.clone() }
+    }
+}
+
+impl Drop for ActivationClaim {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.claims -= 1;
+        st.dispatch();
     }
 }
 

@@ -297,3 +297,99 @@ fn postsuper_and_set_permissions_are_the_real_ones() {
         "{queue}"
     );
 }
+
+/// With a cost model, each kind of run takes its wall time and burns its CPU in the
+/// stand-in's own process tree on the controller (where the benchmark's accounting
+/// sees it); the kind follows the stages and `--disable-mail` as cmfleet passes them.
+#[test]
+fn a_cost_model_makes_each_kind_of_run_take_its_wall_and_cpu() {
+    use cmfleet::lab::{CmdeployCost, RunCost};
+    use std::time::{Duration, Instant};
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).unwrap();
+    let ini = relay.config.to_str().unwrap().to_string();
+    let (old, new) = (relay.old.addr.to_string(), relay.new.addr.to_string());
+    let c = |wall_ms: u64, cpu_ms: u64| RunCost {
+        wall: Duration::from_millis(wall_ms),
+        cpu: Duration::from_millis(cpu_ms),
+    };
+    let cost = CmdeployCost {
+        install_configure: c(1600, 800),
+        disable_mail: c(1200, 100),
+        full: c(2000, 100),
+        activate: c(800, 400),
+    };
+    lab.set_cmdeploy_cost(Some(&cost)).unwrap();
+    // (stages, --disable-mail, host, the kind and cost it must take)
+    let runs = [
+        (
+            Some("install,configure"),
+            false,
+            &new,
+            "install-configure",
+            cost.install_configure,
+        ),
+        (None, true, &old, "disable-mail", cost.disable_mail),
+        (Some("activate"), false, &new, "activate", cost.activate),
+        (None, false, &old, "full", cost.full),
+    ];
+    for (stages, disable, host, kind, want) in runs {
+        let mut args = vec!["--config", ini.as_str()];
+        if disable {
+            args.push("--disable-mail");
+        }
+        args.extend(["--ssh-host", host.as_str()]);
+        // bash's `times` after the run: the second line is its children's CPU.
+        let mut cmd = Command::new("bash");
+        cmd.current_dir(lab.checkout())
+            .arg("-c")
+            .arg("\"$@\" >&2 || exit $?; times")
+            .arg("bash")
+            .arg(lab.cmdeploy())
+            .arg("run")
+            .args(&args);
+        match stages {
+            Some(s) => cmd.env("CMDEPLOY_STAGES", s),
+            None => cmd.env_remove("CMDEPLOY_STAGES"),
+        };
+        let started = Instant::now();
+        let out = output(&mut cmd);
+        let took = started.elapsed();
+        assert!(out.status.success(), "{stages:?} {disable}: {out:?}");
+        let times = String::from_utf8_lossy(&out.stdout);
+        let children: f64 = times
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|f| {
+                let (m, s) = f.trim_end_matches('s').split_once('m')?;
+                Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+            })
+            .sum();
+        assert!(
+            took >= want.wall,
+            "{stages:?} disable={disable}: took {took:?}, less than {:?}",
+            want.wall
+        );
+        let said = format!("cmdeploy: lab cost model: {kind} run");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&said),
+            "{stages:?} disable={disable}: not a {kind} run: {out:?}"
+        );
+        assert!(
+            children >= want.cpu.as_secs_f64() * 0.95,
+            "{stages:?} disable={disable}: {children} s of CPU, less than {:?} ({times})",
+            want.cpu
+        );
+    }
+    // Without the file, a run is fast again.
+    lab.set_cmdeploy_cost(None).unwrap();
+    let started = Instant::now();
+    succeeds(&mut cmdeploy(
+        &lab,
+        Some("activate"),
+        &["--config", &ini, "--ssh-host", &new],
+    ));
+    assert!(started.elapsed() < Duration::from_millis(800));
+}

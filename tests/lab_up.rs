@@ -63,6 +63,8 @@ fn lab_up_20_relays_in_seconds_and_down_leaves_nothing() {
         messages: data.messages,
         message_size: data.message_size,
         seed: data.seed,
+        cmdeploy_cost: cmfleet::lab::CostModel::Fast,
+        cmdeploy_scale: 0.0,
     })
     .unwrap();
     let took = started.elapsed();

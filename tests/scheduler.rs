@@ -49,6 +49,18 @@ struct Sim {
     initial_syncs_while_down: AtomicUsize,
     /// Simulated duration of an initial sync.
     initial_sync_ms: u64,
+    /// Simulated durations of step 2 (pre-staging cmdeploy) and step 4.
+    preconfigure_ms: u64,
+    final_sync_ms: u64,
+    /// cmdeploy runs (steps 2, 3, 6) in progress, and the most at once.
+    cmdeploys: AtomicUsize,
+    max_cmdeploys: AtomicUsize,
+    /// Relays down (step 3 done) whose activation has not started.
+    awaiting_activation: AtomicUsize,
+    /// Pre-staging runs (step 2) started while a relay awaited its activation.
+    prestaging_while_activation_waits: AtomicUsize,
+    /// Step 3 runs started while a relay awaited its activation.
+    disables_while_activation_waits: AtomicUsize,
     /// (relay, step) -> failures to return before succeeding, and their kind.
     faults: Mutex<HashMap<(String, Step), (u32, ErrorKind)>>,
     calls: Mutex<Vec<(String, Step)>>,
@@ -80,6 +92,25 @@ impl StepRunner for Sim {
                 _ => {}
             }
             let transfer = matches!(step, Step::InitialSync | Step::FinalSync);
+            let cmdeploy = matches!(step, Step::Preconfigure | Step::DisableOld | Step::Activate);
+            let waiting_activations = self.awaiting_activation.load(Ordering::SeqCst);
+            match step {
+                Step::Preconfigure if waiting_activations > 0 => {
+                    self.prestaging_while_activation_waits
+                        .fetch_add(1, Ordering::SeqCst);
+                }
+                Step::DisableOld if waiting_activations > 0 => {
+                    self.disables_while_activation_waits
+                        .fetch_add(1, Ordering::SeqCst);
+                }
+                Step::Activate => {
+                    self.awaiting_activation.fetch_sub(1, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+            if cmdeploy {
+                bump(&self.cmdeploys, &self.max_cmdeploys);
+            }
             if step == Step::DisableOld {
                 bump(&self.cutovers, &self.max_cutovers);
             }
@@ -87,13 +118,17 @@ impl StepRunner for Sim {
                 bump(&self.transfers, &self.max_transfers);
             }
             bump(&self.in_flight, &self.max_in_flight);
-            let ms = if step == Step::InitialSync {
-                self.initial_sync_ms.max(2)
-            } else {
-                2
+            let ms = match step {
+                Step::InitialSync => self.initial_sync_ms,
+                Step::Preconfigure => self.preconfigure_ms,
+                Step::FinalSync => self.final_sync_ms,
+                _ => 2,
             };
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            tokio::time::sleep(Duration::from_millis(ms.max(2))).await;
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if cmdeploy {
+                self.cmdeploys.fetch_sub(1, Ordering::SeqCst);
+            }
             if transfer {
                 self.transfers.fetch_sub(1, Ordering::SeqCst);
             }
@@ -107,6 +142,9 @@ impl StepRunner for Sim {
                     _ => None,
                 }
             };
+            if step == Step::DisableOld && fault.is_none() {
+                self.awaiting_activation.fetch_add(1, Ordering::SeqCst);
+            }
             let failed_cutover = fault.is_some() && step.in_cutover();
             if step == Step::Activate || failed_cutover {
                 self.cutovers.fetch_sub(1, Ordering::SeqCst);
@@ -478,4 +516,81 @@ async fn a_panicking_relay_task_ends_as_a_failed_relay_with_the_message() {
     assert_eq!(rec.failed_step(), Some(Step::FinalSync), "{rec:#?}");
     let recorded = rec.step(Step::FinalSync).error.clone().unwrap_or_default();
     assert!(recorded.contains("index 7 out of range"), "{recorded}");
+}
+
+/// The scheduler keeps to `cmdeploy_runs`: its slots are the night's bottleneck, and
+/// the executor's workspace pool must never have to queue a run behind another.
+#[tokio::test(start_paused = true)]
+async fn cmdeploy_runs_are_never_exceeded() {
+    let (_d, relays) = fleet(30);
+    let sim = Arc::new(Sim {
+        initial_sync_ms: 50,
+        preconfigure_ms: 200,
+        ..Sim::default()
+    });
+    let limits = Limits {
+        forks: 30,
+        transfers: 30,
+        cutovers: 30,
+        cmdeploy_runs: 3,
+        ..Limits::default()
+    };
+    let (outcome, events) = run(
+        &relays,
+        limits,
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 30);
+    assert_eq!(sim.max_cmdeploys.load(Ordering::SeqCst), 3);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::Waiting {
+            reason: cmfleet::events::WaitReason::CmdeployLimit,
+            ..
+        }
+    )));
+}
+
+/// Downtime first, at the bottleneck too: once a relay is down (step 3 done), no
+/// pre-staging run and no other relay's step 3 may take the cmdeploy slot its
+/// activation needs, even while it is busy with its final sync (minutes long in a
+/// real night: a step 2 started then would hold up the activation for a whole
+/// deploy). One slot, two cutovers at a time, long pre-staging runs.
+#[tokio::test(start_paused = true)]
+async fn a_down_relays_activation_never_waits_behind_pre_staging() {
+    let (_d, relays) = fleet(12);
+    let sim = Arc::new(Sim {
+        initial_sync_ms: 10,
+        preconfigure_ms: 300,
+        final_sync_ms: 100,
+        ..Sim::default()
+    });
+    let limits = Limits {
+        forks: 12,
+        transfers: 12,
+        cutovers: 2,
+        cmdeploy_runs: 1,
+        ..Limits::default()
+    };
+    let (outcome, _) = run(
+        &relays,
+        limits,
+        vec![Wave::Percent(100)],
+        sim.clone(),
+        no_cancel(),
+    )
+    .await;
+    assert_eq!(outcome.done.len(), 12);
+    assert_eq!(sim.max_cmdeploys.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        sim.prestaging_while_activation_waits.load(Ordering::SeqCst),
+        0
+    );
+    assert_eq!(
+        sim.disables_while_activation_waits.load(Ordering::SeqCst),
+        0
+    );
 }

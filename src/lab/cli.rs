@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::addr::Subnet;
+use super::cost::{CmdeployCost, CostModel};
 use super::data::DataOptions;
 use super::error::Result;
 use super::fleet::{Lab, LabOptions, LabStatus, DEFAULT_DIR};
@@ -36,6 +37,15 @@ pub enum LabCommand {
         /// Seed of the generated mail.
         #[arg(long, default_value_t = DataOptions::default().seed)]
         seed: u64,
+        /// What each stand-in cmdeploy run costs: `fast` (a fraction of a second) or
+        /// `real` (the real cmdeploy's estimated wall time and controller CPU per kind
+        /// of run, times --cmdeploy-scale; see docs/performance.md). Written to
+        /// DIR/cmdeploy-cost, which the stand-in reads at every run.
+        #[arg(long, value_enum, default_value_t = CostModel::Fast, env = "CMFLEET_LAB_CMDEPLOY_COST")]
+        cmdeploy_cost: CostModel,
+        /// Factor on the `real` model's times (0.05: a 300 s deploy takes 15 s).
+        #[arg(long, default_value_t = 0.05, env = "CMFLEET_LAB_CMDEPLOY_SCALE")]
+        cmdeploy_scale: f64,
     },
     /// Stop every process of the lab (by recorded PID, then anything left in its hosts).
     Down {
@@ -65,6 +75,8 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             messages,
             message_size,
             seed,
+            cmdeploy_cost,
+            cmdeploy_scale,
         } => {
             let started = Instant::now();
             let mut opts = LabOptions::new(dir, relays, subnet);
@@ -74,6 +86,16 @@ pub fn run(cmd: LabCommand) -> Result<()> {
                 message_size,
                 seed,
             };
+            if !(cmdeploy_scale.is_finite() && cmdeploy_scale >= 0.0) {
+                return Err(super::error::LabError::Options(format!(
+                    "--cmdeploy-scale must be a number >= 0, not {cmdeploy_scale}"
+                )));
+            }
+            opts.cmdeploy_cost = match cmdeploy_cost {
+                CostModel::Fast => None,
+                CostModel::Real => Some(CmdeployCost::REAL.scaled(cmdeploy_scale)),
+            };
+            let opts_cost = opts.cmdeploy_cost;
             let lab = Lab::up(opts)?;
             let took = started.elapsed();
             let hosts = lab.hosts();
@@ -100,6 +122,17 @@ pub fn run(cmd: LabCommand) -> Result<()> {
                 "  cmdeploy   cd {} && scripts/cmdeploy run --config ... --ssh-host ...",
                 lab.checkout().display()
             );
+            if let Some(c) = opts_cost {
+                println!(
+                    "  cost       each cmdeploy run as the real one x {cmdeploy_scale}: install,configure {:.1} s, --disable-mail {:.1} s, activate {:.1} s (wall; CPU burned on this machine: {:.1}, {:.1}, {:.1} s)",
+                    c.install_configure.wall.as_secs_f64(),
+                    c.disable_mail.wall.as_secs_f64(),
+                    c.activate.wall.as_secs_f64(),
+                    c.install_configure.cpu.as_secs_f64(),
+                    c.disable_mail.cpu.as_secs_f64(),
+                    c.activate.cpu.as_secs_f64(),
+                );
+            }
             println!("next: cmfleet plan -i {}", lab.inventory().display());
             println!("stop: cmfleet lab down --dir {}", lab.dir().display());
             Ok(())
@@ -189,6 +222,31 @@ mod tests {
     struct Cli {
         #[command(subcommand)]
         lab: LabCommand,
+    }
+
+    #[test]
+    fn up_takes_the_cmdeploy_cost_model_fast_by_default() {
+        let parse = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.lab) {
+            Ok(LabCommand::Up {
+                cmdeploy_cost,
+                cmdeploy_scale,
+                ..
+            }) => (cmdeploy_cost, cmdeploy_scale),
+            other => panic!("parsed as {other:?}"),
+        };
+        assert_eq!(parse(&["lab", "up"]).0, CostModel::Fast);
+        assert_eq!(
+            parse(&[
+                "lab",
+                "up",
+                "--cmdeploy-cost",
+                "real",
+                "--cmdeploy-scale",
+                "0.2"
+            ]),
+            (CostModel::Real, 0.2)
+        );
+        assert!(Cli::try_parse_from(["lab", "up", "--cmdeploy-cost", "slow"]).is_err());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct LabOptions {
     pub data: DataOptions,
     /// Relay i's mail_domain is `relay{i}.{domain_suffix}`.
     pub domain_suffix: String,
+    /// What each stand-in cmdeploy run costs (`None`: its own fraction of a second).
+    pub cmdeploy_cost: Option<super::cost::CmdeployCost>,
 }
 
 impl LabOptions {
@@ -48,6 +50,7 @@ impl LabOptions {
             subnet,
             data: DataOptions::default(),
             domain_suffix: "lab.test".into(),
+            cmdeploy_cost: None,
         }
     }
 }
@@ -251,7 +254,10 @@ impl Lab {
         // Marks the directory as a lab's before anything else is created in it.
         state.save()?;
         let mut lab = Lab { state };
-        match lab.build(&tables) {
+        match lab
+            .build(&tables)
+            .and_then(|()| lab.set_cmdeploy_cost(opts.cmdeploy_cost.as_ref()))
+        {
             Ok(()) => Ok(lab),
             Err(e) => {
                 let _ = Lab::down(&dir);
@@ -671,6 +677,23 @@ impl Lab {
             })
         };
         done.map_err(LabError::io(format!("set {}", p.display())))
+    }
+
+    /// Makes every later stand-in cmdeploy run cost `cost` (wall slept, controller CPU
+    /// burned), or only its own fraction of a second again (`None`).
+    pub fn set_cmdeploy_cost(&self, cost: Option<&super::cost::CmdeployCost>) -> Result<()> {
+        let p = self.dir().join("cmdeploy-cost");
+        match cost {
+            Some(c) => {
+                fs::write(&p, c.to_string()).map_err(LabError::io(format!("write {}", p.display())))
+            }
+            None => match fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(LabError::io(format!("remove {}", p.display()))(e))
+                }
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Starts a host's sshd again (after `stop_host`).

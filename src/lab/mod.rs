@@ -43,7 +43,10 @@
 //! over ssh: `/var/lib/chatmail-lab/state` (configured, mail_disabled, active), an
 //! `invocations.log`, and the host's real Postfix and Dovecot stopped (`--disable-mail`)
 //! or started (activate), as the real one does with systemd. A file
-//! `DIR/faults/<host>/cmdeploy-fail` makes it fail.
+//! `DIR/faults/<host>/cmdeploy-fail` makes it fail. `DIR/cmdeploy-cost` (`cmfleet lab up
+//! --cmdeploy-cost real --cmdeploy-scale F`, or `Lab::set_cmdeploy_cost`) makes each run
+//! cost what the real one would, scaled: wall time slept, controller CPU burned (see
+//! `CmdeployCost`); without it a run takes a fraction of a second.
 //!
 //! # Layout of a lab directory
 //! `lab.json` (what runs: PIDs with start times), `inventory.toml`, `accounts.txt`,
@@ -62,6 +65,7 @@ mod agent;
 mod cli;
 mod client;
 mod cmdeploy;
+mod cost;
 mod data;
 mod error;
 mod fleet;
@@ -83,6 +87,7 @@ pub use cli::{run, LabCommand};
 pub use client::{
     AccountsView, MailboxView, DEFERRED_MESSAGES, IMAP_ACCOUNTS, SMTP_ACCOUNTS, SMTP_MESSAGES,
 };
+pub use cost::{CmdeployCost, CmdeployKind, CostModel, RunCost};
 pub use data::{user_address, DataOptions};
 pub use error::{LabError, Result};
 pub use fleet::{
