@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::events::{Event, EventSink, WaitReason};
-use crate::inventory::{GroupLimits, Limits, Relay, RetryPolicy, Wave};
+use crate::inventory::{DisableOld, GroupLimits, Limits, Relay, RetryPolicy, Wave};
 use crate::step::{ErrorKind, Step, StepError, StepResult};
 
 /// Runs one step of one relay.
@@ -485,7 +485,7 @@ impl RelayTask {
     /// A cmdeploy slot for the steps that run cmdeploy (2, 3 and 6), by priority:
     /// activations first (they end a downtime), then step 3, then pre-staging.
     async fn cmdeploy_slot(&self, relay: &Relay, step: Step) -> Option<CmdeployPermit> {
-        let class = CmdeployClass::of(step)?;
+        let class = CmdeployClass::of(step, relay)?;
         if self.gates.cmdeploy.available() == 0 {
             self.events.send(Event::Waiting {
                 relay: relay.name.clone(),
@@ -587,9 +587,11 @@ enum CmdeployClass {
 }
 
 impl CmdeployClass {
-    fn of(step: Step) -> Option<CmdeployClass> {
+    /// `None`: the step runs no cmdeploy (a systemctl step 3 works over ssh alone).
+    fn of(step: Step, relay: &Relay) -> Option<CmdeployClass> {
         match step {
             Step::Preconfigure => Some(CmdeployClass::Preconfigure),
+            Step::DisableOld if relay.settings.disable_old == DisableOld::Systemctl => None,
             Step::DisableOld => Some(CmdeployClass::DisableOld),
             Step::Activate => Some(CmdeployClass::Activate),
             _ => None,

@@ -16,10 +16,15 @@ use cmfleet::step::{StepError, StepResult};
 
 /// A fleet of `n` relays (retry backoff 10 ms so retry tests stay fast).
 fn fleet(n: usize) -> (tempfile::TempDir, Vec<Relay>) {
+    fleet_with(n, "")
+}
+
+/// `n` relays; `defaults` is added to `[defaults]`.
+fn fleet_with(n: usize, defaults: &str) -> (tempfile::TempDir, Vec<Relay>) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("c.ini"), "mail_domain = x\n").expect("ini");
-    let mut toml = String::from(
-        "[fleet]\ncmdeploy = \"x\"\n[defaults.retry]\nattempts = 3\nbackoff = \"10ms\"\nmax_backoff = \"40ms\"\n[groups.g]\n",
+    let mut toml = format!(
+        "[fleet]\ncmdeploy = \"x\"\n[defaults]\n{defaults}\n[defaults.retry]\nattempts = 3\nbackoff = \"10ms\"\nmax_backoff = \"40ms\"\n[groups.g]\n",
     );
     for i in 0..n {
         toml.push_str(&format!(
@@ -592,5 +597,72 @@ async fn a_down_relays_activation_never_waits_behind_pre_staging() {
     assert_eq!(
         sim.disables_while_activation_waits.load(Ordering::SeqCst),
         0
+    );
+}
+
+/// A systemctl step 3 runs no cmdeploy: it must not queue for a cmdeploy slot behind
+/// another relay's hour-long pre-staging deploy while OLD still serves.
+#[tokio::test(start_paused = true)]
+async fn a_systemctl_step_3_takes_no_cmdeploy_slot() {
+    let (_d, relays) = fleet_with(2, "disable_old = \"systemctl\"");
+    let sim = Arc::new(Sim {
+        initial_sync_ms: 10,
+        preconfigure_ms: 1000,
+        ..Sim::default()
+    });
+    let limits = Limits {
+        cmdeploy_runs: 1,
+        ..Limits::default()
+    };
+    // relay 0 pre-stages (its step 2 holds the only slot from the start); relay 1
+    // was pre-staged before and goes from its refresh straight to the cutover.
+    let jobs = vec![
+        Job {
+            relay: relays[0].clone(),
+            steps: vec![Step::Preconfigure],
+        },
+        Job {
+            relay: relays[1].clone(),
+            steps: vec![Step::InitialSync, Step::DisableOld, Step::FinalSync],
+        },
+    ];
+    let (events, mut rx) = EventSink::channel();
+    let scheduler = Scheduler {
+        limits,
+        groups: HashMap::new(),
+        waves: vec![Wave::Percent(100)],
+        events,
+        cancel: no_cancel(),
+    };
+    let outcome = scheduler.run(jobs, sim).await;
+    assert_eq!(outcome.done.len(), 2);
+    drop(scheduler);
+    let mut seen = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        seen.push(ev.event);
+    }
+    let at = |want: &dyn Fn(&Event) -> bool| seen.iter().position(want).expect("event");
+    let r1 = relays[1].name.clone();
+    let started = at(
+        &|e| matches!(e, Event::StepStarted { relay, step: Step::DisableOld, .. } if *relay == r1),
+    );
+    let prestaged = at(&|e| {
+        matches!(
+            e,
+            Event::StepDone {
+                step: Step::Preconfigure,
+                ..
+            }
+        )
+    });
+    assert!(
+        started < prestaged,
+        "step 3 waited for the pre-staging deploy: {seen:#?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::Waiting { relay, .. } if *relay == r1)),
+        "{seen:#?}"
     );
 }
