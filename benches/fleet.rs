@@ -66,6 +66,8 @@ enum Contender {
     /// As `cmfleet`, but pre-stage and cutover days apart: the masters the pre-stage
     /// kept are gone by the cutover (killed between the phases).
     CmfleetDaysApart,
+    /// As `cmfleet`, with the fast step 3 (`disable_old = "systemctl"`).
+    CmfleetSystemctl,
     /// The guide's relay.sh under `xargs -P N`.
     Shell,
     /// ansible-core, default ssh settings, linear strategy, forks N.
@@ -78,6 +80,7 @@ impl Contender {
             Contender::Cmfleet => "cmfleet",
             Contender::CmfleetDefaults => "cmfleet-defaults",
             Contender::CmfleetDaysApart => "cmfleet-days-apart",
+            Contender::CmfleetSystemctl => "cmfleet-systemctl",
             Contender::Shell => "shell",
             Contender::Ansible => "ansible",
         }
@@ -87,9 +90,10 @@ impl Contender {
             "cmfleet" => Contender::Cmfleet,
             "cmfleet-defaults" => Contender::CmfleetDefaults,
             "cmfleet-days-apart" => Contender::CmfleetDaysApart,
+            "cmfleet-systemctl" => Contender::CmfleetSystemctl,
             "shell" => Contender::Shell,
             "ansible" => Contender::Ansible,
-            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, cmfleet-days-apart, shell, ansible)"),
+            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, cmfleet-days-apart, cmfleet-systemctl, shell, ansible)"),
         })
     }
 }
@@ -672,8 +676,13 @@ struct Phase {
     name: &'static str,
 }
 
-fn cmfleet_phases(lab: &Lab, o: &Opts, defaults: bool) -> Result<Vec<Phase>> {
+fn cmfleet_phases(lab: &Lab, o: &Opts, defaults: bool, systemctl: bool) -> Result<Vec<Phase>> {
     let inv = lab.inventory();
+    if systemctl {
+        let text = fs::read_to_string(&inv)?;
+        let fast = "[defaults]\ndisable_old = \"systemctl\"\n";
+        fs::write(&inv, text.replacen("[defaults]\n", fast, 1))?;
+    }
     if !defaults {
         let text = fs::read_to_string(&inv)?;
         let p = o.parallel;
@@ -875,9 +884,10 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     let t = Instant::now();
     let lab = fresh_lab(o)?;
     let phases = match c {
-        Contender::Cmfleet => cmfleet_phases(&lab, o, false)?,
-        Contender::CmfleetDefaults => cmfleet_phases(&lab, o, true)?,
-        Contender::CmfleetDaysApart => cmfleet_phases(&lab, o, false)?,
+        Contender::Cmfleet => cmfleet_phases(&lab, o, false, false)?,
+        Contender::CmfleetDefaults => cmfleet_phases(&lab, o, true, false)?,
+        Contender::CmfleetDaysApart => cmfleet_phases(&lab, o, false, false)?,
+        Contender::CmfleetSystemctl => cmfleet_phases(&lab, o, false, true)?,
         Contender::Shell => shell_phases(&lab, o)?,
         Contender::Ansible => ansible_phases(&lab, o)?,
     };
@@ -940,7 +950,10 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     (res.cpu_cmdeploy, res.cmdeploy_runs) = cmdeploy_cpu(&acct);
     res.verify = verify(&lab)?;
     match c {
-        Contender::Cmfleet | Contender::CmfleetDefaults | Contender::CmfleetDaysApart => {
+        Contender::Cmfleet
+        | Contender::CmfleetDefaults
+        | Contender::CmfleetDaysApart
+        | Contender::CmfleetSystemctl => {
             (res.downtimes, res.busy) = cmfleet_journal(&lab).unwrap_or_default();
         }
         Contender::Shell => {
