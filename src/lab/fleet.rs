@@ -1,4 +1,5 @@
-//! The lab as a whole: bring it up, find it again, take it down, inject faults.
+//! The lab's lifecycle: bring it up, find it again, take it down. Where its files
+//! and hosts are is in `layout`; faults and activity to inject in `faults`.
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -6,15 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::activity::{self, Activity, ActivityReport};
 use super::addr::{Side, Subnet, MAX_RELAYS};
 use super::data::{self, DataOptions};
 use super::error::{LabError, Result};
-use super::host::{self, LabHost, STATE_DIR};
+use super::host::{self, LabHost};
 use super::hoststate::{read_host_state, HostState};
 use super::process::{self, ProcRecord, Stopped};
 use super::state::{LabState, STATE_FILE};
-use super::users::{LabUsers, MachineTables};
+use super::users::MachineTables;
 use super::{agent, cmdeploy, inventory_file, mail, sshd};
 
 /// The lab directory `cmfleet lab` uses unless told otherwise.
@@ -401,7 +401,7 @@ impl Lab {
     }
 
     /// Starts the sshd of every host (or only `only`), all at once, then waits for each.
-    fn start_hosts(&mut self, only: Option<Ipv4Addr>) -> Result<()> {
+    pub(super) fn start_hosts(&mut self, only: Option<Ipv4Addr>) -> Result<()> {
         let bin = self.bin_dir();
         let mut children = Vec::new();
         for (i, h) in self.state.hosts.iter().enumerate() {
@@ -492,310 +492,18 @@ impl Lab {
         })
     }
 
-    /// The lab directory.
-    pub fn dir(&self) -> &Path {
-        &self.state.dir
-    }
-    /// `DIR/inventory.toml`.
-    pub fn inventory(&self) -> PathBuf {
-        self.state.dir.join("inventory.toml")
-    }
-    /// `DIR/ssh_config`: `ssh -F` it to reach any host by address or name (relay1-old).
-    pub fn ssh_config(&self) -> PathBuf {
-        self.state.dir.join("ssh_config")
-    }
-    /// `DIR/known_hosts`: every host's key.
-    pub fn known_hosts(&self) -> PathBuf {
-        self.state.dir.join("known_hosts")
-    }
-    /// `DIR/id_ed25519`: the lab key, authorized on every host and held by the agent.
-    pub fn key(&self) -> PathBuf {
-        self.state.dir.join("id_ed25519")
-    }
-    /// `DIR/agent.sock`: the lab's ssh-agent.
-    pub fn agent_sock(&self) -> PathBuf {
-        self.state.dir.join("agent.sock")
-    }
-    /// `DIR/relay`: the chatmail relay checkout (run cmdeploy from here).
-    pub fn checkout(&self) -> PathBuf {
-        self.state.dir.join("relay")
-    }
-    /// `DIR/relay/scripts/cmdeploy`.
-    pub fn cmdeploy(&self) -> PathBuf {
-        self.checkout().join("scripts/cmdeploy")
-    }
     /// `DIR/bin`, mounted over every host's /usr/local/sbin.
     pub(super) fn bin_dir(&self) -> PathBuf {
         self.state.dir.join("bin")
     }
-    fn faults_dir(&self) -> PathBuf {
-        self.state.dir.join("faults")
-    }
-    /// Relay `index`'s chatmail.ini.
-    pub fn relay_config(&self, index: usize) -> PathBuf {
-        let domain = self
-            .state
-            .domains
-            .get(index.wrapping_sub(1))
-            .cloned()
-            .unwrap_or_default();
-        self.state
-            .dir
-            .join("relays")
-            .join(domain)
-            .join("chatmail.ini")
-    }
-    /// The lab's /24.
-    pub fn subnet(&self) -> Subnet {
-        self.state.subnet
-    }
-    /// The vmail/opendkim ids on every host.
-    pub fn users(&self) -> LabUsers {
-        self.state.users
-    }
-    /// The data OLD hosts got.
-    pub fn data(&self) -> DataOptions {
-        self.state.data
-    }
-    /// Every host.
-    pub fn hosts(&self) -> &[LabHost] {
-        &self.state.hosts
-    }
 
-    /// The host at `addr`.
-    pub fn host(&self, addr: Ipv4Addr) -> Result<&LabHost> {
-        self.state
-            .hosts
-            .iter()
-            .find(|h| h.addr == addr)
-            .ok_or(LabError::UnknownHost { addr })
-    }
-
-    /// All relays, relay 1 first.
-    pub fn relays(&self) -> Vec<LabRelay> {
-        (1..=self.state.domains.len())
-            .filter_map(|i| self.relay(i))
-            .collect()
-    }
-
-    /// Relay `index` (1-based).
-    pub fn relay(&self, index: usize) -> Option<LabRelay> {
-        let find = |side| {
-            self.state
-                .hosts
-                .iter()
-                .find(|h| h.relay == index && h.side == side)
-                .cloned()
-        };
-        Some(LabRelay {
-            index,
-            mail_domain: self.state.domains.get(index.checked_sub(1)?)?.clone(),
-            config: self.relay_config(index),
-            old: find(Side::Old)?,
-            new: find(Side::New)?,
-        })
-    }
-
-    /// `ssh -F DIR/ssh_config [opts] root@ADDR` with the lab agent in SSH_AUTH_SOCK; add
-    /// the remote command with `.arg()`.
-    pub fn ssh(&self, addr: Ipv4Addr, opts: &[&str]) -> Command {
-        let mut c = Command::new("ssh");
-        c.arg("-F")
-            .arg(self.ssh_config())
-            .args(opts)
-            .arg(format!("root@{addr}"))
-            .env("SSH_AUTH_SOCK", self.agent_sock());
-        c
-    }
-
-    /// Stops a host's sshd (the host becomes unreachable; its data stays).
-    pub fn stop_host(&mut self, addr: Ipv4Addr) -> Result<()> {
-        let i = self.index_of(addr)?;
-        if let Some(rec) = self.state.hosts[i].sshd.take() {
-            process::stop_all(&[(rec, format!("sshd of {addr}"))], Duration::from_secs(5))?;
-        }
-        // A child of the old sshd may hold the listening socket a moment longer; a new
-        // sshd started meanwhile could not bind the address.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while port_accepts(addr, 22) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.state.save()
-    }
-
-    /// Crashes a host: SIGKILL to its sshd and everything running inside it (sessions,
-    /// transfers), as a machine crash or a cut link does to open connections, which
-    /// `stop_host` (sshd only) leaves running. Start it again with `start_host`; a tmpfs
-    /// /home/vmail loses its content.
-    pub fn crash_host(&mut self, addr: Ipv4Addr) -> Result<()> {
-        let i = self.index_of(addr)?;
-        if let Some(rec) = self.state.hosts[i].sshd.filter(|r| r.alive()) {
-            let inside = process::namespace_processes(rec.pid);
-            for (p, _) in &inside {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p.pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            process::stop_all(&inside, Duration::from_secs(5))?;
-        }
-        self.stop_host(addr)
-    }
-
-    /// Makes the host's rsync send at most `kib_per_sec` KiB/s (a slow link), or at full
-    /// speed again (`None`). Takes effect for the next rsync started on the host.
-    pub fn set_link_limit(&self, addr: Ipv4Addr, kib_per_sec: Option<u32>) -> Result<()> {
-        let p = self.host(addr)?.path(&format!("{STATE_DIR}/bwlimit"));
-        match kib_per_sec {
-            Some(k) => fs::write(&p, format!("{k}\n"))
-                .map_err(LabError::io(format!("write {}", p.display()))),
-            None => match fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(LabError::io(format!("remove {}", p.display()))(e))
-                }
-                _ => Ok(()),
-            },
-        }
-    }
-
-    /// Makes the host's `systemctl stop` (and `disable --now`) of postfix and dovecot
-    /// stop Dovecot only: port 25 keeps taking mail (`None` undoes it).
-    pub fn set_smtp_stays_open(&self, addr: Ipv4Addr, fault: Option<StopFault>) -> Result<()> {
-        let p = self
-            .host(addr)?
-            .path(&format!("{STATE_DIR}/smtp-stays-open"));
-        let done = if let Some(f) = fault {
-            let word = match f {
-                StopFault::Silent => "silent",
-                StopFault::Fails => "fails",
-            };
-            fs::write(&p, word)
-        } else {
-            fs::remove_file(&p).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            })
-        };
-        done.map_err(LabError::io(format!("set {}", p.display())))
-    }
-
-    /// Makes every later stand-in cmdeploy run cost `cost` (wall slept, controller CPU
-    /// burned), or only its own fraction of a second again (`None`).
-    pub fn set_cmdeploy_cost(&self, cost: Option<&super::cost::CmdeployCost>) -> Result<()> {
-        let p = self.dir().join("cmdeploy-cost");
-        match cost {
-            Some(c) => {
-                fs::write(&p, c.to_string()).map_err(LabError::io(format!("write {}", p.display())))
-            }
-            None => match fs::remove_file(&p) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(LabError::io(format!("remove {}", p.display()))(e))
-                }
-                _ => Ok(()),
-            },
-        }
-    }
-
-    /// Starts a host's sshd again (after `stop_host`).
-    pub fn start_host(&mut self, addr: Ipv4Addr) -> Result<()> {
-        let i = self.index_of(addr)?;
-        if self.state.hosts[i].sshd.is_some_and(|r| r.alive()) {
-            return Ok(());
-        }
-        self.start_hosts(Some(addr))
-    }
-
-    /// Restarts a host with a tmpfs of `bytes` over /home/vmail (so its disk fills), or
-    /// with the normal bind mount again (`None`). A tmpfs's content is lost when the host
-    /// stops; reach it meanwhile with `LabHost::path`.
-    pub fn set_vmail_tmpfs(&mut self, addr: Ipv4Addr, bytes: Option<u64>) -> Result<()> {
-        // A new disk means a restart: open sessions (a controller's kept master among
-        // them) must not go on seeing the old one.
-        self.crash_host(addr)?;
-        let i = self.index_of(addr)?;
-        self.state.hosts[i].vmail_tmpfs = bytes;
-        self.start_host(addr)
-    }
-
-    /// Makes the stand-in cmdeploy fail (exit 1 with `message`) when run against `host`
-    /// (the `--ssh-host` value: an address or name).
-    pub fn set_cmdeploy_fault(&self, host: &str, message: &str) -> Result<()> {
-        let d = self.faults_dir().join(host);
-        fs::create_dir_all(&d).map_err(LabError::io(format!("create {}", d.display())))?;
-        fs::write(d.join("cmdeploy-fail"), message)
-            .map_err(LabError::io("write a cmdeploy fault file"))
-    }
-
-    /// Undoes `set_cmdeploy_fault`.
-    pub fn clear_cmdeploy_fault(&self, host: &str) -> Result<()> {
-        match fs::remove_file(self.faults_dir().join(host).join("cmdeploy-fail")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(LabError::io("remove a cmdeploy fault file")(e))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// What the stand-in cmdeploy recorded on the host at `addr`.
-    pub fn host_state(&self, addr: Ipv4Addr) -> Result<HostState> {
-        Ok(read_host_state(self.host(addr)?))
-    }
-
-    /// Simulates mail activity on relay `index`'s OLD host (see `activity::simulate`).
-    pub fn simulate_activity(&self, index: usize, activity: &Activity) -> Result<ActivityReport> {
-        let relay = self
-            .relay(index)
-            .ok_or_else(|| LabError::Options(format!("no relay {index} in this lab")))?;
-        activity::simulate(
-            &relay.old.path("/home/vmail/mail"),
-            &self.state.users,
-            activity,
-        )
-    }
-
-    fn index_of(&self, addr: Ipv4Addr) -> Result<usize> {
+    pub(super) fn index_of(&self, addr: Ipv4Addr) -> Result<usize> {
         self.state
             .hosts
             .iter()
             .position(|h| h.addr == addr)
             .ok_or(LabError::UnknownHost { addr })
     }
-
-    fn render_ssh_config(&self) -> String {
-        let d = self.state.dir.display();
-        let mut s = format!(
-            "# ssh config of the lab in {d} (cmfleet lab): ssh -F {d}/ssh_config relay1-old\n"
-        );
-        // A relay's mail_domain resolves to its OLD host, as public DNS does before the
-        // cutover: cmdeploy without --ssh-host hits OLD.
-        for h in &self.state.hosts {
-            let domain = match h.side {
-                Side::Old => self
-                    .state
-                    .domains
-                    .get(h.relay - 1)
-                    .map_or("", String::as_str),
-                Side::New => "",
-            };
-            s += &format!("Host {} {domain}\n    HostName {}\n", h.name, h.addr);
-        }
-        s += &format!(
-            "Host *\n    User root\n    IdentityFile {d}/id_ed25519\n    IdentitiesOnly yes\n    \
-             IdentityAgent {d}/agent.sock\n    UserKnownHostsFile {d}/known_hosts\n    \
-             GlobalKnownHostsFile /dev/null\n    StrictHostKeyChecking yes\n    BatchMode yes\n    \
-             ConnectTimeout 5\n    LogLevel ERROR\n"
-        );
-        s
-    }
-}
-
-/// How a lab host's `systemctl` stop leaves Postfix running (`Lab::set_smtp_stays_open`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopFault {
-    /// The stop succeeds: a Postfix master that outlived its unit.
-    Silent,
-    /// The stop fails (exit 1) after Dovecot stopped: postfix's stop job failed.
-    Fails,
 }
 
 /// Empties `dir` for a new lab: a stopped lab is replaced, a running one or a directory

@@ -68,10 +68,12 @@ mod cmdeploy;
 mod cost;
 mod data;
 mod error;
+mod faults;
 mod fleet;
 mod host;
 mod hoststate;
 mod inventory_file;
+mod layout;
 mod mail;
 mod mail_lab;
 mod manifest;
@@ -90,9 +92,8 @@ pub use client::{
 pub use cost::{CmdeployCost, CmdeployKind, CostModel, RunCost};
 pub use data::{user_address, DataOptions};
 pub use error::{LabError, Result};
-pub use fleet::{
-    port_accepts, HostStatus, Lab, LabOptions, LabRelay, LabStatus, StopFault, DEFAULT_DIR,
-};
+pub use faults::StopFault;
+pub use fleet::{port_accepts, HostStatus, Lab, LabOptions, LabRelay, LabStatus, DEFAULT_DIR};
 pub use host::{LabHost, BIND_DIRS, STATE_DIR};
 pub use hoststate::HostState;
 pub use mail::{later_addr, LATER_DOMAIN, LATER_PORT};
