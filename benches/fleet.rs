@@ -1302,18 +1302,25 @@ mod scale {
 
     /// Each configuration in a fresh process, so one run's freed memory does not hide
     /// the next one's peak.
+    /// Runs this benchmark again as `OPTION N` in a fresh process (its peak RSS is
+    /// its own) and prints the table row it prints.
+    fn print_row_of(option: &str, n: usize) -> Result<()> {
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args([option, &n.to_string()])
+            .output()?;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if !out.status.success() {
+            bail!("{option} {n}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     pub fn run(n: usize) -> Result<()> {
         println!("\n## scheduler scale: {n} simulated relays x 6 zero-duration steps, 2 worker threads\n");
         println!("| limits | wall | CPU | CPU per relay-step | peak RSS of the process | of which the inventory and jobs | scheduler's peak increase per relay | done |");
         println!("|---|---|---|---|---|---|---|---|");
         for i in 0..CONFIGS {
-            let out = std::process::Command::new(std::env::current_exe()?)
-                .args(["--scale-config", &i.to_string()])
-                .output()?;
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            if !out.status.success() {
-                bail!("scale config {i}: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            print_row_of("--scale-config", i)?;
         }
         println!("\ntargets: < 20 µs CPU per relay-step, < 4 KiB per relay");
         Ok(())
@@ -1460,13 +1467,7 @@ mod scale {
         println!("| relays | makespan | lower bound (binding term) | makespan / bound | cmdeploy slots busy | downtime median / p95 / max | shortest possible downtime median | the guide's sequence median (downtime / guide) | sim wall | peak RSS | done |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for n in sizes {
-            let out = std::process::Command::new(std::env::current_exe()?)
-                .args(["--night", &n.to_string()])
-                .output()?;
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            if !out.status.success() {
-                bail!("night of {n}: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            print_row_of("--night", *n)?;
         }
         println!("\ntarget: makespan <= 1.1 x the lower bound");
         Ok(())

@@ -5,7 +5,7 @@
 mod common;
 
 use cmfleet::inventory::{DisableOld, Inventory, Relay};
-use cmfleet::journal::RelayState;
+use cmfleet::journal::{Journal, RelayState};
 use cmfleet::lab::{port_accepts, StopFault};
 use cmfleet::rollback::{self, RollbackStatus};
 use cmfleet::step::Step;
@@ -85,6 +85,25 @@ fn a_systemctl_step_3_migrates_the_relay_and_closes_old() {
     assert_trees_equal(&lab);
 }
 
+/// Step 3's failures of a relay, as `common::run::failures` lists them.
+type Failures = Vec<(cmfleet::step::ErrorKind, String, bool)>;
+
+/// Migrates relay 1 with `fault` on its OLD host's stop; step 3 must fail. The
+/// journal, and step 3's failures.
+fn fail_step_3(lab: &TestLab, inv: &Inventory, fault: StopFault) -> (Journal, Failures) {
+    let relay = lab.relay(1).expect("relay");
+    lab.set_smtp_stays_open(relay.old.addr, Some(fault))
+        .expect("fault");
+    let (outcome, journal, events) = run(inv, Step::Activate);
+    assert_eq!(
+        outcome.failed,
+        vec![relay.mail_domain.clone()],
+        "{outcome:?}"
+    );
+    let failed = failures(&events, &relay.mail_domain, Step::DisableOld);
+    (journal, failed)
+}
+
 /// OLD's Postfix outlives the stop: port 25 still takes mail. Step 3 fails naming
 /// port 25, and since dovecot did stop the relay is DOWN (possibly disabled), not
 /// "still serving"; nothing after step 3 runs. The rollback brings both back.
@@ -93,16 +112,7 @@ fn old_keeping_port_25_open_fails_step_3_and_stays_maybe_disabled() {
     let lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
     let inv = systemctl_inventory(&lab);
-    lab.set_smtp_stays_open(relay.old.addr, Some(StopFault::Silent))
-        .expect("fault");
-
-    let (outcome, journal, events) = run(&inv, Step::Activate);
-    assert_eq!(
-        outcome.failed,
-        vec![relay.mail_domain.clone()],
-        "{outcome:?}"
-    );
-    let failed = failures(&events, &relay.mail_domain, Step::DisableOld);
+    let (journal, failed) = fail_step_3(&lab, &inv, StopFault::Silent);
     assert_eq!(failed.len(), 1, "{failed:?}");
     let error = &failed[0].1;
     assert!(
@@ -141,16 +151,7 @@ fn a_systemctl_failing_halfway_leaves_the_relay_down() {
     let lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
     let inv = systemctl_inventory(&lab);
-    lab.set_smtp_stays_open(relay.old.addr, Some(StopFault::Fails))
-        .expect("fault");
-
-    let (outcome, journal, events) = run(&inv, Step::Activate);
-    assert_eq!(
-        outcome.failed,
-        vec![relay.mail_domain.clone()],
-        "{outcome:?}"
-    );
-    let failed = failures(&events, &relay.mail_domain, Step::DisableOld);
+    let (journal, failed) = fail_step_3(&lab, &inv, StopFault::Fails);
     assert!(
         failed
             .iter()
