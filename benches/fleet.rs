@@ -1260,11 +1260,11 @@ mod scale {
     use std::time::Instant;
 
     use anyhow::{bail, Result};
-    use cmfleet::events::EventSink;
-    use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
-    use cmfleet::scheduler::{Cancel, Job, Scheduler, StepRunner};
-    use cmfleet::step::Step;
-    use cmfleet::step::StepResult;
+    use cmfleet::model::events::EventSink;
+    use cmfleet::model::inventory::{Inventory, Limits, Relay, Wave};
+    use cmfleet::model::step::Step;
+    use cmfleet::model::step::StepResult;
+    use cmfleet::pipeline::scheduler::{Cancel, Job, Scheduler, StepRunner};
 
     /// Zero-duration steps.
     struct Nop;

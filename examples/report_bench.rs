@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use cmfleet::events::{Event, WaitReason};
-use cmfleet::journal::JournalData;
-use cmfleet::report::{ProgressMode, ReportContext, Reporter};
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
+use cmfleet::model::events::{Event, WaitReason};
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::JournalData;
+use cmfleet::pipeline::report::{ProgressMode, ReportContext, Reporter};
 
 const EVENTS: usize = 100_000;
 const RELAYS: usize = 200;
@@ -103,7 +103,7 @@ fn main() {
             inventory: "fleet.toml".into(),
             relays: names.clone(),
             state_dir: state.clone(),
-            until_step: cmfleet::step::Step::Activate,
+            until_step: cmfleet::model::step::Step::Activate,
         };
         let mut reporter = Reporter::with_writer(mode, ctx, Box::new(std::io::sink()));
         let start = Instant::now();
@@ -140,7 +140,7 @@ fn paced(names: &[String], evs: &[Event], state: &std::path::Path) {
         inventory: "fleet.toml".into(),
         relays: names.to_vec(),
         state_dir: state.to_path_buf(),
-        until_step: cmfleet::step::Step::Activate,
+        until_step: cmfleet::model::step::Step::Activate,
     };
     let mut reporter = Reporter::with_writer(ProgressMode::Live, ctx, Box::new(std::io::sink()));
     let start = Instant::now();
@@ -168,11 +168,11 @@ fn paced(names: &[String], evs: &[Event], state: &std::path::Path) {
 mod demo {
     use std::time::Duration;
 
-    use cmfleet::events::{Event, WaitReason};
-    use cmfleet::journal::Journal;
-    use cmfleet::report::{ProgressMode, ReportContext, Reporter};
-    use cmfleet::step::ErrorKind;
-    use cmfleet::step::Step;
+    use cmfleet::model::events::{Event, WaitReason};
+    use cmfleet::model::step::ErrorKind;
+    use cmfleet::model::step::Step;
+    use cmfleet::pipeline::journal::Journal;
+    use cmfleet::pipeline::report::{ProgressMode, ReportContext, Reporter};
 
     const RELAYS: usize = 40;
     const FORKS: usize = 20;
@@ -219,7 +219,7 @@ mod demo {
             inventory: "fleet.toml".into(),
             relays: names.clone(),
             state_dir: state.clone(),
-            until_step: cmfleet::step::Step::Activate,
+            until_step: cmfleet::model::step::Step::Activate,
         };
         let mut reporter = Reporter::new(mode, ctx);
         let mut send = |reporter: &mut Reporter, ev: Event| {

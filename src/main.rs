@@ -11,13 +11,15 @@ use cmfleet::cli::{
     Cli, ColorChoice, Command, DnsCli, Format, GlobalArgs, LabCli, MigrateArgs, Progress,
     ReportArgs,
 };
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{now_ms, Journal};
-use cmfleet::migrate::MigrateOptions;
-use cmfleet::report::{self, ProgressMode, ReportContext, Reporter};
-use cmfleet::step::Step;
-use cmfleet::ttl::TtlOutcome;
-use cmfleet::{exit, lab, plan};
+use cmfleet::lab;
+use cmfleet::model::exit;
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{now_ms, Journal};
+use cmfleet::pipeline::migrate::MigrateOptions;
+use cmfleet::pipeline::plan;
+use cmfleet::pipeline::report::{self, ProgressMode, ReportContext, Reporter};
+use cmfleet::pipeline::ttl::TtlOutcome;
 
 fn main() -> ExitCode {
     // clap's own exit code for usage errors is 2, which cmfleet reserves for
@@ -37,7 +39,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
-            eprintln!("error: {}", cmfleet::redact::clean(&format!("{e:#}")));
+            eprintln!(
+                "error: {}",
+                cmfleet::infra::redact::clean(&format!("{e:#}"))
+            );
             ExitCode::from(exit::USAGE as u8)
         }
     }
@@ -112,26 +117,28 @@ fn run(cli: Cli) -> Result<i32> {
             let inv = Inventory::load(&target.inventory)?;
             let relays = inventory::select(&inv, target.limit.as_deref())?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let results = rt.block_on(cmfleet::check::check(&inv, &relays))?;
+            let results = rt.block_on(cmfleet::commands::check::check(&inv, &relays))?;
             print_findings("check", &results, format)
         }
         Command::Verify { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
             let relays = inventory::select(&inv, target.limit.as_deref())?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let results = rt.block_on(cmfleet::verify::verify(&inv, &relays))?;
+            let results = rt.block_on(cmfleet::commands::verify::verify(&inv, &relays))?;
             print_findings("verify", &results, format)
         }
         Command::Rollback(args) => {
             let inv = Inventory::load(&args.inventory)?;
             let relays = inventory::select(&inv, Some(&args.limit))?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            let rows = rt.block_on(cmfleet::rollback::rollback(&inv, &relays, args.force))?;
+            let rows = rt.block_on(cmfleet::commands::rollback::rollback(
+                &inv, &relays, args.force,
+            ))?;
             match args.format {
-                Format::Text => print!("{}", cmfleet::rollback::render_text(&rows)),
+                Format::Text => print!("{}", cmfleet::commands::rollback::render_text(&rows)),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
             }
-            Ok(cmfleet::rollback::exit_code(&rows))
+            Ok(cmfleet::commands::rollback::exit_code(&rows))
         }
         Command::Dns { command } => run_dns(command),
         Command::Report(args) => run_report(&args),
@@ -222,7 +229,7 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
     if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
         reporter.preload(&before);
     }
-    let result = cmfleet::run::run(inv, &relays, &opts, reporter)?;
+    let result = cmfleet::pipeline::run::run(inv, &relays, &opts, reporter)?;
     let finished = &result.finished;
     for e in &finished.errors {
         eprintln!("warning: {e}");
@@ -242,7 +249,7 @@ fn run_report(args: &ReportArgs) -> Result<i32> {
     let relays = inventory::select(&inv, args.target.limit.as_deref())?;
     let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
     let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
-    tracing::info!(journal = %cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path).display(), "read");
+    tracing::info!(journal = %cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path).display(), "read");
     let html = report::html::render(&journal, &names, now_ms());
     report::write_atomic(&args.html, html.as_bytes())
         .with_context(|| format!("cannot write {}", args.html.display()))?;
@@ -268,8 +275,8 @@ fn run_dns(command: DnsCli) -> Result<i32> {
     for relay in relays {
         let outcome = rt.block_on(async {
             match (lower, ttl) {
-                (true, Some(t)) => cmfleet::ttl::lower(relay, t, &mut journal).await,
-                _ => cmfleet::ttl::restore(relay, ttl, &mut journal).await,
+                (true, Some(t)) => cmfleet::pipeline::ttl::lower(relay, t, &mut journal).await,
+                _ => cmfleet::pipeline::ttl::restore(relay, ttl, &mut journal).await,
             }
         });
         journal.save()?;
@@ -298,14 +305,14 @@ fn run_dns(command: DnsCli) -> Result<i32> {
 /// `check` and `verify`: the table or JSON; exit 2 when a relay failed a check.
 fn print_findings(
     what: &str,
-    results: &[cmfleet::check::RelayFindings],
+    results: &[cmfleet::host::inspect::RelayFindings],
     format: Format,
 ) -> Result<i32> {
     match format {
-        Format::Text => print!("{}", cmfleet::check::render_text(what, results)),
-        Format::Json => println!("{}", cmfleet::check::render_json(results)?),
+        Format::Text => print!("{}", cmfleet::host::inspect::render_text(what, results)),
+        Format::Json => println!("{}", cmfleet::host::inspect::render_json(results)?),
     }
-    Ok(cmfleet::check::exit_code(results))
+    Ok(cmfleet::host::inspect::exit_code(results))
 }
 
 /// The first cutover of a run takes relays down: ask, unless `--yes`.

@@ -27,7 +27,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `src/report/files.rs` -> `["report", "files"]`; `mod.rs` names its folder.
+/// `src/pipeline/report/files.rs` -> `["report", "files"]`; `mod.rs` names its folder.
 fn module_of(src: &Path, file: &Path) -> Vec<String> {
     let rel = file
         .strip_prefix(src)
@@ -125,15 +125,14 @@ fn graph() -> Graph {
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
-        // A file's own module for `super::`: a `mod.rs` is its folder.
-        let is_mod_rs = file.file_name().is_some_and(|n| n == "mod.rs");
         for (root, path) in referenced_paths(&code) {
             let mut full: Vec<String> = match root.as_str() {
                 "crate" => Vec::new(),
                 s => {
                     let n: usize = s["super".len()..].parse().expect("count");
-                    let base = if is_mod_rs { me.len() } else { me.len() - 1 };
-                    me[..base.saturating_sub(n - 1)].to_vec()
+                    // `me` names the module (a `mod.rs` its folder's): `super`
+                    // is its parent, whichever file holds it.
+                    me[..me.len().saturating_sub(n)].to_vec()
                 }
             };
             full.extend(path);

@@ -425,8 +425,8 @@ fn a_journal_from_an_older_inventory_keeps_and_reports_removed_relays() {
 
     // On a lab (a real checkout): relay1 is done, gone.lab.test is DOWN and missing.
     let lab = common::lab::TestLab::start(1);
-    let inv = cmfleet::inventory::Inventory::load(&lab.inventory()).expect("inventory");
-    let journal = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let inv = cmfleet::model::inventory::Inventory::load(&lab.inventory()).expect("inventory");
+    let journal = cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path);
     std::fs::create_dir_all(&inv.fleet.state_dir).expect("state dir");
     let lab_paper = Paper {
         dir: tempfile::tempdir().expect("dir"),
@@ -445,14 +445,15 @@ fn a_journal_from_an_older_inventory_keeps_and_reports_removed_relays() {
         out.contains("held back: gone.lab.test: in the journal but not in the inventory, and DOWN"),
         "{out}"
     );
-    let data = cmfleet::journal::Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal");
+    let data = cmfleet::pipeline::journal::Journal::peek(&inv.fleet.state_dir, &inv.path)
+        .expect("journal");
     assert!(
         data.relays.contains_key("gone.lab.test"),
         "the record is kept"
     );
     assert_eq!(
         data.relays["gone.lab.test"].state(),
-        cmfleet::journal::RelayState::Down
+        cmfleet::pipeline::journal::RelayState::Down
     );
 }
 
@@ -572,7 +573,7 @@ fn parse_never_panics(src: &str) {
     let dir = std::env::temp_dir();
     let path = dir.join("cmfleet-prop").join("fleet.toml");
     let result = std::panic::catch_unwind(|| {
-        let r = cmfleet::inventory::Inventory::parse(&path, src);
+        let r = cmfleet::model::inventory::Inventory::parse(&path, src);
         // Errors render (positions inside the text) without panicking either.
         if let Err(e) = &r {
             let _ = e.to_string();

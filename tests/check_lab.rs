@@ -3,12 +3,13 @@
 
 mod common;
 
-use cmfleet::check::{self, RelayFindings, Status};
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{Journal, StepStatus};
-use cmfleet::migrate::migrate;
-use cmfleet::scheduler::Cancel;
-use cmfleet::step::Step;
+use cmfleet::commands::check;
+use cmfleet::host::inspect::{self, RelayFindings, Status};
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, StepStatus};
+use cmfleet::pipeline::migrate::migrate;
+use cmfleet::pipeline::scheduler::Cancel;
 use common::bind::Bind;
 use common::lab::{ok, TestLab};
 
@@ -19,7 +20,7 @@ fn run_check(inv: &Inventory) -> Vec<RelayFindings> {
 }
 
 /// The finding `name` of relay `relay`.
-fn finding<'a>(results: &'a [RelayFindings], relay: &str, name: &str) -> &'a check::Finding {
+fn finding<'a>(results: &'a [RelayFindings], relay: &str, name: &str) -> &'a inspect::Finding {
     let r = results
         .iter()
         .find(|r| r.relay == relay)
@@ -68,7 +69,7 @@ fn check_catches_sshd_down_small_disk_and_wrong_ini_and_migrate_refuses_them() {
     for r in &results {
         assert_ne!(r.status, Status::Fail, "{r:#?}");
     }
-    assert_eq!(check::exit_code(&results), 0);
+    assert_eq!(inspect::exit_code(&results), 0);
 
     // relay2: NEW's sshd is down. relay3: NEW's disk is tiny. relay4: its
     // chatmail.ini names relay1.
@@ -82,7 +83,7 @@ fn check_catches_sshd_down_small_disk_and_wrong_ini_and_migrate_refuses_them() {
     .expect("write ini");
 
     let results = run_check(&inv);
-    assert_eq!(check::exit_code(&results), 2);
+    assert_eq!(inspect::exit_code(&results), 2);
     assert_eq!(
         failed_checks(&results[0]),
         Vec::<&str>::new(),

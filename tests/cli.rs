@@ -119,8 +119,8 @@ fn html_report_renders_in_headless_chromium() {
         found.is_ok_and(|o| o.status.success()),
         "this test needs Debian's chromium: apt-get install chromium (run-tests.sh installs it)"
     );
-    use cmfleet::journal::{JournalData, RelayRecord, StepRecord, StepStatus};
-    use cmfleet::step::ErrorKind;
+    use cmfleet::model::step::ErrorKind;
+    use cmfleet::pipeline::journal::{JournalData, RelayRecord, StepRecord, StepStatus};
     let t0 = 1_773_450_000_000u64;
     let done = |a: u64, b: u64| StepRecord {
         status: StepStatus::Done,
@@ -160,7 +160,7 @@ fn html_report_renders_in_headless_chromium() {
     };
     let names: Vec<String> = journal.relays.keys().cloned().collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let html = cmfleet::report::html::render(&journal, &names, t0 + 40_000);
+    let html = cmfleet::pipeline::report::html::render(&journal, &names, t0 + 40_000);
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("report.html");
     std::fs::write(&page, html).unwrap();

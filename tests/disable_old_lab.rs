@@ -4,11 +4,11 @@
 
 mod common;
 
-use cmfleet::inventory::{DisableOld, Inventory, Relay};
-use cmfleet::journal::{Journal, RelayState};
+use cmfleet::commands::rollback::{self, RollbackStatus};
 use cmfleet::lab::{port_accepts, StopFault};
-use cmfleet::rollback::{self, RollbackStatus};
-use cmfleet::step::Step;
+use cmfleet::model::inventory::{DisableOld, Inventory, Relay};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, RelayState};
 use common::lab::TestLab;
 use common::run::{assert_trees_equal, failures, run, variant, with_settings};
 
@@ -86,7 +86,7 @@ fn a_systemctl_step_3_migrates_the_relay_and_closes_old() {
 }
 
 /// Step 3's failures of a relay, as `common::run::failures` lists them.
-type Failures = Vec<(cmfleet::step::ErrorKind, String, bool)>;
+type Failures = Vec<(cmfleet::model::step::ErrorKind, String, bool)>;
 
 /// Migrates relay 1 with `fault` on its OLD host's stop; step 3 must fail. The
 /// journal, and step 3's failures.

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cmfleet::dns::{
+use cmfleet::infra::dns::{
     Addrs, Dns, DnsAction, DnsError, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest,
 };
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cmfleet::dns::{Addrs, Dns, DnsGate, SwitchOutcome, SwitchRequest};
+use cmfleet::infra::dns::{Addrs, Dns, DnsGate, SwitchOutcome, SwitchRequest};
 use common::bind::Bind;
 
 const RELAYS: usize = 200;

@@ -6,7 +6,9 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmfleet::dns::{Addrs, Dns, DnsError, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest};
+use cmfleet::infra::dns::{
+    Addrs, Dns, DnsError, DnsSettings, ProviderKind, SwitchOutcome, SwitchRequest,
+};
 use common::bind::Bind;
 
 const ZONE: &str = "example.org";

@@ -5,7 +5,7 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
-use cmfleet::dns::{
+use cmfleet::infra::dns::{
     Addrs, Dns, DnsAction, DnsError, DnsSettings, SwitchOutcome, SwitchRequest, TsigKey,
 };
 use common::bind::{self, Bind};
@@ -215,7 +215,7 @@ async fn a_server_that_never_answers_times_out_transiently() {
     let addr = silent.local_addr().expect("addr");
     let bind = Bind::primary(ZONE, &old_records());
     let key = TsigKey::from_bind_file(&bind.key_file).expect("key");
-    let provider = cmfleet::dns::Rfc2136::new(addr, Some(ZONE), key)
+    let provider = cmfleet::infra::dns::Rfc2136::new(addr, Some(ZONE), key)
         .expect("provider")
         .with_timeout(Duration::from_millis(300));
     let err = provider

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cmfleet::inventory::{self, DnsProviderKind, Inventory, MailDomain, TransferMode};
-use cmfleet::plan;
+use cmfleet::model::inventory::{self, DnsProviderKind, Inventory, MailDomain, TransferMode};
+use cmfleet::pipeline::plan;
 
 fn examples() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/inventories");

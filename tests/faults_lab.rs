@@ -10,11 +10,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cmfleet::inventory::Inventory;
-use cmfleet::journal::{RelayState, StepStatus};
 use cmfleet::lab::{Activity, DataOptions, Lab};
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
+use cmfleet::model::inventory::Inventory;
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{RelayState, StepStatus};
 use common::lab::TestLab;
 use common::run::{
     assert_relay_equal, assert_trees_equal, cmfleet, failures, peek, run, variant, wait_for_log,
@@ -36,9 +36,9 @@ fn crash_and_restart(dir: &std::path::Path, addr: std::net::Ipv4Addr, down_for: 
 /// After a run through a crash: the relay is done, and `step` failed only
 /// transiently, was retried and took more than one attempt.
 fn assert_recovered_at(
-    outcome: &cmfleet::scheduler::Outcome,
-    journal: &cmfleet::journal::Journal,
-    events: &[cmfleet::events::Event],
+    outcome: &cmfleet::pipeline::scheduler::Outcome,
+    journal: &cmfleet::pipeline::journal::Journal,
+    events: &[cmfleet::model::events::Event],
     domain: &str,
     step: Step,
 ) {
@@ -511,7 +511,7 @@ fn a_slow_host_does_not_delay_the_others() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(outcome.done.len(), 3, "{outcome:?}\n{:#?}", journal.data);
-    let span = |r: &cmfleet::journal::RelayRecord, s: Step| {
+    let span = |r: &cmfleet::pipeline::journal::RelayRecord, s: Step| {
         let rec = r.step(s);
         (
             rec.started_ms.expect("started"),

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cmfleet::inventory::{self, DnsProviderKind, Inventory, InventoryError, TransferMode};
+use cmfleet::model::inventory::{self, DnsProviderKind, Inventory, InventoryError, TransferMode};
 
 /// Writes `toml` as an inventory next to chatmail.ini files for c1..c9.
 fn load(toml: &str) -> Result<Inventory, InventoryError> {
@@ -248,7 +248,8 @@ fn example_plan_snapshot() {
     let inv = example();
     let relays = inventory::select(&inv, Some("c1.example.org,c6.example.org,203.0.113.99"))
         .expect("select");
-    let text = cmfleet::plan::render_text(&cmfleet::plan::plan(&inv.fleet, &relays));
+    let text =
+        cmfleet::pipeline::plan::render_text(&cmfleet::pipeline::plan::plan(&inv.fleet, &relays));
     let root: PathBuf = std::env::current_dir().expect("cwd");
     let text = text.replace(&root.display().to_string(), "<checkout>");
     insta::assert_snapshot!(text);
@@ -258,7 +259,7 @@ fn example_plan_snapshot() {
 fn example_plan_json_parses_and_has_six_steps_per_relay() {
     let inv = example();
     let relays = inventory::select(&inv, None).expect("select");
-    let plan = cmfleet::plan::plan(&inv.fleet, &relays);
+    let plan = cmfleet::pipeline::plan::plan(&inv.fleet, &relays);
     let json = serde_json::to_string(&plan).expect("json");
     let v: serde_json::Value = serde_json::from_str(&json).expect("parses");
     let rs = v["relays"].as_array().expect("relays");
@@ -272,7 +273,7 @@ fn example_plan_json_parses_and_has_six_steps_per_relay() {
 /// guide's cmdeploy run unless set, and a typo names the key and the choices.
 #[test]
 fn disable_old_inherits_defaults_to_cmdeploy_and_refuses_typos() {
-    use cmfleet::inventory::DisableOld;
+    use cmfleet::model::inventory::DisableOld;
     let toml = format!(
         "{FLEET}
 [groups.fast]
@@ -313,7 +314,7 @@ disable_old = \"systemctl\"
 fn the_plan_shows_how_step_3_disables_old() {
     let inv = example();
     let relays = inventory::select(&inv, Some("c1.example.org,c6.example.org")).expect("select");
-    let plan = cmfleet::plan::plan(&inv.fleet, &relays);
+    let plan = cmfleet::pipeline::plan::plan(&inv.fleet, &relays);
     let step3 = |i: usize| -> Vec<String> {
         plan.relays[i].steps[2]
             .actions

@@ -3,9 +3,9 @@
 
 mod common;
 
-use cmfleet::inventory::Inventory;
-use cmfleet::journal::RelayState;
-use cmfleet::step::Step;
+use cmfleet::model::inventory::Inventory;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::RelayState;
 use common::lab::TestLab;
 use common::run::{cmfleet, peek, variant, with_settings};
 
@@ -121,7 +121,7 @@ fn secrets_in_a_hook_line_and_a_dns_programs_stderr_never_leak() {
     let inv = Inventory::load(&path).expect("inventory");
     assert_eq!(
         inv.relays[0].settings.dns.provider,
-        cmfleet::dns::ProviderKind::Command,
+        cmfleet::infra::dns::ProviderKind::Command,
         "the lab inventory's dns line changed"
     );
     let report = lab.path().join("report.json");
@@ -197,7 +197,11 @@ fn secrets_in_a_hook_line_and_a_dns_programs_stderr_never_leak() {
             );
         }
     }
-    for f in [report, html, cmfleet::report::failed_list_path(state)] {
+    for f in [
+        report,
+        html,
+        cmfleet::pipeline::report::failed_list_path(state),
+    ] {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
 }
@@ -217,7 +221,7 @@ fn a_journal_that_cannot_be_saved_stops_new_work_and_lets_cutovers_finish() {
     let state = &inv.fleet.state_dir;
     let out = lab.path().join("migrate.out");
     let on_disk = lab.path().join("journal-on-disk.json");
-    let journal = cmfleet::journal::journal_path(state, &inv.path);
+    let journal = cmfleet::pipeline::journal::journal_path(state, &inv.path);
     // The state dir is a tmpfs of this mount namespace only; it is filled as soon as
     // a relay's log shows step 3's cmdeploy (the relay is inside its cutover). The
     // cmdeploy workspaces get a filesystem of their own: cmdeploy writes into its
@@ -271,7 +275,7 @@ fn a_journal_that_cannot_be_saved_stops_new_work_and_lets_cutovers_finish() {
             .any(|l| l.contains(&done[0]) && l.to_lowercase().contains("done")),
         "{text}"
     );
-    let disk: cmfleet::journal::JournalData =
+    let disk: cmfleet::pipeline::journal::JournalData =
         serde_json::from_str(&std::fs::read_to_string(&on_disk).expect("journal on disk"))
             .expect("the journal on disk is whole");
     assert_ne!(
@@ -289,7 +293,7 @@ fn a_journal_that_cannot_be_saved_stops_new_work_and_lets_cutovers_finish() {
 fn the_journal_is_on_disk_before_cmdeploy_changes_what_serves_mail() {
     let lab = TestLab::start(2);
     let inv = Inventory::load(&lab.inventory()).expect("inventory");
-    let journal = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let journal = cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path);
     let seen = lab.path().join("seen-at-cmdeploy-start.txt");
     let checkout = lab.checkout();
     let script = checkout.join("scripts/cmdeploy");

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cmfleet::check::{RelayFindings, Status};
-use cmfleet::inventory::{self, Inventory};
+use cmfleet::host::inspect::{RelayFindings, Status};
 use cmfleet::lab::{later_addr, Account, Lab, DEFERRED_MESSAGES, LATER_DOMAIN, LATER_PORT};
+use cmfleet::model::inventory::{self, Inventory};
 use common::lab::{ok, TestLab};
 use common::run::cmfleet;
 
@@ -235,7 +235,7 @@ fn run_verify(inventory: &std::path::Path, limit: &str) -> Vec<RelayFindings> {
     let inv = Inventory::load(inventory).expect("inventory");
     let relays = inventory::select(&inv, Some(limit)).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(cmfleet::verify::verify(&inv, &relays))
+    rt.block_on(cmfleet::commands::verify::verify(&inv, &relays))
         .expect("verify runs")
 }
 

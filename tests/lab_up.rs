@@ -85,7 +85,7 @@ fn lab_up_20_relays_in_seconds_and_down_leaves_nothing() {
     assert!(inventory.contains("mail_domain = \"relay20.lab.test\""));
     assert!(lab.relay_config(20).exists());
     // The inventory module accepts what the lab wrote.
-    let inv = cmfleet::inventory::Inventory::load(&lab.inventory())
+    let inv = cmfleet::model::inventory::Inventory::load(&lab.inventory())
         .unwrap_or_else(|e| panic!("the lab's inventory does not load: {e}"));
     assert_eq!(inv.relays.len(), 20);
     assert!(

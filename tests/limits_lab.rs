@@ -4,13 +4,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cmfleet::events::{Event, WaitReason};
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{Journal, StepStatus};
-use cmfleet::migrate::migrate;
-use cmfleet::scheduler::Cancel;
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
+use cmfleet::model::events::{Event, WaitReason};
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, StepStatus};
+use cmfleet::pipeline::migrate::migrate;
+use cmfleet::pipeline::scheduler::Cancel;
 use common::lab::TestLab;
 
 /// Writes a variant of the lab inventory with `fleet_keys` added to `[fleet]`.
@@ -87,7 +87,7 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
     let opts = common::run::options(Step::Activate);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (tx, rx) = tokio::sync::watch::channel(Cancel::None);
-    let journal_path = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let journal_path = cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path);
     let canceller = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !std::fs::read_to_string(&journal_path)

@@ -4,17 +4,17 @@ mod common;
 
 use std::path::Path;
 
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{Journal, RelayState};
 use cmfleet::lab::{Activity, Manifest};
-use cmfleet::migrate::migrate;
-use cmfleet::scheduler::Cancel;
-use cmfleet::step::Step;
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, RelayState};
+use cmfleet::pipeline::migrate::migrate;
+use cmfleet::pipeline::scheduler::Cancel;
 use common::lab::TestLab;
 use common::run::{assert_trees_equal, options, rfc2136_inventory};
 
 /// Runs migrate through the library, as `cmfleet migrate --yes` does.
-fn run(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {
+fn run(inv: &Inventory, until: Step) -> (cmfleet::pipeline::scheduler::Outcome, Journal) {
     let relays = inventory::select(inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
@@ -224,7 +224,7 @@ fn sigkill_mid_step_1_then_migrate_again_finishes_with_identical_data() {
         },
     );
     let inv = Inventory::load(&lab.inventory()).expect("inventory");
-    let journal = cmfleet::journal::journal_path(&inv.fleet.state_dir, &inv.path);
+    let journal = cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path);
     let bin = env!("CARGO_BIN_EXE_cmfleet");
     let mut child = std::process::Command::new(bin)
         .args(["migrate", "--yes", "--progress", "plain", "-i"])
@@ -270,7 +270,7 @@ fn sigkill_mid_step_1_then_migrate_again_finishes_with_identical_data() {
 /// when each borrows its own workspace from the pool.
 #[test]
 fn concurrent_cmdeploy_runs_succeed_with_the_workspace_pool() {
-    use cmfleet::remote::WorkspacePool;
+    use cmfleet::host::remote::WorkspacePool;
     let lab = TestLab::start(3);
     let root = lab.path().join("ws");
     let pool = WorkspacePool::prepare(&lab.cmdeploy(), &root, 3).expect("pool");
@@ -541,7 +541,7 @@ fn an_old_pre_stage_is_refreshed_before_the_cutover() {
         events
             .iter()
             .filter_map(|e| match e {
-                cmfleet::events::Event::StepStarted { relay: r, step, .. } if r == relay => {
+                cmfleet::model::events::Event::StepStarted { relay: r, step, .. } if r == relay => {
                     Some(*step)
                 }
                 _ => None,

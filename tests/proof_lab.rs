@@ -8,10 +8,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use cmfleet::inventory::{Inventory, Relay};
-use cmfleet::proof;
-use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
-use cmfleet::step::Step;
+use cmfleet::host::proof;
+use cmfleet::host::remote::{CommandKind, ConnectOptions, Stdout};
+use cmfleet::model::inventory::{Inventory, Relay};
+use cmfleet::model::step::Step;
 use common::lab::{quiet_sink, ssh_pool, TestLab};
 use common::run::{failures, run};
 
@@ -224,7 +224,11 @@ fn a_failing_find_refuses_the_cutover_or_fails_step_4_never_passes() {
         "OLD still serves"
     );
     let state = journal.data.relays["relay1.lab.test"].state();
-    assert_eq!(state, cmfleet::journal::RelayState::Staged, "not DOWN");
+    assert_eq!(
+        state,
+        cmfleet::pipeline::journal::RelayState::Staged,
+        "not DOWN"
+    );
     drop(journal);
 
     fault(1, false);
@@ -241,7 +245,7 @@ fn a_failing_find_refuses_the_cutover_or_fails_step_4_never_passes() {
     assert!(last.contains("find failed in /home/vmail/mail"), "{f:#?}");
     assert!(!last.contains("differ"), "never a difference: {last}");
     let dns_started = events.iter().any(|e| {
-        matches!(e, cmfleet::events::Event::StepStarted { relay, step: Step::Dns, .. } if relay == "relay2.lab.test")
+        matches!(e, cmfleet::model::events::Event::StepStarted { relay, step: Step::Dns, .. } if relay == "relay2.lab.test")
     });
     assert!(!dns_started, "DNS is never touched");
 }

@@ -11,8 +11,8 @@ mod common;
 
 use std::time::Duration;
 
-use cmfleet::inventory::Inventory;
-use cmfleet::remote::{CommandKind, ConnectOptions, Stdout};
+use cmfleet::host::remote::{CommandKind, ConnectOptions, Stdout};
+use cmfleet::model::inventory::Inventory;
 use common::lab::{quiet_sink, ssh_pool, TestLab};
 
 /// 1,000,000 records (6.9 MB, more than the ssh channel window of 2 MB) into a channel of one, with the consumer away for a

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmfleet::events::{Event, WaitReason};
-use cmfleet::journal::{JournalData, RelayRecord, StepStatus};
-use cmfleet::report::{ManualClock, ProgressMode, ReportContext, Reporter};
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
+use cmfleet::model::events::{Event, WaitReason};
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{JournalData, RelayRecord, StepStatus};
+use cmfleet::pipeline::report::{ManualClock, ProgressMode, ReportContext, Reporter};
 
 /// 2026-03-14 01:00:00 UTC: the night of the migration.
 const T0: u64 = 1_773_450_000_000;
@@ -44,7 +44,7 @@ fn ctx(state_dir: PathBuf, relays: &[&str]) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: relays.iter().map(|s| s.to_string()).collect(),
         state_dir,
-        until_step: cmfleet::step::Step::Activate,
+        until_step: cmfleet::model::step::Step::Activate,
     }
 }
 
@@ -280,7 +280,7 @@ fn run(mode: ProgressMode, state_dir: PathBuf) -> String {
     let stats = reporter.run_stats();
     let finished = reporter.finish(&journal(), stats);
     assert!(finished.errors.is_empty(), "{:?}", finished.errors);
-    assert_eq!(finished.exit_code(), cmfleet::exit::RELAYS_FAILED);
+    assert_eq!(finished.exit_code(), cmfleet::model::exit::RELAYS_FAILED);
     capture
         .text()
         .replace(&state_dir.display().to_string(), "[STATE]")

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{JournalData, RelayRecord, RelayState, StepStatus};
-use cmfleet::report::{
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{JournalData, RelayRecord, RelayState, StepStatus};
+use cmfleet::pipeline::report::{
     self, render_text, status_json_at, status_table_at, write_failed_list, write_json_report,
     ManualClock, ProgressMode, ReportContext, Reporter, RunStats, Summary,
 };
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
 
 /// 2026-03-14 01:00:00 UTC.
 const T0: u64 = 1_773_450_000_000;
@@ -109,7 +109,7 @@ fn ctx(state_dir: &Path) -> ReportContext {
         inventory: "fleet.toml".into(),
         relays: NAMES.iter().map(|s| s.to_string()).collect(),
         state_dir: state_dir.to_path_buf(),
-        until_step: cmfleet::step::Step::Activate,
+        until_step: cmfleet::model::step::Step::Activate,
     }
 }
 
@@ -154,7 +154,7 @@ fn final_report_lists_down_relays_first() {
     let text = render_text(&s, false);
     insta::assert_snapshot!(text);
     assert!(text.find("c2.example.org  DOWN").expect("c2") < text.find("✗ c3").expect("c3"));
-    assert_eq!(s.exit_code(), cmfleet::exit::RELAYS_FAILED);
+    assert_eq!(s.exit_code(), cmfleet::model::exit::RELAYS_FAILED);
 }
 
 #[test]
@@ -175,7 +175,7 @@ fn all_done_means_exit_zero_and_nothing_to_do() {
             inventory: "fleet.toml".into(),
             relays: vec!["c1.example.org".into(), "c2.example.org".into()],
             state_dir: "/var/lib/cmfleet".into(),
-            until_step: cmfleet::step::Step::Activate,
+            until_step: cmfleet::model::step::Step::Activate,
         },
         &j,
         &RunStats {
@@ -184,7 +184,7 @@ fn all_done_means_exit_zero_and_nothing_to_do() {
         },
         &BTreeMap::new(),
     );
-    assert_eq!(s.exit_code(), cmfleet::exit::OK);
+    assert_eq!(s.exit_code(), cmfleet::model::exit::OK);
     assert!(render_text(&s, false)
         .ends_with("what to do next: nothing: every selected relay is migrated.\n"));
 }
@@ -363,5 +363,5 @@ fn held_back_relays_are_in_the_text_the_json_and_the_exit_code() {
     );
     let json = serde_json::to_value(&s).expect("json");
     assert_eq!(json["held"][0]["relay"], "c9.example.org");
-    assert_eq!(s.exit_code(), cmfleet::exit::RELAYS_FAILED);
+    assert_eq!(s.exit_code(), cmfleet::model::exit::RELAYS_FAILED);
 }

@@ -3,17 +3,17 @@
 
 mod common;
 
-use cmfleet::check;
-use cmfleet::inventory::{self, Inventory, Relay};
-use cmfleet::journal::{Journal, RelayState};
+use cmfleet::commands::check;
+use cmfleet::commands::rollback::{self, RollbackStatus};
 use cmfleet::lab::{port_accepts, DataOptions};
-use cmfleet::migrate::migrate;
-use cmfleet::rollback::{self, RollbackStatus};
-use cmfleet::scheduler::Cancel;
-use cmfleet::step::Step;
+use cmfleet::model::inventory::{self, Inventory, Relay};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, RelayState};
+use cmfleet::pipeline::migrate::migrate;
+use cmfleet::pipeline::scheduler::Cancel;
 use common::lab::TestLab;
 
-fn run_migrate(inv: &Inventory, until: Step) -> (cmfleet::scheduler::Outcome, Journal) {
+fn run_migrate(inv: &Inventory, until: Step) -> (cmfleet::pipeline::scheduler::Outcome, Journal) {
     let relays = inventory::select(inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);

@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cmfleet::events::{Event, EventSink};
-use cmfleet::inventory::{Inventory, Limits, Relay, Wave};
-use cmfleet::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
-use cmfleet::step::ErrorKind;
-use cmfleet::step::Step;
-use cmfleet::step::{StepError, StepResult};
+use cmfleet::model::events::{Event, EventSink};
+use cmfleet::model::inventory::{Inventory, Limits, Relay, Wave};
+use cmfleet::model::step::ErrorKind;
+use cmfleet::model::step::Step;
+use cmfleet::model::step::{StepError, StepResult};
+use cmfleet::pipeline::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
 
 /// A fleet of `n` relays (retry backoff 10 ms so retry tests stay fast).
 fn fleet(n: usize) -> (tempfile::TempDir, Vec<Relay>) {
@@ -491,7 +491,8 @@ async fn a_panicking_relay_task_ends_as_a_failed_relay_with_the_message() {
     assert_eq!(outcome.failed, vec![relays[1].name.clone()], "{outcome:?}");
     assert_eq!(outcome.done.len(), 2, "{outcome:?}");
     let mut journal =
-        cmfleet::journal::Journal::open(dir.path(), &dir.path().join("f.toml")).expect("journal");
+        cmfleet::pipeline::journal::Journal::open(dir.path(), &dir.path().join("f.toml"))
+            .expect("journal");
     let mut failed = Vec::new();
     while let Ok(envelope) = rx.try_recv() {
         let ev = envelope.event;
@@ -553,7 +554,7 @@ async fn cmdeploy_runs_are_never_exceeded() {
     assert!(events.iter().any(|e| matches!(
         e,
         Event::Waiting {
-            reason: cmfleet::events::WaitReason::CmdeployLimit,
+            reason: cmfleet::model::events::WaitReason::CmdeployLimit,
             ..
         }
     )));

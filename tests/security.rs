@@ -7,8 +7,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use cmfleet::inventory::{Inventory, InventoryError};
-use cmfleet::shell::quote;
+use cmfleet::infra::shell::quote;
+use cmfleet::model::inventory::{Inventory, InventoryError};
 use common::lab::{ok, TestLab};
 use common::run::{assert_trees_equal, cmfleet, peek, variant};
 
@@ -47,9 +47,9 @@ fn hostile_values_reach_a_lab_host_as_data() {
         assert_eq!(out, v, "through ssh and the remote shell");
         ok(lab
             .ssh(old.addr, &[])
-            .arg(cmfleet::catalogue::install_known_host(v)));
-        let written =
-            std::fs::read_to_string(old.path(cmfleet::catalogue::OLD_KNOWN_HOSTS)).expect("read");
+            .arg(cmfleet::host::catalogue::install_known_host(v)));
+        let written = std::fs::read_to_string(old.path(cmfleet::host::catalogue::OLD_KNOWN_HOSTS))
+            .expect("read");
         assert_eq!(written, format!("{v}\n"));
     }
     no_pwned_files();
@@ -284,7 +284,7 @@ fn secrets_never_leak_and_state_is_private() {
 
     assert_eq!(mode(state), 0o700, "{}", state.display());
     assert_eq!(mode(&state.join("logs")), 0o700);
-    let journal = cmfleet::journal::journal_path(state, &inv.path);
+    let journal = cmfleet::pipeline::journal::journal_path(state, &inv.path);
     for f in [
         journal.clone(),
         journal.with_extension("lock"),
@@ -320,9 +320,9 @@ fn a_changed_host_key_on_new_is_refused_with_host_and_fingerprint() {
     let inv = Inventory::load(&path).expect("inventory");
     assert_eq!(
         peek(&inv).relays[&relay.mail_domain]
-            .step(cmfleet::step::Step::InitialSync)
+            .step(cmfleet::model::step::Step::InitialSync)
             .status,
-        cmfleet::journal::StepStatus::Done
+        cmfleet::pipeline::journal::StepStatus::Done
     );
     let known = inv.fleet.state_dir.join("known_hosts");
     let learned = std::fs::read_to_string(&known).expect("known_hosts");
@@ -390,7 +390,7 @@ fn a_changed_host_key_on_new_is_refused_with_host_and_fingerprint() {
     assert!(text.contains(&fingerprint), "{text}");
     assert_eq!(
         rec.steps.iter().find_map(|s| s.error_kind),
-        Some(cmfleet::step::ErrorKind::Permanent)
+        Some(cmfleet::model::step::ErrorKind::Permanent)
     );
     assert_eq!(
         std::fs::read_to_string(&known).expect("known_hosts"),

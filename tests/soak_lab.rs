@@ -12,9 +12,9 @@
 
 mod common;
 
-use cmfleet::inventory::Inventory;
 use cmfleet::lab::{Activity, DataOptions};
-use cmfleet::step::Step;
+use cmfleet::model::inventory::Inventory;
+use cmfleet::model::step::Step;
 use common::lab::TestLab;
 use common::run::{assert_trees_equal, run};
 

@@ -5,17 +5,17 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use cmfleet::check::{RelayFindings, Status};
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::migrate::migrate;
-use cmfleet::scheduler::Cancel;
-use cmfleet::step::Step;
+use cmfleet::host::inspect::{RelayFindings, Status};
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::migrate::migrate;
+use cmfleet::pipeline::scheduler::Cancel;
 use common::lab::TestLab;
 
 fn run_verify(inv: &Inventory) -> Vec<RelayFindings> {
     let relays = inventory::select(inv, None).expect("select");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(cmfleet::verify::verify(inv, &relays))
+    rt.block_on(cmfleet::commands::verify::verify(inv, &relays))
         .expect("verify runs")
 }
 

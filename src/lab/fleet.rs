@@ -352,7 +352,7 @@ impl Lab {
                 .ssh(h.addr, &["-o", "BatchMode=yes"])
                 .arg(format!(
                     "bash -s -- 0 0 install,configure,activate {} 'lab up'",
-                    crate::shell::quote(&self.state.dir.display().to_string())
+                    crate::infra::shell::quote(&self.state.dir.display().to_string())
                 ))
                 .stdin(stdin)
                 .stdout(std::process::Stdio::null())

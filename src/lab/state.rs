@@ -59,7 +59,7 @@ impl LabState {
             path: path.clone(),
             source,
         })?;
-        crate::atomic::write(&path, text.as_bytes())
+        crate::infra::atomic::write(&path, text.as_bytes())
             .map_err(LabError::io(format!("write {}", path.display())))
     }
 }

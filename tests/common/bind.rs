@@ -200,9 +200,9 @@ impl Bind {
     }
 
     /// rfc2136 settings pointing at this server with its key and `ns1` override.
-    pub fn settings(&self) -> cmfleet::dns::DnsSettings {
-        cmfleet::dns::DnsSettings {
-            provider: cmfleet::dns::ProviderKind::Rfc2136,
+    pub fn settings(&self) -> cmfleet::infra::dns::DnsSettings {
+        cmfleet::infra::dns::DnsSettings {
+            provider: cmfleet::infra::dns::ProviderKind::Rfc2136,
             server: Some(self.addr),
             zone: Some(self.zone.clone()),
             tsig_key_file: Some(self.key_file.clone()),

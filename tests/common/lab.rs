@@ -176,8 +176,8 @@ pub fn ok(cmd: &mut std::process::Command) -> String {
 }
 
 /// A connection pool like a run's, on the lab inventory's state dir and agent.
-pub fn ssh_pool(inv: &cmfleet::inventory::Inventory) -> cmfleet::remote::SshPool {
-    cmfleet::remote::SshPool::new(&cmfleet::remote::SshPoolConfig {
+pub fn ssh_pool(inv: &cmfleet::model::inventory::Inventory) -> cmfleet::host::remote::SshPool {
+    cmfleet::host::remote::SshPool::new(&cmfleet::host::remote::SshPoolConfig {
         state_dir: inv.fleet.state_dir.clone(),
         auth_sock: inv.fleet.ssh_auth_sock.clone(),
         connects_per_sec: 10,
@@ -188,11 +188,11 @@ pub fn ssh_pool(inv: &cmfleet::inventory::Inventory) -> cmfleet::remote::SshPool
 }
 
 /// A sink for a test's commands: no log file, events dropped.
-pub fn quiet_sink(relay: &str) -> cmfleet::remote::LineSink {
-    cmfleet::remote::LineSink {
+pub fn quiet_sink(relay: &str) -> cmfleet::host::remote::LineSink {
+    cmfleet::host::remote::LineSink {
         relay: relay.into(),
-        step: cmfleet::step::Step::FinalSync,
-        events: cmfleet::events::EventSink::discard(),
+        step: cmfleet::model::step::Step::FinalSync,
+        events: cmfleet::model::events::EventSink::discard(),
         log: None,
     }
 }

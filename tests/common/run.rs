@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use cmfleet::events::Event;
-use cmfleet::inventory::{self, Inventory};
-use cmfleet::journal::{Journal, JournalData};
 use cmfleet::lab::Manifest;
-use cmfleet::migrate::{migrate, MigrateOptions};
-use cmfleet::scheduler::{Cancel, Outcome};
-use cmfleet::step::Step;
+use cmfleet::model::events::Event;
+use cmfleet::model::inventory::{self, Inventory};
+use cmfleet::model::step::Step;
+use cmfleet::pipeline::journal::{Journal, JournalData};
+use cmfleet::pipeline::migrate::{migrate, MigrateOptions};
+use cmfleet::pipeline::scheduler::{Cancel, Outcome};
 
 use super::lab::TestLab;
 
@@ -58,7 +58,7 @@ pub fn failures(
     events: &[Event],
     relay: &str,
     step: Step,
-) -> Vec<(cmfleet::step::ErrorKind, String, bool)> {
+) -> Vec<(cmfleet::model::step::ErrorKind, String, bool)> {
     events
         .iter()
         .filter_map(|e| match e {

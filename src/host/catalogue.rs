@@ -1,0 +1,418 @@
+//! The exact commands of each step, rendered from a relay's settings.
+//!
+//! Pure functions: `cmfleet plan` prints these and the executors run these, so the
+//! plan can never differ from what runs. Every inventory value is shell-quoted.
+
+use std::path::{Path, PathBuf};
+
+use crate::infra::shell::{join, quote};
+use crate::model::inventory::{Host, Relay};
+
+/// The maildir tree, mirrored exactly at the final sync.
+pub const MAIL_DIR: &str = "/home/vmail/mail";
+/// State moved at the final sync besides the mailboxes (the guide's tar list).
+pub const STATE_DIRS: [&str; 3] = ["/var/lib/acme", "/etc/dkimkeys", "/var/spool/postfix"];
+/// Moved when present: marks a relay that refuses new accounts.
+pub const OPTIONAL_FILES: [&str; 1] = ["/etc/chatmail-nocreate"];
+/// Legacy password database that must be gone before a move.
+pub const LEGACY_PASSDB: &str = "/home/vmail/passdb.sqlite";
+/// Where OLD keeps the one NEW host key cmfleet vouches for (inside root's .ssh,
+/// which the guide already uses, so nothing else on OLD is touched).
+pub const OLD_KNOWN_HOSTS: &str = "/root/.ssh/cmfleet_known_hosts";
+
+/// The ssh command OLD uses to reach NEW: batch mode, and strict checking against
+/// the single key cmfleet installed — never the host's own known_hosts.
+pub fn inner_ssh(relay: &Relay) -> String {
+    let new = &relay.new;
+    let mut words = vec![
+        "ssh".to_string(),
+        "-p".into(),
+        new.port.to_string(),
+        "-l".into(),
+        new.user.clone(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={OLD_KNOWN_HOSTS}"),
+    ];
+    if let Some(c) = &relay.settings.cipher {
+        words.push("-c".into());
+        words.push(c.clone());
+    }
+    if let Some(k) = &relay.settings.kex {
+        words.push("-o".into());
+        words.push(format!("KexAlgorithms={k}"));
+    }
+    join(&words)
+}
+
+/// On OLD: install NEW's host key (as cmfleet verified it) for the inner ssh.
+pub fn install_known_host(known_hosts_line: &str) -> String {
+    // A subshell keeps the umask to this file, not to what follows.
+    format!(
+        "(umask 077 && printf '%s\\n' {} > {OLD_KNOWN_HOSTS})",
+        quote(known_hosts_line)
+    )
+}
+
+/// On OLD, one command: vouch for NEW's host key, then push. One command, not two:
+/// each costs an ssh client process and a round trip.
+pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
+    stops_with_channel(&format!(
+        "{} && {{ {sync}; }}",
+        install_known_host(known_hosts_line)
+    ))
+}
+
+/// Runs `script` so that it ends when cmfleet's channel does. sshd leaves a closed
+/// channel's command running (a killed cmfleet would leave a copy going on OLD); the
+/// channel's stdin, which cmfleet holds open and never writes, reaches EOF then, and
+/// a watcher kills the script's whole process group (`setsid`: tar, rsync, ssh).
+/// The watcher reads stdin through fd 3: a background job's own stdin is /dev/null.
+/// The channel can end before `setsid` has made the group (a second Ctrl-C right
+/// after the start, a loaded host): until the group exists the watcher kills the
+/// job itself, and it keeps at it until nothing of either is left (KILL after 5 s).
+pub fn stops_with_channel(script: &str) -> String {
+    format!(
+        "exec 3<&0; setsid sh -c {} </dev/null & p=$!; \
+         {{ cat <&3; n=0; while kill -0 -- -$p || kill -0 $p; do s=TERM; [ $n -ge 50 ] && s=KILL; \
+         kill -$s -- -$p || kill -$s $p; n=$((n+1)); sleep 0.1; done; }} >/dev/null 2>&1 & w=$!; \
+         wait $p; rc=$?; kill $w 2>/dev/null; exit $rc",
+        quote(script)
+    )
+}
+
+fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
+    format!(
+        "rsync {flags} --info=progress2 -e {} {sources} {}",
+        quote(&inner_ssh(relay)),
+        quote(&format!("{}:{dest}", relay.new.ssh)),
+    )
+}
+
+/// Step 1 on OLD when NEW has no mail yet: the guide's `tar c | ssh NEW tar x`,
+/// reporting progress every MiB as `tar: cmfleet-copied BYTES (..., RATE) of
+/// TOTAL` (every 100 KiB cost ~2% of the copy's wall time: docs/performance.md).
+/// A stream cut short fails `tar x` (no end-of-archive), so the pipe's status is
+/// the copy's; tar c's own warnings about files that change under it (a live
+/// maildir) are only that: step 4 mirrors exactly. `bytes` unknown (the plan)
+/// renders as `?`.
+pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
+    let total = bytes.map_or("?".to_string(), |b| b.to_string());
+    format!(
+        "tar c -C / --checkpoint=100 --checkpoint-action={} {} | {} {} {}",
+        quote(&format!(
+            "echo={} %{{r}}T of {total}",
+            crate::host::remote::TAR_PROGRESS
+        )),
+        MAIL_DIR.trim_start_matches('/'),
+        inner_ssh(relay),
+        quote(&relay.new.ssh),
+        quote("tar x -C /"),
+    )
+}
+
+/// Step 1 on OLD: mirror the mailboxes to NEW. Repeatable and resumable (rsync, not
+/// the guide's one-shot tar); `--delete` is safe because NEW is inactive until step 6.
+pub fn initial_sync(relay: &Relay) -> String {
+    // --whole-file: maildir messages never change in place, so rsync's delta
+    // algorithm only costs time here (lab relay, 3000 messages: 1.3 s -> 1.0 s).
+    rsync_push(
+        relay,
+        "-aH --whole-file --delete",
+        &format!("{MAIL_DIR}/"),
+        &format!("{MAIL_DIR}/"),
+    )
+}
+
+/// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
+/// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
+/// a message renamed or expired since step 1 must not survive on NEW.
+/// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
+pub fn final_sync(relay: &Relay) -> String {
+    let required = STATE_DIRS
+        .iter()
+        .chain([&MAIL_DIR])
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let optional = OPTIONAL_FILES.join(" ");
+    format!(
+        "for p in {required}; do [ -e \"$p\" ] || {{ echo \"missing $p on old host\" >&2; exit 3; }}; done; \
+         set -- {required}; for p in {optional}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; done; {}",
+        rsync_push(relay, "-aHR --delete --no-implied-dirs", "\"$@\"", "/")
+    )
+}
+
+/// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
+/// 2 gave /etc/dkimkeys on NEW, recorded by [`record_dkim_owner`]), then
+/// Postfix's queue repair (queue file names follow inode numbers, which changed).
+pub fn fix_ownership() -> String {
+    format!(
+        "chown root: -R /var/lib/acme && {} && \
+         chown vmail: -R /home/vmail/mail && postfix set-permissions && postsuper -s",
+        dkim_chown()
+    )
+}
+
+/// On NEW: the owner (`uid:gid`) of /etc/dkimkeys as step 2's cmdeploy made it,
+/// recorded before the final sync copies OLD's over it. The DKIM signer's user is
+/// not a constant: chatmail is moving DKIM signing away from opendkim.
+pub const DKIM_OWNER_FILE: &str = "/root/.ssh/cmfleet_dkim_owner";
+/// On NEW before the final sync: record /etc/dkimkeys' owner once (a retried
+/// step 4 finds OLD's copy there, whose owner may be OLD's numbering).
+pub fn record_dkim_owner() -> String {
+    format!(
+        "[ -s {DKIM_OWNER_FILE} ] || {{ [ -d /etc/dkimkeys ] && (umask 077 && stat -c %u:%g /etc/dkimkeys > {DKIM_OWNER_FILE}.tmp && mv {DKIM_OWNER_FILE}.tmp {DKIM_OWNER_FILE}); }} || {{ echo 'no /etc/dkimkeys on the new host (step 2 creates it)' >&2; exit 3; }}"
+    )
+}
+
+/// On NEW after the final sync: DKIM keys to the recorded owner.
+pub fn dkim_chown() -> String {
+    format!("chown -R \"$(cat {DKIM_OWNER_FILE})\" /etc/dkimkeys")
+}
+
+/// On OLD before a staged transfer: bytes the relay will occupy in staging.
+pub fn disk_usage() -> String {
+    let mut paths = STATE_DIRS.to_vec();
+    paths.push(MAIL_DIR);
+    format!("du -sbc {} | tail -n 1 | cut -f1", paths.join(" "))
+}
+
+/// On OLD: KiB used by the mailboxes.
+pub fn used_kib() -> String {
+    format!("du -sk {MAIL_DIR} | cut -f1")
+}
+
+/// On NEW: KiB free on the mailboxes' filesystem, then KiB they use so far.
+pub fn free_and_used_kib() -> String {
+    format!(
+        "df -Pk /home/vmail | awk 'NR==2 {{print $4}}'; u=$(du -sk {MAIL_DIR} 2>/dev/null | cut -f1); echo \"${{u:-0}}\""
+    )
+}
+
+/// One cmdeploy invocation on the controller (argv and the stages it must see).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdeployRun {
+    /// Value for `CMDEPLOY_STAGES`; `None` means the variable is removed so the
+    /// default (all stages) applies and nothing stale from the operator's shell leaks in.
+    pub stages: Option<&'static str>,
+    pub args: Vec<String>,
+    /// Runs while a relay is down (or to bring it back): it goes before pre-staging
+    /// runs in the queue for a workspace.
+    pub urgent: bool,
+}
+
+impl CmdeployRun {
+    pub fn render(&self, cmdeploy: &Path) -> String {
+        let env = match self.stages {
+            Some(s) => format!("CMDEPLOY_STAGES={s}"),
+            None => "env -u CMDEPLOY_STAGES".to_string(),
+        };
+        let mut words = vec![cmdeploy.display().to_string()];
+        words.extend(self.args.iter().cloned());
+        format!("{env} {}", join(&words))
+    }
+}
+
+fn cmdeploy(
+    config: &Path,
+    host: &Host,
+    stages: Option<&'static str>,
+    disable: bool,
+) -> CmdeployRun {
+    let mut args = vec![
+        "run".to_string(),
+        "--config".into(),
+        config.display().to_string(),
+    ];
+    if disable {
+        args.push("--disable-mail".into());
+    }
+    args.extend(["--ssh-host".to_string(), host.ssh.clone()]);
+    CmdeployRun {
+        stages,
+        args,
+        urgent: true,
+    }
+}
+
+/// Step 2: install and configure NEW, keep it inactive.
+pub fn preconfigure(relay: &Relay) -> CmdeployRun {
+    CmdeployRun {
+        urgent: false,
+        ..cmdeploy(&relay.config, &relay.new, Some("install,configure"), false)
+    }
+}
+
+/// Step 3: stop and disable postfix and dovecot on OLD.
+pub fn disable_old(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.old, None, true)
+}
+
+/// Step 6: activate NEW.
+pub fn activate(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.new, Some("activate"), false)
+}
+
+/// What `cmdeploy run --disable-mail` does to mail, and nothing else: its dovecot and
+/// postfix deployers end in pyinfra's `systemd.service(running=False, enabled=False)`
+/// for these units (chatmail relay, `cmdeploy/src/cmdeploy/{dovecot,postfix}/deployer.py`),
+/// dovecot first, which runs `systemctl stop` and `systemctl disable` (pyinfra,
+/// `operations/systemd.py`). Stopped and disabled, not masked.
+pub const MAIL_UNITS: [&str; 2] = ["dovecot.service", "postfix.service"];
+
+/// Step 3 with `disable_old = "systemctl"`, on OLD: stop mail and keep it off across
+/// a reboot, as `--disable-mail` does, without the whole deploy around it.
+pub fn systemctl_disable_mail() -> String {
+    format!("systemctl disable --now {}", MAIL_UNITS.join(" "))
+}
+
+/// Rollback of a systemctl step 3, on OLD: exactly its inverse.
+pub fn systemctl_enable_mail() -> String {
+    format!("systemctl enable --now {}", MAIL_UNITS.join(" "))
+}
+
+/// What [`smtp_probe`] prints.
+pub const PROBE_OPEN: &str = "open";
+pub const PROBE_CLOSED: &str = "closed";
+pub const PROBE_UNKNOWN: &str = "unknown";
+
+/// On OLD: does its own public address take SMTP? Asked from OLD itself so that a
+/// firewall between the controller and OLD cannot pass for a closed port; a connect
+/// that hangs (`timeout`) is neither answer.
+pub fn smtp_probe(ip4: std::net::Ipv4Addr) -> String {
+    format!(
+        "timeout 5 bash -c 'exec 3<>\"/dev/tcp/$1/25\"' cmfleet-probe {} 2>/dev/null; \
+         case $? in 0) echo {PROBE_OPEN} ;; 124) echo {PROBE_UNKNOWN} ;; *) echo {PROBE_CLOSED} ;; esac",
+        quote(&ip4.to_string())
+    )
+}
+
+/// Rollback: a full run against OLD without `--disable-mail` re-enables mail there.
+pub fn reenable_old(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.old, None, false)
+}
+
+/// Rollback: make sure NEW does not serve mail (the relay must have one active site).
+pub fn disable_new(relay: &Relay) -> CmdeployRun {
+    cmdeploy(&relay.config, &relay.new, None, true)
+}
+
+/// Staged mode: where a relay's data waits on the controller between the two hops.
+pub fn staging_dir(staging_root: &Path, relay: &Relay) -> PathBuf {
+    staging_root.join(&relay.name)
+}
+
+/// Staged mode, one hop: rsync on the controller between a host and the staging
+/// directory, with `-R` so each source keeps its absolute path under the staging
+/// directory (and `--delete` only ever reaches into the listed trees, never `/`).
+/// `ssh` is the remote shell (reusing the host's master connection);
+/// `--numeric-ids` because the controller has no vmail or opendkim users —
+/// ownership is set on NEW afterwards anyway.
+fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
+    let mut argv: Vec<String> = [
+        "rsync",
+        "-aHR",
+        "--numeric-ids",
+        "--no-implied-dirs",
+        "--delete",
+        "--info=progress2",
+        "-e",
+        ssh,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    argv.extend(sources.iter().cloned());
+    argv.push(dest.to_string());
+    argv
+}
+
+/// A staged sync's two hops, run on the controller: OLD -> staging, then staging ->
+/// NEW from inside the staging directory (relative paths keep `-R`'s layout).
+pub struct StagedHops {
+    pub dir: PathBuf,
+    pub pull: Vec<String>,
+    /// Runs in `dir`.
+    pub push: Vec<String>,
+}
+
+/// The hops of a staged sync of `relay` (`last`: the final sync, with the state);
+/// `old_ssh` and `new_ssh` are the remote shells (the hosts' master connections).
+pub fn staged_hops(
+    staging_root: &Path,
+    relay: &Relay,
+    last: bool,
+    old_ssh: &str,
+    new_ssh: &str,
+) -> StagedHops {
+    let dir = staging_dir(staging_root, relay);
+    let trees = sync_trees(last);
+    let from_old: Vec<String> = trees
+        .iter()
+        .map(|p| format!("{}:{p}", relay.old.ssh))
+        .collect();
+    let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
+    StagedHops {
+        pull: staged_rsync(old_ssh, &from_old, &format!("{}/", dir.display())),
+        push: staged_rsync(new_ssh, &relative, &format!("{}:/", relay.new.ssh)),
+        dir,
+    }
+}
+
+/// The trees a sync moves: the mailboxes, and at the final sync the state too.
+fn sync_trees(last: bool) -> Vec<&'static str> {
+    let mut trees = if last {
+        STATE_DIRS.to_vec()
+    } else {
+        Vec::new()
+    };
+    trees.push(MAIL_DIR);
+    trees
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    /// The channel may end before the script's `setsid` has made its process group
+    /// (a second Ctrl-C right after the copy started, on a loaded host): the
+    /// watcher must still stop it. A `setsid` that takes half a second to start
+    /// opens that window every time.
+    #[test]
+    fn a_channel_that_ends_before_setsid_still_stops_the_script() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let setsid = dir.path().join("setsid");
+        std::fs::write(
+            &setsid,
+            "#!/bin/sh\nsleep 0.5\nexec /usr/bin/setsid \"$@\"\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&setsid, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let marker = dir.path().join("copied");
+        let script = format!("sleep 1; touch {}", marker.display());
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(super::stops_with_channel(&script))
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("run sh");
+        std::thread::sleep(Duration::from_millis(2000));
+        assert!(
+            !marker.exists(),
+            "the script ran on after the channel ended ({status:?})"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,94 @@
+//! The listing each host sends for the proof: one command, run on OLD and on NEW.
+//!
+//! Records are NUL-terminated (file names may hold tabs, newlines and bytes that
+//! are not UTF-8; only NUL and `/` cannot appear in them) and have six tab-separated
+//! fields, the path last, so a path may hold tabs too:
+//!
+//! | section | fields 2-5 | field 6 |
+//! |---|---|---|
+//! | `M` mailboxes | type, size, mtime, `uid:gid` | path under /home/vmail/mail |
+//! | `S` state entries | type, size, link target, `uid:gid` | absolute path |
+//! | `D` state contents | `-`, `-`, sha256, `-` | absolute path of a regular file |
+//! | `Q` Postfix queue | `-`, `-`, `-`, queue ID (file name) | `QUEUE/sha256` of one queue file |
+//! | `U` Dovecot uidlists | `-`, UIDVALIDITY, UIDNEXT (as IMAP sees it), `-` | path of a `dovecot-uidlist` |
+//!
+//! The records are sorted on the host (section, then path, bytewise). A header comes
+//! first (the host's vmail owner and the DKIM owner cmfleet recorded on it) and a
+//! trailer last, computed on the host over the sorted records: their count and
+//! SHA-256. Every part of the listing writes into a file and its exit status is
+//! checked (no pipeline hides a failing `find`); only a complete listing is sent.
+
+use crate::host::catalogue::{DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
+
+/// First record: `#cmfleet-manifest 1 vmail=UID:GID dkim=UID:GID` (`-` unknown).
+pub const HEADER: &str = "#cmfleet-manifest 1";
+/// Last record: `#cmfleet-end COUNT SHA256`.
+pub const TRAILER: &str = "#cmfleet-end";
+/// The state the proof compares by content.
+pub const STATE_PATHS: [&str; 2] = ["/var/lib/acme", "/etc/dkimkeys"];
+/// Postfix's queue directories: their files are compared per directory by content
+/// (`postsuper -s` renames queue files after their new inode numbers).
+pub const QUEUES: [&str; 6] = [
+    "maildrop", "incoming", "active", "deferred", "hold", "corrupt",
+];
+pub const SPOOL: &str = "/var/spool/postfix";
+
+/// Run by `awk` over a batch of `dovecot-uidlist` files: one `U` record each, with
+/// the header's UIDVALIDITY (`3 V<uidvalidity> N<uidnext> G<guid>`; `-` if absent) and
+/// the UIDNEXT a client sees: the header's, or one past the highest UID listed if that
+/// is more (Dovecot appends lines without rewriting the header). One process for all
+/// files: this runs inside the downtime. An empty file has no record (its `M` record
+/// still compares); one that cannot be read fails the listing (awk exits 2).
+const UIDLISTS: &str = r#"function out() { if (f != "") printf "U\t-\t%s\t%.0f\t-\t%s%c", v, (m > n ? m : n), substr(f, 3), 0 }
+FNR == 1 { out(); f = FILENAME; v = "-"; n = 0; m = 0; for (i = 2; i <= NF; i++) { if ($i ~ /^V/) v = substr($i, 2); else if ($i ~ /^N/) n = substr($i, 2) + 0 } next }
+$1 ~ /^[0-9]+$/ && $1 + 1 > m { m = $1 + 1 }
+END { out() }"#;
+
+/// The listing command (the same on both hosts).
+pub fn listing() -> String {
+    let state = STATE_PATHS
+        .iter()
+        .chain(OPTIONAL_FILES.iter())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let queues = QUEUES.join(" ");
+    format!(
+        r#"t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT; tab=$(printf '\t')
+die() {{ echo "cmfleet listing on $(hostname): $1" >&2; exit 70; }}
+vm=$(id -u vmail 2>/dev/null):$(id -g vmail 2>/dev/null); [ "$vm" = : ] && vm=-
+dk=$(cat {DKIM_OWNER_FILE} 2>/dev/null) || dk=-
+cd {MAIL_DIR} || die "cannot enter {MAIL_DIR}"
+find . -ignore_readdir_race -mindepth 1 \( -type d -printf 'M\td\t0\t0\t%U:%G\t%P\0' \) -o -printf 'M\t%y\t%s\t%T@\t%U:%G\t%P\0' > "$t/m" || die "find failed in {MAIL_DIR}"
+find . -ignore_readdir_race -mindepth 1 -name dovecot-uidlist -type f -exec awk '{UIDLISTS}' {{}} + > "$t/u" || die "cannot read the uidlists in {MAIL_DIR}"
+set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
+: > "$t/s"; : > "$t/d0"; : > "$t/q0"
+if [ $# -gt 0 ]; then
+  find "$@" \( -type d -printf 'S\td\t0\t-\t%U:%G\t%p\0' \) -o \( -type l -printf 'S\tl\t0\t%l\t%U:%G\t%p\0' \) -o -printf 'S\t%y\t%s\t-\t%U:%G\t%p\0' > "$t/s" || die "find failed in $*"
+  find "$@" -type f -exec sha256sum -z -- {{}} + > "$t/d0" || die "cannot read the files of $*"
+fi
+if [ -d {SPOOL} ]; then
+  cd {SPOOL} || die "cannot enter {SPOOL}"
+  set --; for q in {queues}; do [ -d "$q" ] && set -- "$@" "$q"; done
+  if [ $# -gt 0 ]; then find "$@" -type f -exec sha256sum -z -- {{}} + > "$t/q0" || die "cannot read the Postfix queue"; fi
+fi
+sed -z 's/^\([0-9a-f]\{{64\}}\)  /D\t-\t-\t\1\t-\t/' "$t/d0" > "$t/d" || die "sed failed"
+sed -z 's/^\([0-9a-f]\{{64\}}\)  \([^/]*\)\/\(.*\/\)\{{0,1\}}\([^/]*\)$/Q\t-\t-\t-\t\4\t\2\/\1/' "$t/q0" > "$t/q" || die "sed failed"
+LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/all" "$t/m" "$t/u" "$t/s" "$t/d" "$t/q" || die "sort failed"
+n=$(tr -cd '\0' < "$t/all" | wc -c) || die "cannot count the listing"
+sum=$(sha256sum < "$t/all") || die "cannot digest the listing"
+printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
+cat "$t/all" || die "cannot send the listing"
+printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
+    )
+}
+
+/// On NEW after the final sync, in one command: the ownership repair, then the
+/// listing (taken while OLD's is, the shortest path through the downtime).
+pub fn settle_new() -> String {
+    format!(
+        "{} || exit $?\n{}",
+        crate::host::catalogue::fix_ownership(),
+        listing()
+    )
+}

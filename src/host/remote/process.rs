@@ -1,0 +1,314 @@
+//! Spawning a process and streaming its output, line by line, to the log and events.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use crate::model::events::{Event, EventSink};
+use crate::model::step::Step;
+
+/// Lines kept for error messages and the report.
+const TAIL: usize = 20;
+
+/// Where a command's output goes: the relay's log file and the event stream.
+#[derive(Clone)]
+pub struct LineSink {
+    pub relay: String,
+    pub step: Step,
+    pub events: EventSink,
+    /// The relay's log, shared by all its commands (0600, append).
+    pub log: Option<Arc<Mutex<File>>>,
+}
+
+impl LineSink {
+    /// Writes a line to the log only (e.g. the command about to run).
+    pub fn log(&self, line: &str) {
+        if let Some(log) = &self.log {
+            if let Ok(mut f) = log.lock() {
+                // A log write failure must not fail the migration; the journal is authoritative.
+                let _ = writeln!(f, "{}", crate::infra::redact::clean(line));
+            }
+        }
+    }
+
+    /// Tells the world the relay waits on a limit (not running, not stuck).
+    pub fn waiting(&self, reason: crate::model::events::WaitReason) {
+        self.events.send(Event::Waiting {
+            relay: self.relay.clone(),
+            reason,
+        });
+    }
+
+    fn line(&self, line: &str) {
+        self.log(line);
+        if let Some((bytes, percent, rate)) = parse_progress(line) {
+            self.events.send(Event::Progress {
+                relay: self.relay.clone(),
+                step: self.step,
+                bytes,
+                percent,
+                rate,
+            });
+        } else {
+            self.events.send(Event::Output {
+                relay: self.relay.clone(),
+                step: self.step,
+                line: line.to_string(),
+            });
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone)]
+pub struct ProcessOutput {
+    /// Exit code; `None` when killed by a signal.
+    pub code: Option<i32>,
+    /// The last lines of stdout and stderr, interleaved as they came.
+    pub tail: Vec<String>,
+    /// All of stdout, when captured (small outputs only, e.g. `du`).
+    pub stdout: Option<String>,
+}
+
+/// Runs `cmd` to completion, streaming its output (stdout and stderr) into `sink`.
+///
+/// The child is killed if this future is dropped (second Ctrl-C), never orphaned.
+pub async fn run_process(mut cmd: Command, sink: &LineSink) -> std::io::Result<ProcessOutput> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (captured, tail) = stream_output(stdout, stderr, sink, Stdout::Sink).await?;
+    let status = child.wait().await?;
+    Ok(ProcessOutput {
+        code: status.code(),
+        tail,
+        stdout: captured,
+    })
+}
+
+/// Where a command's stdout goes.
+pub enum Stdout {
+    /// Line by line into the sink (the log and events), like stderr.
+    Sink,
+    /// Returned whole (small outputs only, e.g. a probe's facts).
+    Capture,
+    /// Record by record (bytes, each ended by `end`, which is removed) into a
+    /// bounded channel, for a consumer that reads as the command writes (a manifest
+    /// of millions of files is never held whole). Bytes, not text: a file name need
+    /// not be UTF-8, and two names must never read as one.
+    Records {
+        to: tokio::sync::mpsc::Sender<Vec<u8>>,
+        end: u8,
+    },
+}
+
+/// Reads a command's stdout and stderr to their ends: stderr's lines go to `sink`
+/// (and the last ones into the returned tail), stdout's as `to` says. Shared by
+/// local processes and remote channels.
+pub async fn stream_output(
+    stdout: Option<impl AsyncRead + Unpin>,
+    stderr: Option<impl AsyncRead + Unpin>,
+    sink: &LineSink,
+    to: Stdout,
+) -> std::io::Result<(Option<String>, Vec<String>)> {
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL)));
+    let out_task = async {
+        match (stdout, to) {
+            (Some(s), Stdout::Capture) => read_all(s).await.map(Some),
+            (Some(s), Stdout::Sink) => pump(s, sink, &tail).await.map(|_| None),
+            (Some(s), Stdout::Records { to, end }) => forward(s, to, end).await.map(|_| None),
+            (None, _) => Ok(None),
+        }
+    };
+    let err_task = async {
+        match stderr {
+            Some(s) => pump(s, sink, &tail).await,
+            None => Ok(()),
+        }
+    };
+    let (captured, _) = tokio::try_join!(out_task, err_task)?;
+    let tail = tail
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    Ok((captured, tail))
+}
+
+/// Sends each record of `r` (ended by `end`; a last one without it too) to `tx`,
+/// at the consumer's pace. A consumer that stops listening does not stop the read:
+/// the rest is read and dropped, so the command runs to its end and its exit status
+/// is known (a pipe closed under it would make its status a SIGPIPE's instead).
+async fn forward(
+    r: impl AsyncRead + Unpin,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    end: u8,
+) -> std::io::Result<()> {
+    let mut r = tokio::io::BufReader::new(r);
+    let mut listening = true;
+    loop {
+        let mut record = Vec::new();
+        if r.read_until(end, &mut record).await? == 0 {
+            return Ok(());
+        }
+        if record.last() == Some(&end) {
+            record.pop();
+        }
+        if listening && tx.send(record).await.is_err() {
+            listening = false;
+        }
+    }
+}
+
+async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Reads `r` and hands every line to the sink. rsync's progress updates end in
+/// `\r`, so both `\r` and `\n` end a line.
+async fn pump(
+    mut r: impl AsyncRead + Unpin,
+    sink: &LineSink,
+    tail: &Mutex<VecDeque<String>>,
+) -> std::io::Result<()> {
+    let mut buf = [0u8; 8192];
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' || b == b'\r' {
+                emit(&mut pending, sink, tail);
+            } else {
+                pending.push(b);
+            }
+        }
+    }
+    emit(&mut pending, sink, tail);
+    Ok(())
+}
+
+fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) {
+    if pending.iter().all(u8::is_ascii_whitespace) {
+        pending.clear();
+        return;
+    }
+    let line = String::from_utf8_lossy(pending).trim_end().to_string();
+    pending.clear();
+    sink.line(&line);
+    if parse_progress(&line).is_none() {
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == TAIL {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+}
+
+/// Marks tar's progress lines (`--checkpoint-action=echo`, see
+/// `catalogue::first_copy`) for the progress parser.
+pub const TAR_PROGRESS: &str = "cmfleet-copied";
+
+/// Parses a progress line: rsync's `--info=progress2` or tar's checkpoints (see
+/// `commands::first_copy`).
+pub fn parse_progress(line: &str) -> Option<(u64, u8, String)> {
+    parse_rsync_progress(line).or_else(|| parse_tar_progress(line))
+}
+
+/// `tar: cmfleet-copied 10240 (10KiB, 9.9MiB/s) of 20480`.
+fn parse_tar_progress(line: &str) -> Option<(u64, u8, String)> {
+    // tar names itself as it was called: "tar: ", "/usr/bin/tar: ".
+    let (_, rest) = line.split_once("tar: ")?;
+    let rest = rest.strip_prefix(TAR_PROGRESS)?;
+    let (bytes, rest) = rest.trim_start().split_once(' ')?;
+    let bytes: u64 = bytes.parse().ok()?;
+    let (inside, total) = rest.strip_prefix('(')?.split_once(") of ")?;
+    let rate = inside.rsplit(", ").next()?.to_string();
+    let total: u64 = total.trim().parse().ok()?;
+    let percent = (bytes.saturating_mul(100) / total.max(1)).min(100);
+    Some((bytes, u8::try_from(percent).ok()?, rate))
+}
+
+/// `  1,234,567  45%   12.34MB/s    0:00:03 ...`.
+fn parse_rsync_progress(line: &str) -> Option<(u64, u8, String)> {
+    let mut words = line.split_whitespace();
+    let bytes: u64 = words.next()?.replace(',', "").parse().ok()?;
+    let percent: u8 = words.next()?.strip_suffix('%')?.parse().ok()?;
+    let rate = words.next()?;
+    rate.ends_with("/s")
+        .then(|| (bytes, percent, rate.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progress;
+
+    /// A consumer that leaves early does not cut the command short: the rest is
+    /// read and dropped, so `seq` ends normally instead of by SIGPIPE.
+    #[tokio::test]
+    async fn a_consumer_that_leaves_does_not_kill_the_command() {
+        let mut child = tokio::process::Command::new("seq")
+            .args(["1", "200000"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn seq");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let stdout = child.stdout.take();
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::model::step::Step::FinalSync,
+            events: crate::model::events::EventSink::discard(),
+            log: None,
+        };
+        let to = super::Stdout::Records { to: tx, end: b'\n' };
+        let none: Option<tokio::process::ChildStderr> = None;
+        let (read, first) =
+            tokio::join!(super::stream_output(stdout, none, &sink, to), async move {
+                rx.recv().await
+            });
+        read.expect("read");
+        assert_eq!(first, Some(b"1".to_vec()));
+        let status = child.wait().await.expect("wait");
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+
+    #[test]
+    fn parses_rsync_progress2() {
+        assert_eq!(
+            parse_progress("     12,345,678  45%   12.34MB/s    0:00:03 (xfr#12, to-chk=0/100)"),
+            Some((12_345_678, 45, "12.34MB/s".to_string()))
+        );
+        assert_eq!(parse_progress("sending incremental file list"), None);
+    }
+
+    #[test]
+    fn parses_tar_checkpoints() {
+        assert_eq!(
+            parse_progress("tar: cmfleet-copied 5120000 (4.9MiB, 9.9MiB/s) of 10240000"),
+            Some((5_120_000, 50, "9.9MiB/s".to_string()))
+        );
+        // du counts directories too: tar can pass the estimate.
+        assert_eq!(
+            parse_progress("tar: cmfleet-copied 300 (300B, 1KiB/s) of 200").map(|p| p.1),
+            Some(100)
+        );
+        assert_eq!(parse_progress("tar: file changed as we read it"), None);
+        assert_eq!(
+            parse_progress("/usr/bin/tar: cmfleet-copied 10240 (10KiB, 1MiB/s) of 20480")
+                .map(|p| p.1),
+            Some(50)
+        );
+    }
+}
