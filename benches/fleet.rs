@@ -659,6 +659,8 @@ struct RunResult {
     leftovers: usize,
     /// ssh handshakes per phase (pre, cut): (controller -> a host, OLD -> NEW).
     handshakes: [(usize, usize); 2],
+    /// CPU seconds the whole machine was busy per phase (pre, cut).
+    machine_cpu: [f64; 2],
     /// Non-zero exits, "PHASE exit CODE".
     codes: Vec<String>,
 }
@@ -880,6 +882,27 @@ fn handshakes(lab: &Lab) -> (usize, usize) {
     n
 }
 
+/// CPU seconds the whole machine spent busy so far (/proc/stat: user, nice, system,
+/// irq, softirq, steal; USER_HZ is 100 on Linux). In the lab the hosts are on the
+/// controller's machine: this counts their work too, which the controller's own CPU
+/// (its children) does not.
+fn machine_cpu() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|i| f.get(*i))
+        .sum::<f64>();
+    busy / 100.0
+}
+
 fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     let t = Instant::now();
     let lab = fresh_lab(o)?;
@@ -911,6 +934,7 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         }
         let seen = handshakes(&lab);
         let cpu0 = children_cpu();
+        let machine0 = machine_cpu();
         let log = logs.join(format!("{round}-{}-{}.log", c.name(), ph.name));
         let run = run_measured(&mut ph.cmd, &log)?;
         if i + 1 == phase_count || c == Contender::CmfleetDaysApart {
@@ -922,6 +946,7 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         }
         let now = handshakes(&lab);
         res.handshakes[i.min(1)] = (now.0 - seen.0, now.1 - seen.1);
+        res.machine_cpu[i.min(1)] = machine_cpu() - machine0;
         res.cpu += children_cpu() - cpu0;
         res.wall += run.wall;
         if i == 0 {
@@ -997,6 +1022,12 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         } else {
             format!(" ({})", res.codes.join(", "))
         }
+    );
+    eprintln!(
+        "  [{round}] {:<16} machine CPU (controller and every lab host): pre {:.1} s, cut {:.1} s",
+        c.name(),
+        res.machine_cpu[0],
+        res.machine_cpu[1]
     );
     if let Some(e) = &res.verify.example {
         eprintln!("      e.g. {e}");
