@@ -1541,14 +1541,7 @@ mod scale {
             marks: Default::default(),
             start: tokio::time::Instant::now(),
         });
-        let jobs: Vec<Job> = relays
-            .iter()
-            .map(|r| Job {
-                relay: r.clone(),
-                steps: Step::ALL.to_vec(),
-            })
-            .collect();
-        drop(relays);
+        let jobs = all_steps(relays);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
@@ -1599,6 +1592,18 @@ mod scale {
         Ok(())
     }
 
+    /// One job per relay with all six steps (the relays are dropped: their memory is
+    /// the jobs' now).
+    fn all_steps(relays: Vec<Relay>) -> Vec<Job> {
+        relays
+            .into_iter()
+            .map(|relay| Job {
+                relay,
+                steps: Step::ALL.to_vec(),
+            })
+            .collect()
+    }
+
     const CONFIGS: usize = 2;
 
     /// One configuration: prints one table row.
@@ -1621,14 +1626,7 @@ mod scale {
                 },
             ),
         };
-        let jobs: Vec<Job> = relays
-            .iter()
-            .map(|r| Job {
-                relay: r.clone(),
-                steps: Step::ALL.to_vec(),
-            })
-            .collect();
-        drop(relays);
+        let jobs = all_steps(relays);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
