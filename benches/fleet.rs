@@ -33,6 +33,8 @@ use anyhow::{bail, Context, Result};
 use cmfleet::lab::{Activity, CmdeployCost, DataOptions, Kind, Lab, LabOptions, Manifest, Subnet};
 
 // Not benches/throughput.rs: Cargo would make every file in benches/ a bench target.
+#[path = "fleet/by_command.rs"]
+mod by_command;
 #[path = "fleet/throughput.rs"]
 mod throughput;
 
@@ -116,6 +118,8 @@ struct Opts {
     cmdeploy_cost: Option<CmdeployCost>,
     /// `--cmdeploy-model` and `--cmdeploy-scale` as given, for the report.
     cmdeploy_model: String,
+    /// `--by-command`: the machine's CPU per command name and phase (process accounting).
+    by_command: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -135,6 +139,7 @@ fn parse_args() -> Result<Opts> {
         subnet: Subnet::new(79, 1),
         cmdeploy_cost: None,
         cmdeploy_model: "fast (the stand-in's own cost)".into(),
+        by_command: false,
     };
     let mut model = "fast".to_string();
     let mut model_scale: f64 = 0.1;
@@ -183,6 +188,7 @@ fn parse_args() -> Result<Opts> {
                 std::process::exit(0);
             }
             "--no-fleet" => o.fleet = false,
+            "--by-command" => o.by_command = true,
             "--throughput" => o.throughput = true,
             "--size-mib" => o.size_mib = val()?.parse()?,
             "--tp-subnet" => o.tp_subnet = val()?.parse().map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -227,7 +233,7 @@ const HELP: &str = "cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--p
 [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] \
 [--throughput [--size-mib 500] [--tp-subnet 127.79.2]] [--scale] [--no-fleet] \
 [--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1] [--cmdeploy-model fast|real [--cmdeploy-scale 0.1]] \
-[--night N]
+[--night N] [--by-command]
 
 --cmdeploy-model real: every stand-in cmdeploy run costs the real one's estimated wall time and controller CPU \
 (cmfleet::lab::CmdeployCost::REAL, docs/performance.md) times --cmdeploy-scale (default 0.1); fast (default): \
@@ -236,7 +242,9 @@ the stand-in's own fraction of a second.
 clock), reporting the makespan against its lower bound and the downtime distribution; --night N: one such night.
 --throughput: one relay with --size-mib MiB of random mail; the raw pipe (ssh -A OLD \"tar c | ssh NEW tar x\"), \
 cmfleet direct and cmfleet staged step 1, alternating for --rounds rounds, each with the default cipher and \
-aes128-gcm; lab in DIR-tp on --tp-subnet. --no-fleet skips the fleet benchmark.";
+aes128-gcm; lab in DIR-tp on --tp-subnet. --no-fleet skips the fleet benchmark.
+--by-command: BSD process accounting (accton, dump-acct: Debian's acct) during each phase, and the CPU of \
+every command name on the machine (controller and lab hosts) printed per phase: where the wall time goes.";
 
 fn main() -> Result<()> {
     let o = parse_args()?;
@@ -936,6 +944,10 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         let cpu0 = children_cpu();
         let machine0 = machine_cpu();
         let log = logs.join(format!("{round}-{}-{}.log", c.name(), ph.name));
+        let acct = o
+            .by_command
+            .then(|| by_command::Recording::start(&logs.join("pacct")))
+            .transpose()?;
         let run = run_measured(&mut ph.cmd, &log)?;
         if i + 1 == phase_count || c == Contender::CmfleetDaysApart {
             res.leftovers += settle();
@@ -943,6 +955,16 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
             // The same night: what the pre-stage kept (cmfleet's masters) stays
             // for the cutover; their CPU is counted when they are reaped at the end.
             reap_zombies();
+        }
+        // After the settle: kept masters and their sshd count where they end (a
+        // pre-stage's in the cutover).
+        if let Some(rec) = acct {
+            eprintln!(
+                "  [{round}] {:<16} {} machine CPU by command: {}",
+                c.name(),
+                ph.name,
+                by_command::line(&rec.stop()?, 14)
+            );
         }
         let now = handshakes(&lab);
         res.handshakes[i.min(1)] = (now.0 - seen.0, now.1 - seen.1);

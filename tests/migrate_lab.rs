@@ -75,13 +75,15 @@ fn full_migration_with_mail_activity_leaves_exact_copies() {
         let new = lab.host_state(relay.new.addr).expect("new state");
         assert!(old.mail_disabled && !old.active, "old: {old:?}");
         assert!(new.active && new.configured, "new: {new:?}");
+        // A direct copy keeps the spool's owners by name: nothing for set-permissions.
         assert!(
-            new.postfix_log
+            !new.postfix_log
                 .iter()
                 .any(|l| l.contains("set-permissions")),
             "{:?}",
             new.postfix_log
         );
+        assert_spool_owned_by_postfix(&relay.new, &users);
         assert!(
             new.postfix_log.iter().any(|l| l.contains("postsuper -s")),
             "{:?}",
@@ -132,6 +134,18 @@ fn staged_mode_works_when_old_cannot_reach_new() {
     let (outcome, journal) = run(&inv, Step::Activate);
     assert_eq!(outcome.done.len(), 2, "{outcome:?}\n{:#?}", journal.data);
     assert_trees_equal(&lab);
+    // The staged copy carries OLD's numeric owners: Postfix's own repair runs.
+    for relay in lab.relays() {
+        let new = lab.host_state(relay.new.addr).expect("new state");
+        assert!(
+            new.postfix_log
+                .iter()
+                .any(|l| l.contains("set-permissions")),
+            "{:?}",
+            new.postfix_log
+        );
+        assert_spool_owned_by_postfix(&relay.new, &lab.users());
+    }
     assert!(!Path::new(
         &inv.fleet
             .state_dir
@@ -582,4 +596,47 @@ fn verbose_logs_carry_the_relay_and_step() {
     );
     assert!(err.contains("new master connection"), "{err}");
     assert!(err.contains("cutover slot taken"), "{err}");
+}
+
+/// Postfix's queue on `host` as Postfix needs it: every queue directory and every
+/// queued message owned by `postfix`, maildrop/ and public/ in group `postdrop`.
+fn assert_spool_owned_by_postfix(host: &cmfleet::lab::LabHost, users: &cmfleet::lab::LabUsers) {
+    use std::os::unix::fs::MetadataExt;
+    let spool = host.path("/var/spool/postfix");
+    let mut queued = 0;
+    for queue in [
+        "active", "deferred", "defer", "hold", "incoming", "maildrop", "public",
+    ] {
+        let dir = spool.join(queue);
+        let meta = std::fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert_eq!(meta.uid(), users.postfix_uid, "owner of {}", dir.display());
+        if matches!(queue, "maildrop" | "public") {
+            assert_eq!(meta.gid(), users.postdrop_gid, "group of {}", dir.display());
+        }
+        for entry in walk(&dir) {
+            let meta = std::fs::symlink_metadata(&entry).expect("stat queue file");
+            if meta.is_file() && queue != "maildrop" {
+                assert_eq!(
+                    meta.uid(),
+                    users.postfix_uid,
+                    "owner of {}",
+                    entry.display()
+                );
+                queued += 1;
+            }
+        }
+    }
+    assert!(queued > 0, "no queued message in {}", spool.display());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

@@ -19,6 +19,7 @@
 //! checked (no pipeline hides a failing `find`); only a complete listing is sent.
 
 use crate::host::catalogue::{DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
+use crate::model::inventory::TransferMode;
 
 /// First record: `#cmfleet-manifest 1 vmail=UID:GID dkim=UID:GID` (`-` unknown).
 pub const HEADER: &str = "#cmfleet-manifest 1";
@@ -85,10 +86,10 @@ printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
 
 /// On NEW after the final sync, in one command: the ownership repair, then the
 /// listing (taken while OLD's is, the shortest path through the downtime).
-pub fn settle_new() -> String {
+pub fn settle_new(transfer: TransferMode) -> String {
     format!(
         "{} || exit $?\n{}",
-        crate::host::catalogue::fix_ownership(),
+        crate::host::catalogue::fix_ownership(transfer),
         listing()
     )
 }
