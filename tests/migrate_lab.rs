@@ -155,6 +155,45 @@ fn staged_mode_works_when_old_cannot_reach_new() {
     .exists());
 }
 
+/// Why step 4 runs no `postfix set-permissions` after a direct copy: the final sync
+/// gives the spool's files the owner of the same *name* on NEW, whatever its number
+/// there. A user whose uid and gid differ between OLD and NEW owns a file in OLD's
+/// spool; on NEW the copy belongs to NEW's numbers for that name.
+#[test]
+fn a_direct_final_sync_gives_the_spool_owners_by_name() {
+    use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt;
+    let lab = TestLab::start(1);
+    let relay = &lab.relays()[0];
+    let (name, old_id, new_id) = ("cmfleet-probe", 6101, 6102);
+    for (host, id) in [(&relay.old, old_id), (&relay.new, new_id)] {
+        // The host's own /etc/passwd and /etc/group (bind-mounted from its directory).
+        for (table, line) in [
+            (
+                "passwd",
+                format!("{name}:x:{id}:{id}::/:/usr/sbin/nologin\n"),
+            ),
+            ("group", format!("{name}:x:{id}:\n")),
+        ] {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(host.dir.join(table))
+                .expect("open host table");
+            f.write_all(line.as_bytes()).expect("append");
+        }
+    }
+    let probe = "/var/spool/postfix/cmfleet-owner-probe";
+    std::fs::write(relay.old.path(probe), "x").expect("write probe");
+    std::os::unix::fs::chown(relay.old.path(probe), Some(old_id), Some(old_id)).expect("chown");
+
+    let inv = Inventory::load(&lab.inventory()).expect("inventory");
+    let (outcome, journal) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 1, "{outcome:?}\n{:#?}", journal.data);
+    let meta = std::fs::metadata(relay.new.path(probe)).expect("probe copied to new");
+    assert_eq!((meta.uid(), meta.gid()), (new_id, new_id), "owner on new");
+    assert_spool_owned_by_postfix(&relay.new, &lab.users());
+}
+
 #[test]
 fn a_second_concurrent_migrate_refuses() {
     let lab = TestLab::start(1);
