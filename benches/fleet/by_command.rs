@@ -27,7 +27,7 @@ impl Recording {
     }
 
     /// Switches accounting off and returns CPU seconds per command name.
-    pub fn stop(self) -> Result<BTreeMap<String, f64>> {
+    pub fn stop(self) -> Result<BTreeMap<String, Usage>> {
         // The hosts' sshd end a moment after the controller's ssh.
         std::thread::sleep(std::time::Duration::from_millis(500));
         run(Command::new("accton").arg("off"))?;
@@ -55,9 +55,16 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// CPU seconds and process count of one command name.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Usage {
+    pub cpu: f64,
+    pub processes: usize,
+}
+
 /// dump-acct's records: `command|version|user|system|...`, times in ticks of 1/100 s.
-fn per_command(dump: &str) -> BTreeMap<String, f64> {
-    let mut cpu = BTreeMap::new();
+fn per_command(dump: &str) -> BTreeMap<String, Usage> {
+    let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
     for line in dump.lines() {
         let f: Vec<&str> = line.split('|').map(str::trim).collect();
         let (Some(name), Some(user), Some(sys)) = (f.first(), f.get(2), f.get(3)) else {
@@ -66,22 +73,37 @@ fn per_command(dump: &str) -> BTreeMap<String, f64> {
         let (Ok(user), Ok(sys)) = (user.parse::<f64>(), sys.parse::<f64>()) else {
             continue;
         };
-        *cpu.entry(name.to_string()).or_insert(0.0) += (user + sys) / 100.0;
+        let u = usage.entry(name.to_string()).or_default();
+        u.cpu += (user + sys) / 100.0;
+        u.processes += 1;
     }
-    cpu
+    usage
 }
 
-/// The `top` busiest commands, then the rest, on one line.
-pub fn line(cpu: &BTreeMap<String, f64>, top: usize) -> String {
-    let mut v: Vec<(&String, &f64)> = cpu.iter().collect();
-    v.sort_by(|a, b| b.1.total_cmp(a.1));
-    let total: f64 = cpu.values().sum();
+/// The `top` busiest commands and the rest, then the commands that started the most
+/// processes: accounting rounds each process down to whole ticks, so many short
+/// processes (a `chown` per file) show in the count, not in the CPU.
+pub fn line(usage: &BTreeMap<String, Usage>, top: usize) -> String {
+    let mut v: Vec<(&String, &Usage)> = usage.iter().collect();
+    v.sort_by(|a, b| b.1.cpu.total_cmp(&a.1.cpu));
+    let total: f64 = usage.values().map(|u| u.cpu).sum();
+    let processes: usize = usage.values().map(|u| u.processes).sum();
     let mut parts: Vec<String> = v
         .iter()
         .take(top)
-        .map(|(n, s)| format!("{n} {s:.1}"))
+        .map(|(n, u)| format!("{n} {:.1}", u.cpu))
         .collect();
-    let rest: f64 = v.iter().skip(top).map(|(_, s)| **s).sum();
+    let rest: f64 = v.iter().skip(top).map(|(_, u)| u.cpu).sum();
     parts.push(format!("other {rest:.1}"));
-    format!("{total:.1} s: {}", parts.join(", "))
+    v.sort_by_key(|(_, u)| std::cmp::Reverse(u.processes));
+    let most: Vec<String> = v
+        .iter()
+        .take(top / 2)
+        .map(|(n, u)| format!("{n} {}", u.processes))
+        .collect();
+    format!(
+        "{total:.1} s: {}; {processes} processes, most: {}",
+        parts.join(", "),
+        most.join(", ")
+    )
 }
