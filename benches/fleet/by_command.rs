@@ -42,6 +42,14 @@ impl Recording {
     }
 }
 
+/// A phase that failed (`?` past `stop`) must not leave the whole machine's
+/// accounting on; switching it off twice is harmless.
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = Command::new("accton").arg("off").output();
+    }
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd
         .output()
