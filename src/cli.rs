@@ -206,6 +206,9 @@ pub struct RollbackArgs {
     /// Also roll back relays whose NEW site is active (mail it received since stays there).
     #[arg(long)]
     pub force: bool,
+    /// Allow a selection that holds every relay of the fleet (refused without it).
+    #[arg(long)]
+    pub all: bool,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "CMFLEET_FORMAT")]
     pub format: Format,

@@ -86,7 +86,9 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plan { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
-            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let Some(relays) = selected(&inv, target.limit.as_deref())? else {
+                return Ok(exit::OK);
+            };
             let plan = plan::plan(&inv.fleet, &relays);
             match format {
                 Format::Text => print!("{}", plan::render_text(&plan)),
@@ -104,7 +106,9 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Status { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
-            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let Some(relays) = selected(&inv, target.limit.as_deref())? else {
+                return Ok(exit::OK);
+            };
             let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
             let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
             match format {
@@ -115,21 +119,25 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Command::Check { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
-            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let Some(relays) = selected(&inv, target.limit.as_deref())? else {
+                return Ok(exit::OK);
+            };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let results = rt.block_on(cmfleet::commands::check::check(&inv, &relays))?;
             print_findings("check", &results, format)
         }
         Command::Verify { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
-            let relays = inventory::select(&inv, target.limit.as_deref())?;
+            let Some(relays) = selected(&inv, target.limit.as_deref())? else {
+                return Ok(exit::OK);
+            };
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let results = rt.block_on(cmfleet::commands::verify::verify(&inv, &relays))?;
             print_findings("verify", &results, format)
         }
         Command::Rollback(args) => {
             let inv = Inventory::load(&args.inventory)?;
-            let relays = inventory::select(&inv, Some(&args.limit))?;
+            let relays = rollback_selection(&inv, &args.limit, args.all)?;
             let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let rows = rt.block_on(cmfleet::commands::rollback::rollback(
                 &inv, &relays, args.force,
@@ -183,6 +191,43 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The relays `--limit` selects, or `None` (said on stderr, so JSON output stays
+/// JSON) when it selects none: an empty `failed.txt` after a clean night is nothing
+/// to do, not the whole fleet.
+fn selected<'a>(
+    inv: &'a Inventory,
+    limit: Option<&str>,
+) -> Result<Option<Vec<&'a inventory::Relay>>> {
+    let relays = inventory::select(inv, limit)?;
+    if relays.is_empty() {
+        eprintln!("nothing to do: --limit selects no relay");
+        return Ok(None);
+    }
+    Ok(Some(relays))
+}
+
+/// `rollback` acts only on relays the operator named: an empty selection is an
+/// error (not "nothing to do": the operator meant some relay), and the whole of a
+/// fleet of several relays needs `--all` too (a glob or an exclusion that happens
+/// to cover every relay could undo a migrated fleet).
+fn rollback_selection<'a>(
+    inv: &'a Inventory,
+    limit: &str,
+    all: bool,
+) -> Result<Vec<&'a inventory::Relay>> {
+    let relays = inventory::select(inv, Some(limit))?;
+    if relays.is_empty() {
+        bail!("rollback: --limit {limit:?} selects no relay; name the relays to roll back (nothing was changed)");
+    }
+    if relays.len() == inv.relays.len() && inv.relays.len() > 1 && !all {
+        bail!(
+            "rollback: --limit {limit:?} selects every relay of the fleet ({}); pass --all as well to roll back the whole fleet (nothing was changed)",
+            relays.len()
+        );
+    }
+    Ok(relays)
+}
+
 fn progress_mode(p: Progress) -> ProgressMode {
     match p {
         Progress::Auto => ProgressMode::Auto,
@@ -193,7 +238,9 @@ fn progress_mode(p: Progress) -> ProgressMode {
 }
 
 fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Result<i32> {
-    let relays = inventory::select(inv, args.target.limit.as_deref())?;
+    let Some(relays) = selected(inv, args.target.limit.as_deref())? else {
+        return Ok(exit::OK);
+    };
     let opts = MigrateOptions {
         from_step: args.from_step.and_then(Step::from_number),
         until_step: Step::from_number(args.until_step).unwrap_or(Step::Activate),
@@ -246,7 +293,9 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
 /// `report --html`: the journal as a timeline page.
 fn run_report(args: &ReportArgs) -> Result<i32> {
     let inv = Inventory::load(&args.target.inventory)?;
-    let relays = inventory::select(&inv, args.target.limit.as_deref())?;
+    let Some(relays) = selected(&inv, args.target.limit.as_deref())? else {
+        return Ok(exit::OK);
+    };
     let names: Vec<&str> = relays.iter().map(|r| r.name.as_str()).collect();
     let journal = Journal::peek(&inv.fleet.state_dir, &inv.path)?;
     tracing::info!(journal = %cmfleet::pipeline::journal::journal_path(&inv.fleet.state_dir, &inv.path).display(), "read");
@@ -268,7 +317,9 @@ fn run_dns(command: DnsCli) -> Result<i32> {
         DnsCli::RestoreTtl { target, ttl } => (target, false, ttl),
     };
     let inv = Inventory::load(&target.inventory)?;
-    let relays = inventory::select(&inv, target.limit.as_deref())?;
+    let Some(relays) = selected(&inv, target.limit.as_deref())? else {
+        return Ok(exit::OK);
+    };
     let mut journal = Journal::open(&inv.fleet.state_dir, &inv.path)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let mut failed = 0;

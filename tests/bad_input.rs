@@ -362,6 +362,82 @@ fn a_limit_matching_nothing_is_refused() {
     assert!(!p.state().exists());
 }
 
+/// An empty `--limit` (an empty failed.txt after a clean night, `''`, `','`,
+/// `@/dev/null`) selects no relay: nothing to do, exit 0, nothing written. Before,
+/// each of these selected the whole fleet.
+#[test]
+fn an_empty_selection_selects_nothing() {
+    let p = Paper::new();
+    p.write(&valid());
+    let failed = p.dir.path().join("failed.txt");
+    std::fs::write(&failed, "").expect("write");
+    let at_failed = format!("@{}", failed.display());
+    for limit in ["", ",", " , ", "@/dev/null", at_failed.as_str()] {
+        for args in [
+            &["plan"][..],
+            &["plan", "--format", "json"],
+            &["migrate", "--yes", "--progress", "plain"],
+            &["status"],
+            &["check"],
+            &["verify"],
+        ] {
+            let mut a = args.to_vec();
+            a.extend(["--limit", limit]);
+            let (code, text) = p.run(&a);
+            assert_eq!(code, Some(0), "{a:?} must exit 0:\n{text}");
+            assert!(text.contains("nothing to do"), "{a:?}:\n{text}");
+            assert!(
+                !text.contains("c1.example.org"),
+                "{a:?} planned a relay:\n{text}"
+            );
+        }
+    }
+    assert!(!p.state().exists(), "nothing may be written");
+}
+
+/// `rollback` needs relays named: an empty selection is refused, and so is one
+/// that covers the whole fleet without `--all` (with `--force` that would undo a
+/// migrated fleet). Nothing is changed either way.
+#[test]
+fn rollback_needs_an_explicit_selection_and_all_for_the_whole_fleet() {
+    let p = Paper::new();
+    p.write(&valid());
+    p.write_journal(
+        &p.inventory(),
+        &[("c1.example.org", "done"), ("c2.example.org", "done")],
+    );
+    for limit in ["", ",", "@/dev/null"] {
+        p.refuses(
+            &["rollback", "--force", "--limit", limit],
+            &["selects no relay"],
+        );
+    }
+    for limit in ["*", "*.example.org", "c1.example.org,c2.example.org"] {
+        p.refuses(
+            &["rollback", "--force", "--limit", limit],
+            &["every relay of the fleet", "--all"],
+        );
+    }
+}
+
+/// A `--limit @FILE` line that is not a name is not echoed: `@/etc/shadow` must not
+/// print a password hash. A name that matches nothing is named with its line.
+#[test]
+fn a_limit_file_line_is_named_by_number_not_echoed() {
+    let p = Paper::new();
+    p.write(&valid());
+    let file = p.dir.path().join("shadow");
+    std::fs::write(&file, "root:$y$j9T$HASHSECRET42:19000:0:99999:7:::\n").expect("write");
+    let limit = format!("@{}", file.display());
+    let text = p.refuses(&["plan", "--limit", &limit], &["line 1 of", "shadow"]);
+    assert!(!text.contains("HASHSECRET42"), "{text}");
+    std::fs::write(&file, "# retry\nc1.example.org\n\nc7.example.org\n").expect("write");
+    p.refuses(
+        &["plan", "--limit", &limit],
+        &["line 4 of", "(\"c7.example.org\") matches no relay"],
+    );
+}
+
 #[test]
 fn a_corrupt_journal_is_refused_and_kept() {
     let p = Paper::new();

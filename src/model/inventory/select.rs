@@ -4,6 +4,11 @@
 //! mail_domains (`*.example.org`), a group name, `@FILE` (one pattern a line, as
 //! `failed.txt` is written), and `!PATTERN` to exclude. Every pattern must match
 //! something: a typo must not silently shrink a migration.
+//!
+//! A limit that holds no pattern at all (`''`, `','`, an empty `failed.txt` after a
+//! night without failures, `@/dev/null`) selects *no* relay, never the whole fleet:
+//! the runbook's retry command must be harmless after a clean night. No `--limit`
+//! at all is the whole fleet.
 
 use std::path::PathBuf;
 
@@ -22,23 +27,37 @@ pub enum SelectError {
     BadGlob { pattern: String, reason: String },
     #[error("--limit: {pattern:?} matches no relay and no group of the inventory")]
     NoMatch { pattern: String },
+    /// A line of a `@FILE` that is not a relay name, glob or group: its text is not
+    /// echoed (`--limit @/etc/shadow` must not print a password hash).
+    #[error("--limit: line {line} of {} is not a relay name, glob or group name", path.display())]
+    NotAPattern { path: PathBuf, line: usize },
+    #[error("--limit: line {line} of {} ({pattern:?}) matches no relay and no group of the inventory", path.display())]
+    NoMatchInFile {
+        path: PathBuf,
+        line: usize,
+        pattern: String,
+    },
     #[error("--limit {limit:?} selects no relay")]
     Empty { limit: String },
 }
 
-/// The relays selected by `limit` (all when `None`), in inventory order.
+/// The relays selected by `limit` (all when `None`, none when it holds no
+/// pattern), in inventory order.
 pub fn select<'a>(inv: &'a Inventory, limit: Option<&str>) -> Result<Vec<&'a Relay>, SelectError> {
     let Some(limit) = limit else {
         return Ok(inv.relays.iter().collect());
     };
     let patterns = expand(limit)?;
+    if patterns.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut include = vec![false; inv.relays.len()];
     let mut exclude = vec![false; inv.relays.len()];
-    let only_exclusions = patterns.iter().all(|p| p.starts_with('!'));
+    let only_exclusions = patterns.iter().all(|p| p.text.starts_with('!'));
     for pattern in &patterns {
-        let (negate, p) = match pattern.strip_prefix('!') {
+        let (negate, p) = match pattern.text.strip_prefix('!') {
             Some(rest) => (true, rest),
-            None => (false, pattern.as_str()),
+            None => (false, pattern.text.as_str()),
         };
         let matcher = Matcher::new(p)?;
         let mut any = false;
@@ -53,8 +72,15 @@ pub fn select<'a>(inv: &'a Inventory, limit: Option<&str>) -> Result<Vec<&'a Rel
             }
         }
         if !any {
-            return Err(SelectError::NoMatch {
-                pattern: pattern.clone(),
+            return Err(match &pattern.from {
+                Some((path, line)) => SelectError::NoMatchInFile {
+                    path: path.clone(),
+                    line: *line,
+                    pattern: pattern.text.clone(),
+                },
+                None => SelectError::NoMatch {
+                    pattern: pattern.text.clone(),
+                },
             });
         }
     }
@@ -73,25 +99,55 @@ pub fn select<'a>(inv: &'a Inventory, limit: Option<&str>) -> Result<Vec<&'a Rel
     Ok(chosen)
 }
 
-/// Splits the limit into patterns, reading `@FILE`s (blank lines and `#` comments skipped).
-fn expand(limit: &str) -> Result<Vec<String>, SelectError> {
+/// One pattern of a limit, and the `@FILE` line it came from.
+struct Pattern {
+    text: String,
+    from: Option<(PathBuf, usize)>,
+}
+
+/// Splits the limit into patterns, reading `@FILE`s (blank lines and `#` comments
+/// skipped). A file's line must look like a pattern before it is used or shown.
+fn expand(limit: &str) -> Result<Vec<Pattern>, SelectError> {
     let mut out = Vec::new();
     for item in limit.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some(file) = item.strip_prefix('@') {
-            let path = PathBuf::from(file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| SelectError::ReadFile { path, source })?;
-            out.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-            );
-        } else {
-            out.push(item.to_string());
+        let Some(file) = item.strip_prefix('@') else {
+            out.push(Pattern {
+                text: item.to_string(),
+                from: None,
+            });
+            continue;
+        };
+        let path = PathBuf::from(file);
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(source) => return Err(SelectError::ReadFile { path, source }),
+        };
+        for (i, line) in text.split(|b| *b == b'\n').enumerate() {
+            let line = line.trim_ascii();
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            let text = std::str::from_utf8(line)
+                .ok()
+                .filter(|l| looks_like_pattern(l))
+                .ok_or_else(|| SelectError::NotAPattern {
+                    path: path.clone(),
+                    line: i + 1,
+                })?;
+            out.push(Pattern {
+                text: text.to_string(),
+                from: Some((path.clone(), i + 1)),
+            });
         }
     }
     Ok(out)
+}
+
+/// Characters of mail domains, group names and globs over them (and `!`).
+fn looks_like_pattern(s: &str) -> bool {
+    s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.*?[]!".contains(&b))
 }
 
 enum Matcher {
