@@ -305,10 +305,7 @@ fn duplicate_relays_are_refused() {
         valid(),
         relay(3, "").replace("10.0.1.3\"", "10.0.1.1\"")
     ));
-    refused_by_all(
-        &p,
-        &["relay[2].new.ssh", "already the new host of relay[0]"],
-    );
+    refused_by_all(&p, &["relay[2].new.ssh", "is also relay[0].new.ssh"]);
 }
 
 #[test]

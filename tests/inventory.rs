@@ -132,14 +132,64 @@ transfer = \"carrier-pigeon\"
         "fleet.toml:7:9: relay[0].group: no group \"nope\" is defined",
         "fleet.toml:8:33: relay[0].old.ip4: \"10.0.0.256\" is not an IPv4 address",
         "fleet.toml:9:51: relay[0].new.ip6: \"zz::1\" is not an IPv6 address",
-        "relay[0].new.ssh: old and new are the same host",
         "fleet.toml:10:12: relay[0].transfer: \"carrier-pigeon\" is not a transfer mode",
         "relay[2].mail_domain: \"c1.example.org\" is already the mail_domain of relay[1]",
-        "relay[2].new.ssh: \"10.0.1.1\" is already the new host of relay[1]",
+        "relay[2].new.ssh: \"10.0.1.1\" (port 22) is also relay[1].new.ssh (c1.example.org)",
     ];
     for e in expected {
         assert!(msg.contains(e), "missing {e:?} in:\n{msg}");
     }
+}
+
+/// One machine, one role. relay2's NEW written as relay1's OLD once made step 1's
+/// `rsync --delete` replace relay1's live mail with relay2's: refused now, naming
+/// both relays and fields, whether the ssh destination or a public address is shared.
+#[test]
+fn a_machine_in_two_roles_is_refused_naming_both_relays() {
+    let two = |extra2: &str| {
+        format!(
+            "{FLEET}{}\n[[relay]]\nmail_domain = \"c2.example.org\"\nconfig = \"c2/chatmail.ini\"\n{extra2}",
+            relay(1, "")
+        )
+    };
+    // NEW of relay2 is OLD of relay1 (by ssh and ip4).
+    let msg = errors(&two(
+        "old = { ssh = \"10.0.0.2\", ip4 = \"10.0.0.2\" }\nnew = { ssh = \"10.0.0.1\", ip4 = \"10.0.0.1\" }\n",
+    ));
+    for e in [
+        "relay[1].new.ssh: \"10.0.0.1\" (port 22) is also relay[0].old.ssh (c1.example.org): one machine cannot be OLD of one relay and NEW of another",
+        "relay[1].new.ip4: \"10.0.0.1\" is also relay[0].old.ip4",
+    ] {
+        assert!(msg.contains(e), "missing {e:?} in:\n{msg}");
+    }
+    // Only the public address is shared: a name for the same machine.
+    let msg = errors(&two(
+        "old = { ssh = \"10.0.0.2\", ip4 = \"10.0.0.2\" }\nnew = { ssh = \"relay1-old.example.net\", ip4 = \"10.0.0.1\" }\n",
+    ));
+    assert!(
+        msg.contains("relay[1].new.ip4: \"10.0.0.1\" is also relay[0].old.ip4 (c1.example.org)"),
+        "{msg}"
+    );
+    // OLD of two relays.
+    let msg = errors(&two(
+        "old = { ssh = \"10.0.0.1\", ip4 = \"10.0.0.1\" }\nnew = { ssh = \"10.0.1.2\", ip4 = \"10.0.1.2\" }\n",
+    ));
+    assert!(msg.contains("relay[1].old.ssh"), "{msg}");
+    assert!(msg.contains("OLD of one relay and OLD of another"), "{msg}");
+    // Within one relay: the same ssh with another ip4, or the same ip4.
+    let msg = errors(&two(
+        "old = { ssh = \"10.0.0.2\", ip4 = \"10.0.0.2\" }\nnew = { ssh = \"10.0.0.2\", ip4 = \"10.0.1.2\" }\n",
+    ));
+    assert!(msg.contains("relay[1].new.ssh: \"10.0.0.2\" (port 22) is also relay[1].old.ssh: old and new are the same machine"), "{msg}");
+    let msg = errors(&two(
+        "old = { ssh = \"10.0.0.2\", ip4 = \"10.0.0.2\" }\nnew = { ssh = \"10.0.1.2\", ip4 = \"10.0.0.2\" }\n",
+    ));
+    assert!(msg.contains("relay[1].new.ip4"), "{msg}");
+    // The same ssh address on another port may be another machine behind a NAT.
+    let ok = two(
+        "old = { ssh = \"10.0.0.2\", ip4 = \"10.0.0.2\" }\nnew = { ssh = \"10.0.0.2\", port = 2222, ip4 = \"10.0.1.2\" }\n",
+    );
+    load(&ok).expect("another port is another machine");
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! The inventory: the operator's single description of the fleet (a TOML file).
 //!
 //! `raw` is the file's shape, `resolve` applies inheritance and validation,
-//! `model` is the checked result, `select` implements `--limit`.
+//! `model` is the checked result, `roles` refuses a machine written twice,
+//! `select` implements `--limit`.
 
 mod error;
 mod model;
 mod raw;
 mod resolve;
+mod roles;
 mod select;
 
 use std::path::Path;

@@ -44,7 +44,7 @@ impl<'a> Checker<'a> {
         });
     }
 
-    fn problem<T>(&mut self, at: &Spanned<T>, field: &str, message: impl Into<String>) {
+    pub(crate) fn problem<T>(&mut self, at: &Spanned<T>, field: &str, message: impl Into<String>) {
         self.problem_at(at.span().start, field, message);
     }
 
@@ -93,12 +93,16 @@ pub(crate) fn resolve(path: &Path, raw: RawInventory, c: &mut Checker) -> Invent
         );
     }
     let mut relays = Vec::new();
+    let mut resolved = Vec::new();
     for (i, r) in raw.relay.iter().enumerate() {
         if let Some(relay) = relay(i, r, &raw, c) {
+            resolved.push(i);
             relays.push(relay);
         }
     }
     check_unique(&raw.relay, c);
+    let indexed: Vec<(usize, &Relay)> = resolved.into_iter().zip(relays.iter()).collect();
+    super::roles::check_roles(&raw.relay, &indexed, c);
     Inventory {
         path: path.to_path_buf(),
         fleet,
@@ -234,9 +238,6 @@ fn relay(i: usize, r: &RawRelay, raw: &RawInventory, c: &mut Checker) -> Option<
             &at("config"),
             format!("chatmail.ini {} does not exist", config.display()),
         );
-    }
-    if r.old.ssh.get_ref() == r.new.ssh.get_ref() && r.old.port == r.new.port {
-        c.problem(&r.new.ssh, &at("new.ssh"), "old and new are the same host");
     }
     let old = host(&r.old, &at("old"), &hosts, c);
     let new = host(&r.new, &at("new"), &hosts, c);
@@ -538,10 +539,9 @@ fn duration(t: Option<&Text>, field: &str, default_secs: u64, c: &mut Checker) -
     }
 }
 
-/// Rejects duplicate mail domains and two relays moving to the same new host.
+/// Rejects duplicate mail domains (hosts in two roles: `roles`).
 fn check_unique(relays: &[RawRelay], c: &mut Checker) {
     let mut domains: HashMap<String, usize> = HashMap::new();
-    let mut new_hosts: HashMap<String, usize> = HashMap::new();
     for (i, r) in relays.iter().enumerate() {
         let d = r
             .mail_domain
@@ -553,14 +553,6 @@ fn check_unique(relays: &[RawRelay], c: &mut Checker) {
                 &r.mail_domain,
                 &format!("relay[{i}].mail_domain"),
                 format!("{d:?} is already the mail_domain of relay[{first}]"),
-            );
-        }
-        let n = r.new.ssh.get_ref().to_ascii_lowercase();
-        if let Some(first) = new_hosts.insert(n.clone(), i) {
-            c.problem(
-                &r.new.ssh,
-                &format!("relay[{i}].new.ssh"),
-                format!("{n:?} is already the new host of relay[{first}]"),
             );
         }
     }
