@@ -240,22 +240,75 @@ fn old_unreachable_at_step_3_is_not_cut_over() {
     assert_trees_equal(&lab);
 }
 
-/// NEW's disk is full at the final sync: a permanent failure (not retried), the relay
-/// is DOWN and reported so with the rollback command; the rollback puts it back on
+/// NEW's disk is too small for what OLD gained since step 1 when the cutover is due:
+/// step 3's preflight refuses before OLD is touched. The relay stays staged, OLD keeps
+/// serving, the error gives the numbers; with the disk fixed, migrate finishes.
+/// (Before the fix step 3 took OLD down and step 4 failed with "No space left on
+/// device", leaving the relay DOWN.)
+#[test]
+fn a_new_too_full_for_the_cutover_stays_staged_with_old_serving() {
+    let mut lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| with_settings(t, "", RETRY));
+    let inv = Inventory::load(&path).expect("inventory");
+    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+    lab.set_vmail_tmpfs(relay.new.addr, Some(16 * 1024))
+        .expect("tiny disk");
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(2), "{text}");
+    let rec = peek(&inv).relays[&relay.mail_domain].clone();
+    let s3 = rec.step(Step::DisableOld);
+    assert_eq!(s3.status, StepStatus::Failed, "{rec:#?}");
+    let error = s3.error.clone().unwrap_or_default();
+    assert!(error.contains("disk new: too small"), "{error}");
+    assert!(error.contains("needed with margin"), "{error}");
+    assert_eq!(rec.state(), RelayState::Staged, "{rec:#?}");
+    assert_eq!(rec.step(Step::FinalSync).attempts, 0, "{rec:#?}");
+    assert!(!lab.host_state(relay.old.addr).expect("old").mail_disabled);
+    assert!(cmfleet::lab::port_accepts(relay.old.addr, 25));
+    assert!(text.contains("the old host still accepts mail"), "{text}");
+    lab.set_vmail_tmpfs(relay.new.addr, None)
+        .expect("normal disk");
+    let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(0), "{text}");
+    assert_trees_equal(&lab);
+}
+
+/// NEW's disk fills up inside the downtime (after step 3's preflight passed: a
+/// `pre_cutover` hook fills it): a permanent failure (not retried), the relay is
+/// DOWN and reported so with the rollback command; the rollback puts it back on
 /// OLD; with the disk fixed, migrating again finishes with an exact copy.
 #[test]
 fn new_disk_full_at_step_4_is_down_reported_and_rolled_back() {
     let mut lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
-    let path = variant(&lab, "retry.toml", |t| with_settings(t, "", RETRY));
+    // NEW restarts with an empty 128 MiB tmpfs over /home/vmail: room for the
+    // preflights (the mail plus a 64 MiB margin), filled by the hook.
+    lab.set_vmail_tmpfs(relay.new.addr, Some(128 << 20))
+        .expect("small disk");
+    // Reached through the running sshd's root (the tmpfs is in its namespace).
+    let fill = lab.relay(1).expect("relay").new.path("/home/vmail/fill");
+    // The hook also delivers a message of 4 MiB to OLD: step 4 must write it.
+    let late = relay.old.path(&format!(
+        "/home/vmail/mail/{}/late-arrival",
+        relay.mail_domain
+    ));
+    let hook = format!(
+        "dd if=/dev/zero of='{fill}' bs=1M >/dev/null 2>&1; head -c 4M /dev/urandom > '{late}'; chown --reference='{dir}' '{late}'; exit 0",
+        fill = fill.display(),
+        late = late.display(),
+        dir = late.parent().expect("domain dir").display(),
+    );
+    let path = variant(&lab, "retry.toml", |t| {
+        with_settings(
+            t,
+            "",
+            &format!("{RETRY}hooks = {{ pre_cutover = \"{hook}\" }}\n"),
+        )
+    });
     let inv = Inventory::load(&path).expect("inventory");
-    // Steps 1-2 on the normal disk (step 1's preflight would refuse a tiny one).
-    let (outcome, journal, _) = run(&inv, Step::Preconfigure);
-    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
-    drop(journal);
-    // NEW restarts with an empty 16 KiB tmpfs over /home/vmail.
-    lab.set_vmail_tmpfs(relay.new.addr, Some(16 * 1024))
-        .expect("tiny disk");
     let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
     assert_eq!(code, Some(2), "{text}");
     let data = peek(&inv);
@@ -285,7 +338,7 @@ fn new_disk_full_at_step_4_is_down_reported_and_rolled_back() {
     assert_eq!(rec.rollbacks.len(), 1, "{rec:#?}");
     assert_ne!(rec.state(), RelayState::Down);
 
-    // The disk is fixed (NEW's normal disk still holds step 1's copy): migrate again.
+    // The disk is fixed (NEW's normal disk is empty: step 1 copies again).
     lab.set_vmail_tmpfs(relay.new.addr, None)
         .expect("normal disk");
     let (code, text) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);

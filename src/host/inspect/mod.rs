@@ -87,7 +87,8 @@ pub async fn preflight(
 }
 
 /// Right before step 3, while OLD still serves: what would fail the copy proof
-/// inside the downtime (OLD changed since step 1), and NEW's DKIM owner recorded.
+/// inside the downtime (OLD changed since step 1), whether NEW still has room for
+/// what OLD gained since step 1, and NEW's DKIM owner recorded.
 pub async fn cutover_preflight(
     ssh: &SshPool,
     relay: &Relay,
@@ -99,11 +100,12 @@ pub async fn cutover_preflight(
     );
     let mut findings = vec![f_old, f_new];
     if let (Some(old), Some(new)) = (old, new) {
-        let (o, n) = tokio::join!(
+        let (o, n, disk) = tokio::join!(
             proof::old_finding(ssh, &old, sink),
-            proof::new_finding(ssh, &new, sink)
+            proof::new_finding(ssh, &new, sink),
+            relay::disk_at_cutover(ssh, &old, &new, sink)
         );
-        findings.extend([o, n]);
+        findings.extend([o, n, disk]);
     }
     refuse_on_failure(relay, &findings, sink)
 }

@@ -26,6 +26,9 @@ pub struct HostFacts {
     pub passdb: bool,
     /// The mailbox tree is absent or empty (a NEW that was never copied to).
     pub mail_empty: bool,
+    /// The entries directly under the mailbox tree: the mail domains it holds mail
+    /// for (a chatmail relay has one, its own).
+    pub mail_names: Vec<String>,
 }
 
 /// The probe run on every host.
@@ -39,7 +42,8 @@ pub fn script() -> String {
          if [ -d {MAIL_DIR} ]; then echo mail_used=$(du -sb {MAIL_DIR} | cut -f1); \
            echo mail_entries=$(du -s --inodes {MAIL_DIR} | cut -f1); else echo mail_used=0; fi; \
          if [ -e {LEGACY_PASSDB} ]; then echo passdb=1; else echo passdb=0; fi; \
-         if [ -n \"$(ls -A {MAIL_DIR} 2>/dev/null)\" ]; then echo mail_empty=0; else echo mail_empty=1; fi"
+         if [ -n \"$(ls -A {MAIL_DIR} 2>/dev/null)\" ]; then echo mail_empty=0; else echo mail_empty=1; fi; \
+         if [ -d {MAIL_DIR} ]; then find {MAIL_DIR} -mindepth 1 -maxdepth 1 -printf 'mail_name=%f\\n'; fi"
     )
 }
 
@@ -64,6 +68,11 @@ pub fn parse(out: &str) -> HostFacts {
         mail_entries: num("mail_entries"),
         passdb: kv.get("passdb") == Some(&"1"),
         mail_empty: kv.get("mail_empty") == Some(&"1"),
+        mail_names: out
+            .lines()
+            .filter_map(|l| l.strip_prefix("mail_name="))
+            .map(str::to_string)
+            .collect(),
     }
 }
 
@@ -81,6 +90,9 @@ mod tests {
         assert!(f.has_rsync && !f.has_tar && !f.passdb && f.mail_empty);
         assert_eq!((f.avail, f.mail_used), (Some(1000), Some(10)));
         assert_eq!(f.mail_entries, Some(3));
+        assert!(f.mail_names.is_empty());
+        let f = parse("mail_name=c1.example.org\nmail_name=c2.example.org\n");
+        assert_eq!(f.mail_names, ["c1.example.org", "c2.example.org"]);
     }
 
     #[test]

@@ -165,6 +165,37 @@ fn disk_finding(old: &HostFacts, new: &HostFacts) -> Finding {
     }
 }
 
+/// NEW holds mail of no other relay: a NEW written as another relay's OLD (or
+/// reused without being wiped) would have that mail mirrored away by step 1.
+fn foreign_mail_finding(relay: &Relay, new: &HostFacts) -> Finding {
+    const CHECK: &str = "mail new";
+    let own = relay.mail_domain.to_string();
+    let foreign: Vec<&str> = new
+        .mail_names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != own)
+        .collect();
+    if foreign.is_empty() {
+        return Finding::pass(
+            CHECK,
+            format!("no mail of another domain in {}", catalogue::MAIL_DIR),
+        );
+    }
+    let shown: Vec<String> = foreign.iter().take(5).map(|n| format!("{n:?}")).collect();
+    Finding::fail(
+        CHECK,
+        format!(
+            "NEW's {} holds {} entr{} of another domain than {own}: {}{} (hint: is NEW really a fresh machine for this relay, and not another relay's host? empty it if it is)",
+            catalogue::MAIL_DIR,
+            foreign.len(),
+            if foreign.len() == 1 { "y" } else { "ies" },
+            shown.join(", "),
+            if foreign.len() > shown.len() { ", ..." } else { "" },
+        ),
+    )
+}
+
 /// Whether to try OLD -> NEW now. Right before step 1 the push itself is that
 /// test: an extra ssh handshake per relay only to learn what the push will tell,
 /// and a failed push is diagnosed with the same test (`reach_finding`).
@@ -426,6 +457,9 @@ pub async fn inspect(
         (Some(Ok(o)), Some(Ok(n))) => disk_finding(o, n),
         _ => Finding::warn("disk new", "not checked: needs OLD and NEW"),
     });
+    if let Some(Ok(n)) = &facts_new {
+        out.push(foreign_mail_finding(relay, n));
+    }
     if relay.settings.transfer == TransferMode::Direct && reach == Reach::Test {
         match (&old, &new) {
             (Some(o), Some(_)) => out.push(reach_finding(ssh, relay, o, sink).await),
@@ -449,9 +483,28 @@ pub async fn inspect(
     }
 }
 
+/// Right before step 3: NEW must hold what OLD gained since step 1, plus the
+/// margin. A NEW filled up after the pre-stage would otherwise fail step 4 inside
+/// the downtime with "No space left on device", leaving the relay DOWN.
+pub(crate) async fn disk_at_cutover(
+    ssh: &SshPool,
+    old: &HostConn,
+    new: &HostConn,
+    sink: &LineSink,
+) -> Finding {
+    let (o, n) = tokio::join!(
+        probe_host(ssh, old, "probe old", sink),
+        probe_host(ssh, new, "probe new", sink)
+    );
+    match (o, n) {
+        (Ok(o), Ok(n)) => disk_finding(&o, &n),
+        (Err(f), _) | (_, Err(f)) => f,
+    }
+}
+
 /// A stable reading order: connectivity, hosts, data, config, DNS.
 fn order(check: &str) -> usize {
-    const ORDER: [&str; 19] = [
+    const ORDER: [&str; 20] = [
         "ssh old",
         "ssh new",
         "root old",
@@ -463,6 +516,7 @@ fn order(check: &str) -> usize {
         "tools old",
         "tools new",
         "disk new",
+        "mail new",
         "old -> new",
         "passdb",
         super::proof::CHECK_OLD,
