@@ -146,3 +146,90 @@ fn a_second_ctrl_c_stops_running_steps_and_records_them_interrupted() {
     assert_eq!(outcome.done.len(), 1, "{outcome:?}");
     let _ = Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal readable");
 }
+
+/// A terminal's Ctrl-C reaches the whole foreground process group: cmfleet and
+/// every process it started. Sent during a 4-relay cutover (2 at once, activations
+/// lasting 3 s), it must leave every relay done or staged: the running cmdeploys
+/// finish (they run in process groups of their own), relays inside their cutover
+/// finish it, none starts a new one. Before the fix the signal killed the running
+/// activation and the relay was left DOWN, filed as a permanent failure.
+#[test]
+fn a_ctrl_c_to_the_whole_process_group_leaves_every_relay_done_or_staged() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+
+    let lab = TestLab::start(4);
+    let inv = inventory_with(&lab, "ctrl-c.toml", "cutovers = 2");
+    let path = inv.path.clone();
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    // The stand-in cmdeploy's activations and disables last a few seconds, as real
+    // ones do: the signal lands inside one.
+    std::fs::write(
+        lab.path().join("cmdeploy-cost"),
+        "activate 3 0\ndisable-mail 2 0\n",
+    )
+    .expect("cost file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cmfleet"))
+        .args(["migrate", "--yes", "--progress", "json", "-i"])
+        .arg(&path)
+        .env_remove("CMFLEET_PROGRESS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        // Its own group, standing for the terminal's foreground group.
+        .process_group(0)
+        .spawn()
+        .expect("spawn cmfleet");
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let stdout = child.stdout.take().expect("stdout");
+    let mut signalled = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("read events");
+        if !signalled && line.contains("\"step-started\"") && line.contains("\"activate\"") {
+            std::thread::sleep(Duration::from_millis(500));
+            nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+            signalled = true;
+        }
+    }
+    let status = child.wait().expect("wait");
+    assert!(signalled, "no activation started");
+    assert_eq!(status.code(), Some(130), "an interrupted run exits 130");
+    let journal = Journal::peek(&inv.fleet.state_dir, &inv.path).expect("journal");
+    let mut done = 0;
+    for relay in &inv.relays {
+        let rec = &journal.relays[&relay.name];
+        let state = rec.state();
+        assert!(
+            matches!(
+                state,
+                cmfleet::pipeline::journal::RelayState::Done
+                    | cmfleet::pipeline::journal::RelayState::Staged
+            ),
+            "{}: {state:?} after one Ctrl-C\n{rec:#?}",
+            relay.name
+        );
+        for step in Step::ALL {
+            assert_ne!(rec.step(step).status, StepStatus::Failed, "{rec:#?}");
+        }
+        done += usize::from(state == cmfleet::pipeline::journal::RelayState::Done);
+    }
+    assert!(
+        done >= 1,
+        "the relay activating when the signal came finished"
+    );
+    assert!(done < 4, "the first Ctrl-C started no new cutover");
+    // The next run finishes the rest.
+    std::fs::remove_file(lab.path().join("cmdeploy-cost")).expect("cost file");
+    let (code, text) = common::run::cmfleet(&["migrate", "--yes", "--progress", "plain"], &path);
+    assert_eq!(code, Some(0), "{text}");
+}

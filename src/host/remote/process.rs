@@ -69,6 +69,8 @@ impl LineSink {
 pub struct ProcessOutput {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     /// The last lines of stdout and stderr, interleaved as they came.
     pub tail: Vec<String>,
     /// All of stdout, when captured (small outputs only, e.g. `du`).
@@ -77,21 +79,61 @@ pub struct ProcessOutput {
 
 /// Runs `cmd` to completion, streaming its output (stdout and stderr) into `sink`.
 ///
-/// The child is killed if this future is dropped (second Ctrl-C), never orphaned.
+/// The child runs in a process group of its own: a terminal's Ctrl-C goes to the
+/// whole foreground group, and cmfleet's first Ctrl-C must let a running cmdeploy
+/// or hook finish (killed mid-activation, cmdeploy leaves the relay DOWN). If this
+/// future is dropped (the second Ctrl-C), the whole group is killed, the child's
+/// own children (pyinfra, ssh) with it: nothing is orphaned.
 pub async fn run_process(mut cmd: Command, sink: &LineSink) -> std::io::Result<ProcessOutput> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn()?;
+    let mut group = GroupGuard(child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let (captured, tail) = stream_output(stdout, stderr, sink, Stdout::Sink).await?;
     let status = child.wait().await?;
+    // Reaped: the group id may be reused from now on, never signal it.
+    group.0 = None;
     Ok(ProcessOutput {
         code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         tail,
         stdout: captured,
     })
+}
+
+impl ProcessOutput {
+    /// How the process ended, for a sentence: "exited with 7", "was killed by
+    /// signal 2 (SIGINT)".
+    pub fn ending(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(c), _) => format!("exited with {c}"),
+            (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(name) => format!("was killed by signal {s} ({name})"),
+                Err(_) => format!("was killed by signal {s}"),
+            },
+            (None, None) => "ended without an exit status".to_string(),
+        }
+    }
+}
+
+/// Kills a child's process group when dropped before the child was reaped.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) else {
+            return;
+        };
+        // The group may already be gone; there is nothing to do about a failure.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// Where a command's stdout goes.

@@ -693,11 +693,21 @@ impl Executor {
         if out.code == Some(0) {
             return Ok(None);
         }
-        Err(StepError::permanent(format!(
-            "cmdeploy failed ({}): {}",
-            out.code.map_or("killed".into(), |c| format!("exit {c}")),
+        let message = format!(
+            "cmdeploy {}: {}",
+            out.ending(),
             crate::host::remote::telling_line(&out.tail)
-        )))
+        );
+        // Killed by a signal is not cmdeploy's verdict on the relay (an operator's
+        // kill, the OOM killer): the step is interrupted and a run re-runs it (every
+        // step is idempotent), rather than "fix the cause".
+        Err(match out.signal {
+            Some(_) => StepError {
+                kind: ErrorKind::Interrupted,
+                message,
+            },
+            None => StepError::permanent(message),
+        })
     }
 
     /// Runs an operator hook with the relay's facts in the environment (never
