@@ -29,7 +29,10 @@ fn a_failing_pre_cutover_hook_leaves_the_relay_staged_not_down() {
     let rec = &data.relays[&relay.mail_domain];
     assert_eq!(rec.failed_step(), Some(Step::DisableOld), "{rec:#?}");
     let error = rec.step(Step::DisableOld).error.clone().unwrap_or_default();
-    assert!(error.contains("pre_cutover hook failed"), "{error}");
+    assert!(
+        error.contains("the pre_cutover hook exited with 3: the status page refused"),
+        "{error}"
+    );
     assert_eq!(rec.state(), RelayState::Staged, "{rec:#?}");
     assert!(rec.down_since_ms.is_none(), "{rec:#?}");
     assert!(rec.downtime().is_none());

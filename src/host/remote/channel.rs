@@ -84,6 +84,7 @@ pub async fn run_channel(
     };
     Ok(ProcessOutput {
         code: Some(code),
+        signal: None,
         tail,
         stdout: captured,
     })

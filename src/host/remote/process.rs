@@ -69,6 +69,9 @@ impl LineSink {
 pub struct ProcessOutput {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
+    /// The signal that killed it, when known (a local process; a remote command's
+    /// channel reports only an exit code).
+    pub signal: Option<i32>,
     /// The last lines of stdout and stderr, interleaved as they came.
     pub tail: Vec<String>,
     /// All of stdout, when captured (small outputs only, e.g. `du`).
@@ -89,9 +92,33 @@ pub async fn run_process(mut cmd: Command, sink: &LineSink) -> std::io::Result<P
     let status = child.wait().await?;
     Ok(ProcessOutput {
         code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
         tail,
         stdout: captured,
     })
+}
+
+impl ProcessOutput {
+    /// How it ended, for a message: "exited with 7", "was killed by signal 9 (SIGKILL)".
+    pub fn ended(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exited with {code}"),
+            (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => format!("was killed by signal {signal} ({name})"),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+            (None, None) => "was killed by a signal".to_string(),
+        }
+    }
+
+    /// `what` failed: how it ended and the line of its output that says why, e.g.
+    /// "the pre_cutover hook exited with 7: the status page refused".
+    pub fn failure(&self, what: &str) -> String {
+        match super::classify::telling_line(&self.tail) {
+            line if line.is_empty() => format!("{what} {}, without output", self.ended()),
+            line => format!("{what} {}: {line}", self.ended()),
+        }
+    }
 }
 
 /// Where a command's stdout goes.
@@ -254,6 +281,33 @@ fn parse_rsync_progress(line: &str) -> Option<(u64, u8, String)> {
 #[cfg(test)]
 mod tests {
     use super::parse_progress;
+
+    async fn sh(script: &str) -> super::ProcessOutput {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::model::step::Step::DisableOld,
+            events: crate::model::events::EventSink::discard(),
+            log: None,
+        };
+        super::run_process(cmd, &sink).await.expect("run sh")
+    }
+
+    /// A failure reads as a sentence: the exit code, or the signal by number and name.
+    #[tokio::test]
+    async fn a_failure_says_the_exit_code_or_the_signal() {
+        let out = sh("echo the status page refused >&2; exit 7").await;
+        assert_eq!(
+            out.failure("the pre_cutover hook"),
+            "the pre_cutover hook exited with 7: the status page refused"
+        );
+        let out = sh("kill -9 $$").await;
+        assert_eq!(
+            out.failure("the pre_cutover hook"),
+            "the pre_cutover hook was killed by signal 9 (SIGKILL), without output"
+        );
+    }
 
     /// A consumer that leaves early does not cut the command short: the rest is
     /// read and dropped, so `seq` ends normally instead of by SIGPIPE.

@@ -215,7 +215,7 @@ impl Executor {
                 {
                     Ok(_) => Ok(Some(self.deployed())),
                     Err(e) => Ok(Some(format!(
-                        "{}; relay active; post_cutover hook failed: {}",
+                        "{}; relay active; {}",
                         self.deployed(),
                         e.message
                     ))),
@@ -571,11 +571,7 @@ impl Executor {
         }
         Err(StepError {
             kind: crate::host::remote::classify_exit(CommandKind::Transfer, out.code, &out.tail),
-            message: format!(
-                "{program} on the controller failed ({}): {}",
-                out.code.map_or("killed".into(), |c| format!("exit {c}")),
-                crate::host::remote::telling_line(&out.tail)
-            ),
+            message: out.failure(&format!("{program} on the controller")),
         })
     }
 
@@ -693,11 +689,7 @@ impl Executor {
         if out.code == Some(0) {
             return Ok(None);
         }
-        Err(StepError::permanent(format!(
-            "cmdeploy failed ({}): {}",
-            out.code.map_or("killed".into(), |c| format!("exit {c}")),
-            crate::host::remote::telling_line(&out.tail)
-        )))
+        Err(StepError::permanent(out.failure("cmdeploy")))
     }
 
     /// Runs an operator hook with the relay's facts in the environment (never
@@ -724,10 +716,9 @@ impl Executor {
             .map_err(|e| StepError::permanent(format!("cannot run the {name} hook: {e}")))?;
         match out.code {
             Some(0) => Ok(None),
-            c => Err(StepError::permanent(format!(
-                "the {name} hook failed ({c:?}): {}",
-                crate::host::remote::telling_line(&out.tail)
-            ))),
+            _ => Err(StepError::permanent(
+                out.failure(&format!("the {name} hook")),
+            )),
         }
     }
 
