@@ -231,7 +231,11 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
         pending.clear();
         return;
     }
-    let line = String::from_utf8_lossy(pending).trim_end().to_string();
+    // Text a program printed at run time: credentials in it were never registered
+    // (a hook's `PASSWORD=...`), so they are masked by their shape, before the line
+    // reaches the log, the events or the tail that becomes the error message.
+    let line =
+        crate::infra::redact::scrubbed(String::from_utf8_lossy(pending).trim_end().to_string());
     pending.clear();
     sink.line(&line);
     if parse_progress(&line).is_none() {
@@ -306,6 +310,18 @@ mod tests {
         assert_eq!(
             out.failure("the pre_cutover hook"),
             "the pre_cutover hook was killed by signal 9 (SIGKILL), without output"
+        );
+    }
+
+    /// What a program prints is masked by its shape before the log, the events and
+    /// the tail (the error message) see it: the value was never registered.
+    #[tokio::test]
+    async fn credentials_a_program_prints_are_masked_in_its_tail() {
+        let out = sh("echo PASSWORD=NEVERSEEN99; exit 3").await;
+        assert_eq!(out.tail, ["PASSWORD=[redacted]"]);
+        assert_eq!(
+            out.failure("the post_cutover hook"),
+            "the post_cutover hook exited with 3: PASSWORD=[redacted]"
         );
     }
 

@@ -118,12 +118,14 @@ fn token_at(text: &str, start: usize) -> Range<usize> {
 }
 
 /// The value starting at `start`: a quoted one runs to its closing quote (the quotes
-/// are not part of it), an unquoted one to the end of the word.
+/// are not part of it) or the end of the line, an unquoted one to the end of the word.
 fn value_at(text: &str, start: usize) -> Range<usize> {
     match text[start..].chars().next() {
         Some(q @ ('\'' | '"')) => {
             let from = start + 1;
-            let end = text[from..].find(q).map_or(text.len(), |i| from + i);
+            let end = text[from..]
+                .find([q, '\n'])
+                .map_or(text.len(), |i| from + i);
             from..end
         }
         _ => token_at(text, start),
