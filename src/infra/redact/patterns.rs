@@ -311,4 +311,33 @@ mod tests {
         assert!(!is_secret_name("GIT_AUTHOR_NAME"));
         assert!(is_secret_name("PROXY_AUTHORIZATION"));
     }
+
+    /// Printed text: each shape gives exactly its value, nothing around it.
+    #[test]
+    fn printed_credentials_are_found_by_their_shape() {
+        let found = |text: &str| -> Vec<String> {
+            spans(text, Scan::Text)
+                .into_iter()
+                .map(|r| text[r].to_string())
+                .collect()
+        };
+        for (text, values) in [
+            ("< X-Auth-Token: t0k3n-9\r", vec!["t0k3n-9"]),
+            (
+                "{\"token\": \"abc def\", \"private\": false}",
+                vec!["abc def"],
+            ),
+            (
+                "\"Authorization\": \"Bearer eyJhbGc.x.y\"",
+                vec!["eyJhbGc.x.y"],
+            ),
+            ("Proxy-Authorization: Basic dXNlcjpw", vec!["dXNlcjpw"]),
+            ("authorization failed: Bearer", vec![]),
+            // Options only count in command lines: here the next word is prose.
+            ("error: --token requires a value", vec![]),
+            ("key: value in a list, 12:30:00", vec![]),
+        ] {
+            assert_eq!(found(text), values, "{text}");
+        }
+    }
 }
