@@ -27,9 +27,8 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{PoisonError, RwLock};
 
-pub use patterns::{
-    is_path, is_secret_name, secrets_in_command, secrets_in_environment, spans, Scan,
-};
+pub use patterns::{is_secret_name, secrets_in_command};
+use patterns::{secrets_in_environment, spans, Scan};
 
 /// What a secret is replaced with.
 pub const MASK: &str = "[redacted]";
