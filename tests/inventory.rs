@@ -365,11 +365,13 @@ fn the_plan_shows_how_step_3_disables_old() {
     let inv = example();
     let relays = inventory::select(&inv, Some("c1.example.org,c6.example.org")).expect("select");
     let plan = cmfleet::pipeline::plan::plan(&inv.fleet, &relays);
+    // What disables OLD, after the example's pre_cutover hook.
     let step3 = |i: usize| -> Vec<String> {
         plan.relays[i].steps[2]
             .actions
             .iter()
             .map(|a| a.command.clone())
+            .filter(|c| !c.contains("# the pre_cutover hook"))
             .collect()
     };
     assert!(step3(0)[0].contains("--disable-mail"), "{:?}", step3(0));
@@ -380,4 +382,59 @@ fn the_plan_shows_how_step_3_disables_old() {
     assert!(step3(1).iter().all(|c| !c.contains("cmdeploy")));
     let json = serde_json::to_value(&plan).expect("json");
     assert_eq!(json["relays"][1]["disable_old"], "systemctl");
+}
+
+/// The plan shows the operator's hooks where they run, their credentials masked:
+/// `pre_cutover` first in step 3 (before cmdeploy or systemctl touch OLD),
+/// `post_cutover` last in step 6 (after the activation), in text and JSON.
+#[test]
+fn the_plan_shows_the_hooks_where_they_run_masked() {
+    use cmfleet::pipeline::plan::{self, Site};
+    let toml = format!(
+        "{FLEET}[defaults]\nhooks = {{ pre_cutover = \"curl -fsS -H 'Authorization: Bearer PLANBEARER123' https://status.example/m\", post_cutover = \"echo PASSWORD=PLANPASS456; exit 0\" }}\n{}{}",
+        relay(1, ""),
+        relay(2, "disable_old = \"systemctl\"\n"),
+    );
+    let inv = load(&toml).expect("valid inventory");
+    let relays = inventory::select(&inv, None).expect("select");
+    let plan = plan::plan(&inv.fleet, &relays);
+    for r in &plan.relays {
+        let step3 = &r.steps[2].actions;
+        assert_eq!(step3[0].site, Site::Controller);
+        assert_eq!(
+            step3[0].command,
+            "curl -fsS -H 'Authorization: Bearer [redacted]' https://status.example/m   \
+             # the pre_cutover hook (sh -c), the relay's facts in CMFLEET_* variables"
+        );
+        assert!(
+            step3[1].command.contains("--disable-mail")
+                || step3[1].command.starts_with("systemctl"),
+            "{step3:?}"
+        );
+        let step6 = &r.steps[5].actions;
+        assert!(
+            step6[0].command.contains("CMDEPLOY_STAGES=activate"),
+            "{step6:?}"
+        );
+        assert_eq!(
+            step6.last().map(|a| a.command.as_str()),
+            Some(
+                "echo PASSWORD=[redacted]; exit 0   \
+                 # the post_cutover hook (sh -c), the relay's facts in CMFLEET_* variables"
+            )
+        );
+    }
+    let text = plan::render_text(&plan);
+    let json = serde_json::to_string(&plan).expect("json");
+    for out in [&text, &json] {
+        assert!(
+            !out.contains("PLANBEARER123") && !out.contains("PLANPASS456"),
+            "{out}"
+        );
+        assert!(
+            out.contains("$ echo PASSWORD=[redacted]; exit 0")
+                || out.contains("\"echo PASSWORD=[redacted]; exit 0"),
+            "{out}"
+        );
+    }
 }

@@ -29,7 +29,10 @@ fn a_failing_pre_cutover_hook_leaves_the_relay_staged_not_down() {
     let rec = &data.relays[&relay.mail_domain];
     assert_eq!(rec.failed_step(), Some(Step::DisableOld), "{rec:#?}");
     let error = rec.step(Step::DisableOld).error.clone().unwrap_or_default();
-    assert!(error.contains("pre_cutover hook failed"), "{error}");
+    assert!(
+        error.contains("the pre_cutover hook exited with 3: the status page refused"),
+        "{error}"
+    );
     assert_eq!(rec.state(), RelayState::Staged, "{rec:#?}");
     assert!(rec.down_since_ms.is_none(), "{rec:#?}");
     assert!(rec.downtime().is_none());
@@ -204,6 +207,116 @@ fn secrets_in_a_hook_line_and_a_dns_programs_stderr_never_leak() {
     ] {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
+}
+
+/// Credentials in both hooks of a real migration (`--progress json`): a bearer token
+/// in a curl header inside `sh -c "..."` (nested quotes; the stand-in curl prints its
+/// arguments as `curl -v` prints the header), and a `post_cutover` hook printing
+/// `PASSWORD=...` with `; exit 0` after it. Neither reaches any file of the state
+/// directory, the JSON report or the JSON stream; the log keeps `; exit 0` (the mask
+/// ends at the `;`). Run the way an operator runs it, from the inventory's directory
+/// (PWD, OLDPWD set): no path anywhere is masked, the log and the report name the
+/// state directory as it is.
+#[test]
+fn credentials_in_hooks_and_their_output_never_leak_and_paths_are_never_masked() {
+    const BEARER: &str = "BEARER555xyz";
+    const PASSWORD: &str = "UPPER222xyz";
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    // No status page in the lab: a curl that prints each argument.
+    let curl = lab.path().join("curl");
+    std::fs::write(&curl, "#!/bin/sh\nfor a; do echo \"> $a\" >&2; done\n").expect("write curl");
+    std::fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let pre = format!(
+        "sh -c \"{} -fsS -X POST -H 'Authorization: Bearer {BEARER}' https://status.example/maintenance\"",
+        curl.display()
+    );
+    let post = format!("echo PASSWORD={PASSWORD}; exit 0");
+    let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let path = variant(&lab, "hook-secrets.toml", |t| {
+        with_settings(
+            t,
+            "",
+            &format!(
+                "hooks = {{ pre_cutover = {}, post_cutover = {} }}\n",
+                q(&pre),
+                q(&post)
+            ),
+        )
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let state = &inv.fleet.state_dir;
+    let report = lab.path().join("report.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cmfleet"))
+        .args(["migrate", "--yes", "--progress", "json", "--report"])
+        .arg(&report)
+        .arg("-i")
+        .arg(&path)
+        .current_dir(lab.path())
+        .env("PWD", lab.path())
+        .env("OLDPWD", lab.path().parent().unwrap_or(lab.path()))
+        .env_remove("CMFLEET_PROGRESS")
+        .output()
+        .expect("run cmfleet");
+    let stream = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stream}{stderr}");
+    let data = peek(&inv);
+    assert_eq!(
+        data.relays[&relay.mail_domain].state(),
+        RelayState::Done,
+        "{data:#?}"
+    );
+    let mut outputs = vec![
+        ("the JSON stream".to_string(), stream.clone()),
+        ("stderr".to_string(), stderr),
+    ];
+    let mut searched = vec![report.clone()];
+    searched.extend(files(state));
+    for f in &searched {
+        let text = String::from_utf8_lossy(&std::fs::read(f).expect("read")).into_owned();
+        outputs.push((f.display().to_string(), text));
+    }
+    for (what, text) in &outputs {
+        for secret in [BEARER, PASSWORD] {
+            assert!(
+                !text.contains(secret),
+                "{secret} leaked into {what}:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("[redacted]/"),
+            "a path is masked in {what}:\n{text}"
+        );
+    }
+    let log = std::fs::read_to_string(
+        state
+            .join("logs")
+            .join(format!("{}.log", relay.mail_domain)),
+    )
+    .expect("log");
+    for shown in [
+        "-H 'Authorization: Bearer [redacted]' https://status.example/maintenance\"\n",
+        "\n> Authorization: Bearer [redacted]\n",
+        "[hook post_cutover] echo PASSWORD=[redacted]; exit 0\n",
+        "\nPASSWORD=[redacted]\n",
+    ] {
+        assert!(log.contains(shown), "the log lacks {shown:?}:\n{log}");
+    }
+    // Paths read as they are: cmdeploy's workspace in the log, the report's state_dir.
+    let state_text = state.display().to_string();
+    assert!(
+        log.contains(&format!("$ [controller {state_text}/workspaces/")),
+        "{log}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("report json");
+    assert_eq!(json["state_dir"], state_text.as_str(), "{json:#}");
+    assert!(
+        stream.contains("PASSWORD=[redacted]"),
+        "the post_cutover hook's output is in the stream, masked:\n{stream}"
+    );
 }
 
 /// The state directory fills up while one of two relays is inside its cutover (the

@@ -108,23 +108,31 @@ fn act(site: Site, command: String) -> Action {
 pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
     let cmdeploy =
         |run: catalogue::CmdeployRun| vec![act(Site::Controller, run.render(&fleet.cmdeploy))];
+    let hooks = &r.settings.hooks;
     match step {
         Step::InitialSync => sync_actions(fleet, r, false),
         Step::Preconfigure => cmdeploy(catalogue::preconfigure(r)),
-        Step::DisableOld => match r.settings.disable_old {
-            DisableOld::Cmdeploy => cmdeploy(catalogue::disable_old(r)),
-            DisableOld::Systemctl => vec![
-                act(Site::Old, catalogue::systemctl_disable_mail()),
-                act(
-                    Site::Old,
-                    format!(
-                        "{}   # must say closed, and the controller must not reach {}:25 either",
-                        catalogue::smtp_probe(r.old.ip4),
-                        r.old.ip4
+        Step::DisableOld => {
+            // The operator's hook runs first: a failing one leaves OLD untouched.
+            let mut a: Vec<Action> = hook(hooks.pre_cutover.as_deref(), "pre_cutover")
+                .into_iter()
+                .collect();
+            match r.settings.disable_old {
+                DisableOld::Cmdeploy => a.extend(cmdeploy(catalogue::disable_old(r))),
+                DisableOld::Systemctl => a.extend([
+                    act(Site::Old, catalogue::systemctl_disable_mail()),
+                    act(
+                        Site::Old,
+                        format!(
+                            "{}   # must say closed, and the controller must not reach {}:25 either",
+                            catalogue::smtp_probe(r.old.ip4),
+                            r.old.ip4
+                        ),
                     ),
-                ),
-            ],
-        },
+                ]),
+            }
+            a
+        }
         Step::FinalSync => {
             let mut a = vec![act(Site::New, catalogue::record_dkim_owner())];
             a.extend(sync_actions(fleet, r, true));
@@ -139,8 +147,27 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
             a
         }
         Step::Dns => vec![act(Site::Dns, dns_description(r))],
-        Step::Activate => cmdeploy(catalogue::activate(r)),
+        Step::Activate => {
+            // After NEW accepts mail: a failing hook does not make the relay down.
+            let mut a = cmdeploy(catalogue::activate(r));
+            a.extend(hook(hooks.post_cutover.as_deref(), "post_cutover"));
+            a
+        }
     }
+}
+
+/// An operator's hook as it runs (`sh -c`), its credentials masked: the plan is
+/// shown and saved like any other output.
+fn hook(line: Option<&str>, name: &str) -> Option<Action> {
+    line.map(|line| {
+        act(
+            Site::Controller,
+            format!(
+                "{}   # the {name} hook (sh -c), the relay's facts in CMFLEET_* variables",
+                crate::infra::redact::scrub(line)
+            ),
+        )
+    })
 }
 
 fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {

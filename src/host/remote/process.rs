@@ -69,7 +69,8 @@ impl LineSink {
 pub struct ProcessOutput {
     /// Exit code; `None` when killed by a signal.
     pub code: Option<i32>,
-    /// The signal that killed it, if one did.
+    /// The signal that killed it, when known (a local process; a remote command's
+    /// channel reports only an exit code).
     pub signal: Option<i32>,
     /// The last lines of stdout and stderr, interleaved as they came.
     pub tail: Vec<String>,
@@ -106,16 +107,24 @@ pub async fn run_process(mut cmd: Command, sink: &LineSink) -> std::io::Result<P
 }
 
 impl ProcessOutput {
-    /// How the process ended, for a sentence: "exited with 7", "was killed by
-    /// signal 2 (SIGINT)".
-    pub fn ending(&self) -> String {
+    /// How it ended, for a message: "exited with 7", "was killed by signal 9 (SIGKILL)".
+    pub fn ended(&self) -> String {
         match (self.code, self.signal) {
-            (Some(c), _) => format!("exited with {c}"),
-            (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
-                Ok(name) => format!("was killed by signal {s} ({name})"),
-                Err(_) => format!("was killed by signal {s}"),
+            (Some(code), _) => format!("exited with {code}"),
+            (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => format!("was killed by signal {signal} ({name})"),
+                Err(_) => format!("was killed by signal {signal}"),
             },
-            (None, None) => "ended without an exit status".to_string(),
+            (None, None) => "was killed by a signal".to_string(),
+        }
+    }
+
+    /// `what` failed: how it ended and the line of its output that says why, e.g.
+    /// "the pre_cutover hook exited with 7: the status page refused".
+    pub fn failure(&self, what: &str) -> String {
+        match super::classify::telling_line(&self.tail) {
+            line if line.is_empty() => format!("{what} {}, without output", self.ended()),
+            line => format!("{what} {}: {line}", self.ended()),
         }
     }
 }
@@ -246,7 +255,11 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
         pending.clear();
         return;
     }
-    let line = String::from_utf8_lossy(pending).trim_end().to_string();
+    // Text a program printed at run time: credentials in it were never registered
+    // (a hook's `PASSWORD=...`), so they are masked by their shape, before the line
+    // reaches the log, the events or the tail that becomes the error message.
+    let line =
+        crate::infra::redact::scrubbed(String::from_utf8_lossy(pending).trim_end().to_string());
     pending.clear();
     sink.line(&line);
     if parse_progress(&line).is_none() {
@@ -296,6 +309,45 @@ fn parse_rsync_progress(line: &str) -> Option<(u64, u8, String)> {
 #[cfg(test)]
 mod tests {
     use super::parse_progress;
+
+    async fn sh(script: &str) -> super::ProcessOutput {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::model::step::Step::DisableOld,
+            events: crate::model::events::EventSink::discard(),
+            log: None,
+        };
+        super::run_process(cmd, &sink).await.expect("run sh")
+    }
+
+    /// A failure reads as a sentence: the exit code, or the signal by number and name.
+    #[tokio::test]
+    async fn a_failure_says_the_exit_code_or_the_signal() {
+        let out = sh("echo the status page refused >&2; exit 7").await;
+        assert_eq!(
+            out.failure("the pre_cutover hook"),
+            "the pre_cutover hook exited with 7: the status page refused"
+        );
+        let out = sh("kill -9 $$").await;
+        assert_eq!(
+            out.failure("the pre_cutover hook"),
+            "the pre_cutover hook was killed by signal 9 (SIGKILL), without output"
+        );
+    }
+
+    /// What a program prints is masked by its shape before the log, the events and
+    /// the tail (the error message) see it: the value was never registered.
+    #[tokio::test]
+    async fn credentials_a_program_prints_are_masked_in_its_tail() {
+        let out = sh("echo PASSWORD=NEVERSEEN99; exit 3").await;
+        assert_eq!(out.tail, ["PASSWORD=[redacted]"]);
+        assert_eq!(
+            out.failure("the post_cutover hook"),
+            "the post_cutover hook exited with 3: PASSWORD=[redacted]"
+        );
+    }
 
     /// A consumer that leaves early does not cut the command short: the rest is
     /// read and dropped, so `seq` ends normally instead of by SIGPIPE.

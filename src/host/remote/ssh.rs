@@ -405,20 +405,14 @@ impl SshPool {
         if out.code == Some(0) {
             return Ok(out);
         }
-        let last = super::classify::telling_line(&out.tail);
         let mut kind = classify_exit(kind, out.code, &out.tail);
         if out.code == Some(255) && conn.session.check().await.is_err() {
             kind = ErrorKind::Transient;
         }
-        sink.log(&format!("exit {:?}", out.code));
+        sink.log(&format!("the command {}", out.ended()));
         Err(CommandError {
             kind,
-            message: format!(
-                "command on {} failed ({}): {last}",
-                conn.dest,
-                out.code
-                    .map_or("killed by a signal".to_string(), |c| format!("exit {c}"))
-            ),
+            message: out.failure(&format!("the command on {}", conn.dest)),
         })
     }
 

@@ -132,8 +132,9 @@ impl CommandProvider {
 /// The last lines of the program's stderr, bounded, for the error message.
 fn tail(stderr: &[u8]) -> String {
     // The program may print its API token (a verbose curl, a failed login): the
-    // error goes to the terminal, the journal and the reports.
-    let text = crate::infra::redact::cleaned(String::from_utf8_lossy(stderr).into_owned());
+    // error goes to the terminal, the journal and the reports. Known secrets and
+    // credentials by their shape (one the program fetched itself) are masked.
+    let text = crate::infra::redact::scrubbed(String::from_utf8_lossy(stderr).into_owned());
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let start = lines.len().saturating_sub(STDERR_TAIL_LINES);
     let joined = lines[start..].join(" | ");

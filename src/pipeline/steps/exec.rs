@@ -215,7 +215,7 @@ impl Executor {
                 {
                     Ok(_) => Ok(Some(self.deployed())),
                     Err(e) => Ok(Some(format!(
-                        "{}; relay active; post_cutover hook failed: {}",
+                        "{}; relay active; {}",
                         self.deployed(),
                         e.message
                     ))),
@@ -571,11 +571,7 @@ impl Executor {
         }
         Err(StepError {
             kind: crate::host::remote::classify_exit(CommandKind::Transfer, out.code, &out.tail),
-            message: format!(
-                "{program} on the controller failed ({}): {}",
-                out.code.map_or("killed".into(), |c| format!("exit {c}")),
-                crate::host::remote::telling_line(&out.tail)
-            ),
+            message: out.failure(&format!("{program} on the controller")),
         })
     }
 
@@ -693,11 +689,7 @@ impl Executor {
         if out.code == Some(0) {
             return Ok(None);
         }
-        let message = format!(
-            "cmdeploy {}: {}",
-            out.ending(),
-            crate::host::remote::telling_line(&out.tail)
-        );
+        let message = out.failure("cmdeploy");
         // Killed by a signal is not cmdeploy's verdict on the relay (an operator's
         // kill, the OOM killer): the step is interrupted and a run re-runs it (every
         // step is idempotent), rather than "fix the cause".
@@ -728,16 +720,20 @@ impl Executor {
             .env("CMFLEET_OLD_IP4", relay.old.ip4.to_string())
             .env("CMFLEET_NEW_SSH", &relay.new.ssh)
             .env("CMFLEET_NEW_IP4", relay.new.ip4.to_string());
-        sink.log(&format!("$ [hook {name}] {hook}"));
+        // Its credentials were registered with the inventory; the shapes catch one
+        // the registration could not tell from the words around it.
+        sink.log(&format!(
+            "$ [hook {name}] {}",
+            crate::infra::redact::scrub(hook)
+        ));
         let out = run_process(cmd, sink)
             .await
             .map_err(|e| StepError::permanent(format!("cannot run the {name} hook: {e}")))?;
         match out.code {
             Some(0) => Ok(None),
-            c => Err(StepError::permanent(format!(
-                "the {name} hook failed ({c:?}): {}",
-                crate::host::remote::telling_line(&out.tail)
-            ))),
+            _ => Err(StepError::permanent(
+                out.failure(&format!("the {name} hook")),
+            )),
         }
     }
 
