@@ -111,7 +111,7 @@ fn run(cli: Cli) -> Result<i32> {
                 Format::Text => print!("{}", report::status_table(&journal, &names)),
                 Format::Json => println!("{}", report::status_json(&journal, &names)?),
             }
-            Ok(exit::OK)
+            Ok(report::status_exit_code(&journal, &names))
         }
         Command::Check { target, format } => {
             let inv = Inventory::load(&target.inventory)?;

@@ -29,7 +29,8 @@ pub use crate::infra::state_dir::{failed_list_path, log_path};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use files::{write_atomic, write_failed_list, write_json_report};
 pub use status::{
-    status_json, status_json_at, status_rows, status_table, status_table_at, StatusRow,
+    status_exit_code, status_json, status_json_at, status_rows, status_table, status_table_at,
+    StatusRow,
 };
 pub use summary::{
     render_text, Counts, DowntimeStats, NextAction, Outcome, RelaySummary, Summary, REPORT_VERSION,
