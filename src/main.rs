@@ -226,7 +226,14 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
         state_dir = %inv.fleet.state_dir.display(),
         "migrate"
     );
-    if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
+    if let Ok(mut before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
+        if opts.restart {
+            // The run forgets these relays' records: nothing of them is done or DOWN
+            // since an earlier run any more, for the views as for the summary.
+            before
+                .relays
+                .retain(|name, _| !relays.iter().any(|r| &r.name == name));
+        }
         reporter.preload(&before);
     }
     let result = cmfleet::pipeline::run::run(inv, &relays, &opts, reporter)?;
