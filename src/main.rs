@@ -115,7 +115,7 @@ fn run(cli: Cli) -> Result<i32> {
                 Format::Text => print!("{}", report::status_table(&journal, &names)),
                 Format::Json => println!("{}", report::status_json(&journal, &names)?),
             }
-            Ok(exit::OK)
+            Ok(report::status_exit_code(&journal, &names))
         }
         Command::Check { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
@@ -273,7 +273,14 @@ fn run_migrate(inv: &Inventory, args: &MigrateArgs, color: Option<bool>) -> Resu
         state_dir = %inv.fleet.state_dir.display(),
         "migrate"
     );
-    if let Ok(before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
+    if let Ok(mut before) = Journal::peek(&inv.fleet.state_dir, &inv.path) {
+        if opts.restart {
+            // The run forgets these relays' records: nothing of them is done or DOWN
+            // since an earlier run any more, for the views as for the summary.
+            before
+                .relays
+                .retain(|name, _| !relays.iter().any(|r| &r.name == name));
+        }
         reporter.preload(&before);
     }
     let result = cmfleet::pipeline::run::run(inv, &relays, &opts, reporter)?;

@@ -203,6 +203,88 @@ fn wrong_types_name_the_field() {
     refused_by_all(&p, &["fleet.toml:", "duplicate key"]);
 }
 
+/// Several wrong types are all reported in one error, each with its position and
+/// field (serde stops at the first: the loader blanks that key and parses again), and
+/// a key blanked that way is never reported missing.
+#[test]
+fn several_wrong_types_are_reported_at_once() {
+    let p = Paper::new();
+    let text = format!(
+        "{}{}{}\n[defaults]\nconnect_timeout = 30\n",
+        "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\nstate_dir = \"state\"\nforks = \"many\"\n",
+        relay(1, "ssh_port = \"22\"\n"),
+        relay(2, "")
+    );
+    p.write(&text);
+    let out = p.refuses(
+        &["plan"],
+        &[
+            "the inventory has 3 problems:",
+            "fleet.toml:4:9: fleet.forks: invalid type: string \"many\", expected u32",
+            "fleet.toml:11:12: relay[0].ssh_port: invalid type: string \"22\", expected u16",
+            "fleet.toml:20:19: defaults.connect_timeout: invalid type: integer `30`, expected a string",
+        ],
+    );
+    assert!(!out.contains("missing"), "{out}");
+    refused_by_all(
+        &p,
+        &[
+            "3 problems",
+            "fleet.forks",
+            "relay[0].ssh_port",
+            "defaults.connect_timeout",
+        ],
+    );
+
+    // A wrong type inside an inline table (only that pair is blanked: `new` is not
+    // reported missing), an unknown key, and what validation finds in the rest (an
+    // address) come together.
+    let text = valid()
+        .replacen(
+            "new = { ssh = \"10.0.1.1\", ip4 = \"10.0.1.1\" }",
+            "new = { ssh = \"10.0.1.1\", ip4 = \"10.0.1.1\", port = \"2222\" }",
+            1,
+        )
+        .replacen("ip4 = \"10.0.1.2\"", "ip4 = \"10.0.1\"", 1)
+        + "colour = \"red\"\n";
+    p.write(&text);
+    let out = p.refuses(
+        &["plan"],
+        &[
+            "the inventory has 3 problems:",
+            "fleet.toml:9:52: relay[0].new.port: invalid type: string \"2222\", expected u16",
+            "fleet.toml:15:",
+            "relay[1].new.ip4",
+            "fleet.toml:16:1: relay[1].colour: unknown field `colour`",
+        ],
+    );
+    assert!(!out.contains("missing"), "{out}");
+
+    // Nor is a key validation needs because of another (the rfc2136 provider needs
+    // `tsig_key_file`), inherited by every relay from [defaults].
+    p.write(&format!(
+        "{}\n[defaults]\ndns = {{ provider = \"rfc2136\", server = \"127.0.0.1:53\", tsig_key_file = 5 }}\n",
+        valid()
+    ));
+    let out = p.refuses(
+        &["plan"],
+        &[
+            "the inventory has 1 problem:",
+            "defaults.dns.tsig_key_file: invalid type: integer `5`, expected a string",
+        ],
+    );
+    assert!(!out.contains("needs"), "{out}");
+
+    // A required key of the wrong type is not reported missing as well (the keys
+    // serde reads after it are checked once it is fixed: it cannot be blanked).
+    p.write(&valid().replacen("cmdeploy = \"relay/scripts/cmdeploy\"", "cmdeploy = 7", 1));
+    let out = p.refuses(
+        &["plan"],
+        &["fleet.toml:2:12: fleet.cmdeploy: invalid type: integer `7`, expected a string"],
+    );
+    assert!(!out.contains("missing"), "{out}");
+}
+
 #[test]
 fn unknown_keys_name_the_key_and_line() {
     let p = Paper::new();

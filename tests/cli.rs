@@ -207,3 +207,102 @@ fn html_report_renders_in_headless_chromium() {
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
 }
+
+/// `status` is what a script asks between runs: exit 0 while every selected relay is
+/// done, not started, or staged with nothing failed; exit 2 once one is DOWN (mail not
+/// served) or its last attempt at a step failed, as `migrate` would have exited.
+#[test]
+fn status_exits_2_while_a_relay_is_down_or_a_step_failed() {
+    use cmfleet::model::step::{ErrorKind, Step};
+    use cmfleet::pipeline::journal::{journal_path, JournalData, RelayRecord, StepStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = "[fleet]\ncmdeploy = \"x\"\nstate_dir = \"state\"\n".to_string();
+    for (i, name) in ["done", "staged", "trouble"].iter().enumerate() {
+        let ini = dir.path().join(format!("{name}/chatmail.ini"));
+        std::fs::create_dir_all(ini.parent().unwrap()).unwrap();
+        std::fs::write(&ini, "[params]\n").unwrap();
+        text.push_str(&format!(
+            "[[relay]]\nmail_domain = \"{name}.example.org\"\nconfig = \"{name}/chatmail.ini\"\n\
+             old = {{ ssh = \"192.0.2.{i}\", ip4 = \"192.0.2.{i}\" }}\n\
+             new = {{ ssh = \"198.51.100.{i}\", ip4 = \"198.51.100.{i}\" }}\n"
+        ));
+    }
+    let inv_path = dir.path().join("fleet.toml");
+    std::fs::write(&inv_path, text).unwrap();
+    let inv = cmfleet::model::inventory::Inventory::load(&inv_path).unwrap();
+    let finish = |r: &mut RelayRecord, steps: &[Step]| {
+        for s in steps {
+            r.step_mut(*s).status = StepStatus::Done;
+            r.step_mut(*s).attempts = 1;
+        }
+    };
+    let mut done = RelayRecord::new();
+    finish(&mut done, &Step::ALL);
+    done.down_since_ms = Some(1_000);
+    done.up_again_ms = Some(9_000);
+    let mut staged = RelayRecord::new();
+    finish(&mut staged, &[Step::InitialSync, Step::Preconfigure]);
+    let mut down = RelayRecord::new();
+    finish(
+        &mut down,
+        &[Step::InitialSync, Step::Preconfigure, Step::DisableOld],
+    );
+    down.down_since_ms = Some(1_000);
+    let step = down.step_mut(Step::FinalSync);
+    step.status = StepStatus::Failed;
+    step.attempts = 1;
+    step.error = Some("rsync error".into());
+    step.error_kind = Some(ErrorKind::Transient);
+    let mut failed_early = RelayRecord::new();
+    let step = failed_early.step_mut(Step::InitialSync);
+    step.status = StepStatus::Failed;
+    step.attempts = 3;
+    step.error = Some("connection refused".into());
+    step.error_kind = Some(ErrorKind::Transient);
+
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let status = |trouble: &RelayRecord, format: &str| {
+        let journal = JournalData {
+            version: 1,
+            inventory: inv.path.clone(),
+            relays: [
+                ("done.example.org".to_string(), done.clone()),
+                ("staged.example.org".to_string(), staged.clone()),
+                ("trouble.example.org".to_string(), trouble.clone()),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        std::fs::write(
+            journal_path(&inv.fleet.state_dir, &inv.path),
+            serde_json::to_string(&journal).unwrap(),
+        )
+        .unwrap();
+        let out = cmfleet(&[
+            "status",
+            "-i",
+            inv_path.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    for format in ["text", "json"] {
+        // Done, staged and not started: nothing for anyone to do.
+        let (code, out) = status(&RelayRecord::new(), format);
+        assert_eq!(code, Some(0), "{out}");
+        let (code, out) = status(&staged, format);
+        assert_eq!(code, Some(0), "{out}");
+        // DOWN: users get no mail.
+        let (code, out) = status(&down, format);
+        assert_eq!(code, Some(2), "{out}");
+        // Staged, OLD serving, but step 1 failed: `migrate` must be run again.
+        let (code, out) = status(&failed_early, format);
+        assert_eq!(code, Some(2), "{out}");
+    }
+    let (_, out) = status(&down, "text");
+    assert!(out.contains("1 DOWN"), "{out}");
+}

@@ -240,6 +240,58 @@ fn old_unreachable_at_step_3_is_not_cut_over() {
     assert_trees_equal(&lab);
 }
 
+/// NEW stops answering ssh right before step 4 (its sshd stopped; the controller's
+/// masters kept by the pre-staging run live on, so the controller still gets through):
+/// OLD's push to NEW is refused. The error names NEW and ssh's cause, not only the
+/// command on OLD that ran the push; it stays transient (a retry may help), the relay
+/// is DOWN, and once NEW is back the migration finishes with an exact copy.
+#[test]
+fn new_unreachable_at_step_4_names_the_new_host() {
+    let mut lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let path = variant(&lab, "retry.toml", |t| {
+        with_settings(
+            t,
+            "",
+            "retry = { attempts = 1, backoff = \"1s\", max_backoff = \"1s\" }\n",
+        )
+    });
+    let inv = Inventory::load(&path).expect("inventory");
+    let migrate = ["migrate", "--yes", "--progress", "plain"];
+    let (code, text) = cmfleet(&[&migrate[..], &["--until-step", "3"]].concat(), &path);
+    assert_eq!(code, Some(0), "{text}");
+    lab.stop_host(relay.new.addr).expect("stop NEW");
+    let (code, text) = cmfleet(&migrate, &path);
+    lab.start_host(relay.new.addr).expect("start NEW");
+    assert_eq!(code, Some(2), "{text}");
+    let data = peek(&inv);
+    let rec = &data.relays[&relay.mail_domain];
+    assert_eq!(rec.failed_step(), Some(Step::FinalSync), "{rec:#?}");
+    let s4 = rec.step(Step::FinalSync);
+    assert_eq!(s4.error_kind, Some(ErrorKind::Transient), "{rec:#?}");
+    let error = s4.error.clone().unwrap_or_default();
+    let new = relay.new.addr.to_string();
+    let headline = error.lines().next().unwrap_or_default();
+    assert!(
+        headline.contains(&format!("new host root@{new}"))
+            && headline.contains("Connection refused"),
+        "the error names NEW and the cause: {error}"
+    );
+    assert!(
+        text.contains("final-sync: FAILED") && text.contains(headline),
+        "{text}"
+    );
+    assert_eq!(rec.state(), RelayState::Down);
+    // NEW is back: the migration finishes from step 4.
+    let (code, text) = cmfleet(&migrate, &path);
+    assert_eq!(code, Some(0), "{text}");
+    assert_trees_equal(&lab);
+    assert_eq!(
+        peek(&inv).relays[&relay.mail_domain].state(),
+        RelayState::Done
+    );
+}
+
 /// NEW's disk is too small for what OLD gained since step 1 when the cutover is due:
 /// step 3's preflight refuses before OLD is touched. The relay stays staged, OLD keeps
 /// serving, the error gives the numbers; with the disk fixed, migrate finishes.

@@ -373,3 +373,64 @@ fn live_view_with_many_relays_keeps_going() {
     );
     assert!(text.contains("not started"), "{text}");
 }
+
+/// The downtime a relay's line reports is the journal's, as in the summary: a relay
+/// left DOWN by an earlier run counts from when that run disabled OLD (the preloaded
+/// journal), not from this run's first cutover step; one going down in this run counts
+/// from the recorded serving change, not from step 3's preflight.
+#[test]
+fn plain_reporter_counts_downtime_from_the_journal() {
+    use cmfleet::model::events::ServingChange;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // C was left DOWN at step 4 by a run that disabled OLD 10 s before this one.
+    let mut before = journal();
+    before
+        .relays
+        .get_mut(C)
+        .expect("c in the journal")
+        .down_since_ms = Some(T0 - 10_000);
+    before.relays.remove(A);
+    let capture = Capture::default();
+    let clock = ManualClock::new(T0);
+    let mut reporter = Reporter::with_writer(
+        ProgressMode::Plain,
+        ctx(dir.path().to_path_buf(), &[A, C]),
+        Box::new(capture.clone()),
+    )
+    .with_clock(clock.clone());
+    reporter.preload(&before);
+    let script = vec![
+        (0, Event::RunStarted { relays: 2 }),
+        (0, started(C, Step::FinalSync, 1)),
+        (0, started(A, Step::DisableOld, 1)),
+        // A's cutover preflight and hook: OLD still serves.
+        (
+            3,
+            Event::ServingChange {
+                relay: A.into(),
+                change: ServingChange::DisableOld,
+            },
+        ),
+        (1, done(C, Step::FinalSync, 4)),
+        (0, done(A, Step::DisableOld, 4)),
+        (0, started(C, Step::Activate, 1)),
+        (0, started(A, Step::Activate, 1)),
+        (2, done(C, Step::Activate, 2)),
+        (0, done(A, Step::Activate, 2)),
+    ];
+    for (secs, ev) in script {
+        clock.advance(Duration::from_secs(secs));
+        reporter.handle(&ev);
+    }
+    let stats = reporter.run_stats();
+    reporter.finish(&before, stats);
+    let text = capture.text();
+    assert!(
+        text.contains("c.example.org: migrated (down for 16s)"),
+        "10 s before this run and 6 s in it:\n{text}"
+    );
+    assert!(
+        text.contains("a.example.org: migrated (down for 3.0s)"),
+        "from the serving change, not the preflight:\n{text}"
+    );
+}

@@ -17,8 +17,8 @@ use std::path::Path;
 use futures::StreamExt;
 
 pub use probe::HostFacts;
-pub(crate) use relay::reach_finding;
 pub use relay::{inspect, relay_findings, Inspection, Reach, MAX_TTL};
+pub(crate) use relay::{old_to_new, unreached_finding, Unreached};
 pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, Status};
 
 pub(crate) use relay::ssh_host;

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use super::probe::{self, HostFacts};
 use super::report::Finding;
 use crate::host::catalogue;
-use crate::host::remote::{CommandKind, ConnectOptions, HostConn, LineSink, SshPool, Stdout};
+use crate::host::remote::{
+    CommandError, CommandKind, ConnectOptions, HostConn, LineSink, SshPool, Stdout,
+};
 use crate::infra::dns::{Dns, Rrsets};
 use crate::infra::shell::quote;
 use crate::model::inventory::{DnsProviderKind, Host, MailDomain, Relay, TransferMode};
@@ -18,6 +20,8 @@ use crate::model::step::ErrorKind;
 pub const MAX_TTL: u32 = 300;
 /// Free space NEW needs beyond the data: 10% plus this.
 const DISK_MARGIN: u64 = 64 << 20;
+/// The check of OLD's login to NEW (direct transfers).
+const CHECK_OLD_TO_NEW: &str = "old -> new";
 
 /// Connects to one host through cmfleet's pool, checking auth and the host key
 /// against cmfleet's own known_hosts.
@@ -198,32 +202,35 @@ fn foreign_mail_finding(relay: &Relay, new: &HostFacts) -> Finding {
 
 /// Whether to try OLD -> NEW now. Right before step 1 the push itself is that
 /// test: an extra ssh handshake per relay only to learn what the push will tell,
-/// and a failed push is diagnosed with the same test (`reach_finding`).
+/// and a failed push is diagnosed with the same test (`old_to_new`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
     Test,
     AtTransfer,
 }
 
+/// Why OLD cannot log in to NEW the way a direct transfer does.
+pub(crate) enum Unreached {
+    /// cmfleet holds no host key of NEW to vouch for it on OLD.
+    NoHostKey,
+    /// OLD's ssh never got to NEW's sshd (NEW down, or a link or firewall between
+    /// them): ssh's words, `connect to host H port P: REASON`.
+    NoConnection(String),
+    /// It got there and failed otherwise (a refused key), or the check itself failed.
+    Failed(CommandError),
+}
+
 /// In direct mode OLD pushes to NEW with the forwarded agent: try exactly that, with
 /// NEW's host key installed on OLD the way step 1 does it.
-pub(crate) async fn reach_finding(
+pub(crate) async fn old_to_new(
     ssh: &SshPool,
     relay: &Relay,
     old: &HostConn,
     sink: &LineSink,
-) -> Finding {
-    const CHECK: &str = "old -> new";
+) -> Result<(), Unreached> {
     let lines = ssh.known_host_lines(&relay.new);
     if lines.is_empty() {
-        return Finding::fail(
-            CHECK,
-            format!(
-                "no host key of {} in {} to vouch for it on OLD",
-                relay.new.ssh,
-                ssh.known_hosts().display()
-            ),
-        );
+        return Err(Unreached::NoHostKey);
     }
     let script = format!(
         "{} && {} -o ConnectTimeout=10 {} true",
@@ -235,16 +242,55 @@ pub(crate) async fn reach_finding(
         .run(old, &script, true, CommandKind::Plain, sink, Stdout::Sink)
         .await
     {
-        Ok(_) => Finding::pass(
-            CHECK,
+        Ok(_) => Ok(()),
+        Err(e) => Err(match crate::host::remote::connect_failure(&e.message) {
+            Some(said) => Unreached::NoConnection(said.to_string()),
+            None => Unreached::Failed(e),
+        }),
+    }
+}
+
+/// `old_to_new` as `check` shows it.
+async fn reach_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &LineSink) -> Finding {
+    match old_to_new(ssh, relay, old, sink).await {
+        Ok(()) => Finding::pass(
+            CHECK_OLD_TO_NEW,
             format!(
                 "OLD logs in to {} with the forwarded agent",
                 relay.new.destination()
             ),
         ),
-        Err(e) => {
+        Err(e) => unreached_finding(ssh, relay, e),
+    }
+}
+
+/// The failing `old -> new` finding for `e`; transient when a retry may help.
+pub(crate) fn unreached_finding(ssh: &SshPool, relay: &Relay, e: Unreached) -> Finding {
+    match e {
+        Unreached::NoHostKey => Finding::fail(
+            CHECK_OLD_TO_NEW,
+            format!(
+                "no host key of {} in {} to vouch for it on OLD",
+                relay.new.ssh,
+                ssh.known_hosts().display()
+            ),
+        ),
+        // Not a question of keys: the agent hint would send the operator the wrong way.
+        Unreached::NoConnection(said) => {
             let mut f = Finding::fail(
-                CHECK,
+                CHECK_OLD_TO_NEW,
+                format!(
+                    "OLD cannot connect to {}: ssh: {said} (hint: is NEW up, and may OLD reach its port {}?)",
+                    relay.new.destination(),
+                    relay.new.port
+                ),
+            );
+            f.transient = true;
+            f
+        }
+        Unreached::Failed(e) => {
+            let mut f = Finding::fail(
+                CHECK_OLD_TO_NEW,
                 format!(
                     "OLD cannot log in to {} with the forwarded agent: {} (hint: the agent's key must be authorized on NEW; or use transfer = \"staged\")",
                     relay.new.destination(),

@@ -70,6 +70,17 @@ pub fn classify_exit(what: CommandKind, code: Option<i32>, output_tail: &[String
     }
 }
 
+/// ssh's own words for a connection it could not open (`connect to host H port P:
+/// Connection refused`, also timed out or no route), found in `text`: a command's
+/// output, or an error that quotes it. An inner ssh (OLD pushing to NEW) says it on
+/// OLD, where only these words tell that NEW is the host out of reach.
+pub fn connect_failure(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| {
+        let rest = &l[l.find("connect to host ")?..];
+        rest.contains(" port ").then(|| rest.trim_end())
+    })
+}
+
 /// Classifies a failed connection attempt by what ssh said.
 pub fn classify_connect(message: &str) -> ErrorKind {
     let m = message.to_ascii_lowercase();
@@ -105,5 +116,29 @@ impl From<super::SshError> for StepError {
             kind: e.kind(),
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_failure;
+
+    #[test]
+    fn ssh_connect_failures_are_found_in_an_error() {
+        let e = "command on root@10.0.0.1:22 failed (exit 255): ssh: connect to host 10.0.1.1 port 22: Connection refused";
+        assert_eq!(
+            connect_failure(e),
+            Some("connect to host 10.0.1.1 port 22: Connection refused")
+        );
+        let tail = "rsync: connection unexpectedly closed\nssh: connect to host new.example.org port 2222: Connection timed out\n";
+        assert_eq!(
+            connect_failure(tail),
+            Some("connect to host new.example.org port 2222: Connection timed out")
+        );
+        assert_eq!(
+            connect_failure("rsync error: unexplained error (code 255) at io.c(285)"),
+            None
+        );
+        assert_eq!(connect_failure("Permission denied (publickey)."), None);
     }
 }

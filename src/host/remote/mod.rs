@@ -8,7 +8,9 @@ mod process;
 mod ssh;
 mod workspace;
 
-pub use classify::{classify_connect, classify_exit, telling_line, CommandError, CommandKind};
+pub use classify::{
+    classify_connect, classify_exit, connect_failure, telling_line, CommandError, CommandKind,
+};
 pub use process::{run_process, LineSink, ProcessOutput, Stdout, TAR_PROGRESS};
 pub use ssh::{ConnectOptions, HostConn, SshError, SshPool, SshPoolConfig};
 pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

@@ -4,6 +4,7 @@
 //! `model` is the checked result, `roles` refuses a machine written twice,
 //! `select` implements `--limit`.
 
+mod blank;
 mod error;
 mod model;
 mod raw;
@@ -58,58 +59,128 @@ impl Inventory {
     }
 
     /// Parses inventory text; `path` names it in errors and anchors relative paths.
+    /// Every problem comes at once: wrong types, unknown keys, and what validation
+    /// finds in the rest of the file.
     pub fn parse(path: &Path, src: &str) -> Result<Inventory, InventoryError> {
-        let raw = parse_raw(path, src)?;
-        let mut checker = Checker::new(path, src);
-        let inventory = resolve::resolve(path, raw, &mut checker);
-        if !checker.problems.is_empty() {
-            let mut problems = checker.problems;
-            problems.sort_by_key(|p| (p.line, p.column));
-            return Err(InventoryError::Invalid { problems });
+        let parsed = parse_raw(path, src);
+        let mut problems = parsed.problems;
+        if let Some(raw) = parsed.raw {
+            let mut checker = Checker::new(path, src);
+            let inventory = resolve::resolve(path, raw, &mut checker);
+            // A key blanked for its wrong type is absent to validation: what it finds
+            // missing there (in any layer, relays inherit) is the blanking's, e.g. the
+            // rfc2136 provider "needs `tsig_key_file`" given as a number.
+            let wrong: Vec<String> = problems
+                .iter()
+                .map(|p| blank::in_layer(&p.field).to_string())
+                .collect();
+            let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+            problems.extend(
+                checker
+                    .problems
+                    .into_iter()
+                    .filter(|p| !blank::blanked(blank::in_layer(&p.field), &wrong)),
+            );
+            if problems.is_empty() {
+                if inventory.relays.is_empty() {
+                    return Err(InventoryError::Empty {
+                        path: path.display().to_string(),
+                    });
+                }
+                return Ok(inventory);
+            }
         }
-        if inventory.relays.is_empty() {
-            return Err(InventoryError::Empty {
-                path: path.display().to_string(),
-            });
-        }
-        Ok(inventory)
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(InventoryError::Invalid { problems })
     }
 }
 
-/// TOML syntax and type errors: the first one, with its position and key path.
-fn parse_raw(path: &Path, src: &str) -> Result<raw::RawInventory, InventoryError> {
+/// Wrong types and unknown keys one load reports at most: each costs a parse.
+const MAX_SHAPE_PROBLEMS: usize = 50;
+
+/// What parsing the file's shape found: the raw inventory when the text could be
+/// read past every wrong type, and the problems.
+struct RawParse {
+    raw: Option<raw::RawInventory>,
+    problems: Vec<Problem>,
+}
+
+/// TOML syntax errors (the first one) and wrong types and unknown keys (every one),
+/// with positions and key paths. serde stops at the first wrong type, so that key is
+/// blanked with spaces in a copy of the text (every other byte offset, line and
+/// column stays the same) and the copy parsed again, until it parses.
+fn parse_raw(path: &Path, src: &str) -> RawParse {
     let file = path.display().to_string();
     let problem = |offset: Option<usize>, field: String, message: String| {
         let (line, column) = offset.map_or((1, 1), |o| Positions::new(src).line_col(o));
-        InventoryError::Invalid {
-            problems: vec![Problem {
-                file: file.clone(),
-                line,
-                column,
-                field,
-                message,
-            }],
+        Problem {
+            file: file.clone(),
+            line,
+            column,
+            field,
+            message,
         }
     };
-    let de = toml::de::Deserializer::parse(src).map_err(|e| {
-        problem(
-            e.span().map(|s| s.start),
-            String::new(),
-            e.message().trim().to_string(),
-        )
-    })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut text = src.to_string();
+    loop {
+        let de = match toml::de::Deserializer::parse(&text) {
+            Ok(de) => de,
+            Err(e) => {
+                // In a copy with a key blanked the syntax error is the blanking's (an
+                // element of a multi-line array, say): what was found stands.
+                if problems.is_empty() {
+                    problems.push(problem(
+                        e.span().map(|s| s.start),
+                        String::new(),
+                        e.message().trim().to_string(),
+                    ));
+                }
+                return RawParse {
+                    raw: None,
+                    problems,
+                };
+            }
+        };
+        let e = match serde_path_to_error::deserialize(de) {
+            Ok(raw) => {
+                return RawParse {
+                    raw: Some(raw),
+                    problems,
+                }
+            }
+            Err(e) => e,
+        };
         // Spanned<T> shows up as a private key in the path: hide it.
         let field = e
             .path()
             .to_string()
             .replace(".$__serde_spanned_private_value", "");
-        let inner = e.inner();
         let field = if field == "." { String::new() } else { field };
-        problem(
-            inner.span().map(|s| s.start),
-            field,
-            inner.message().trim().to_string(),
-        )
-    })
+        let inner = e.inner();
+        let message = inner.message().trim().to_string();
+        let span = inner.span();
+        if let Some(missing) = blank::missing_field(&field, &message) {
+            // Missing because it was blanked here: its wrong type is reported already.
+            // Either way nothing can be blanked to read on.
+            let found: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+            if !blank::blanked(&missing, &found) {
+                problems.push(problem(span.map(|s| s.start), field, message));
+            }
+            return RawParse {
+                raw: None,
+                problems,
+            };
+        }
+        problems.push(problem(span.as_ref().map(|s| s.start), field, message));
+        match span.and_then(|s| blank::blank_key(&text, s)) {
+            Some(blanked) if problems.len() < MAX_SHAPE_PROBLEMS => text = blanked,
+            _ => {
+                return RawParse {
+                    raw: None,
+                    problems,
+                }
+            }
+        }
+    }
 }

@@ -29,7 +29,8 @@ pub use crate::infra::state_dir::{failed_list_path, log_path};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use files::{write_atomic, write_failed_list, write_json_report};
 pub use status::{
-    status_json, status_json_at, status_rows, status_table, status_table_at, StatusRow,
+    status_exit_code, status_json, status_json_at, status_rows, status_table, status_table_at,
+    StatusRow,
 };
 pub use summary::{
     render_text, Counts, DowntimeStats, NextAction, Outcome, RelaySummary, Summary, REPORT_VERSION,
@@ -274,11 +275,15 @@ impl Reporter {
         self
     }
 
-    /// Seeds the live counters from the journal before the run (relays already done,
-    /// relays still DOWN from an earlier run).
+    /// Seeds the views from the journal before the run: the live counters (relays
+    /// already done, relays still DOWN from an earlier run) and, for the plain lines,
+    /// when each relay still DOWN went down, so a resumed relay's downtime is counted
+    /// as the summary counts it.
     pub fn preload(&mut self, journal: &JournalData) {
-        if let View::Live(l) = &mut self.view {
-            l.preload(journal);
+        match &mut self.view {
+            View::Live(l) => l.preload(journal),
+            View::Plain(p) => p.preload(journal),
+            View::Json => {}
         }
     }
 

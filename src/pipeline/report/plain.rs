@@ -10,6 +10,7 @@ use super::summary::kind_name;
 use super::Out;
 use crate::model::events::{Event, WaitReason};
 use crate::model::step::Step;
+use crate::pipeline::journal::{JournalData, RelayState};
 
 /// At most one progress line per relay this often...
 const PROGRESS_EVERY_MS: u64 = 5_000;
@@ -26,8 +27,12 @@ struct RelayLine {
     quarter: u8,
     /// The reason printed last, so a repeated `Waiting` is not printed again.
     waiting: Option<WaitReason>,
-    /// When the relay's downtime began, if this run saw it begin.
+    /// When the relay's downtime began: the journal's (preloaded from an earlier run,
+    /// or when this run recorded OLD's disabling), else when its cutover step started.
     down_since_ms: Option<u64>,
+    /// `down_since_ms` is the journal's, so a later step 3 attempt keeps it, as the
+    /// journal does: the summary counts from the same moment.
+    down_recorded: bool,
 }
 
 #[derive(Default)]
@@ -38,6 +43,18 @@ pub(crate) struct PlainView {
 impl PlainView {
     fn relay(&mut self, name: &str) -> &mut RelayLine {
         self.relays.entry(name.to_string()).or_default()
+    }
+
+    /// Relays left DOWN by an earlier run: their downtime began then, not when this
+    /// run resumes them.
+    pub(crate) fn preload(&mut self, journal: &JournalData) {
+        for (name, rec) in &journal.relays {
+            if let (RelayState::Down, Some(since)) = (rec.state(), rec.down_since_ms) {
+                let r = self.relay(name);
+                r.down_since_ms = Some(since);
+                r.down_recorded = true;
+            }
+        }
     }
 
     pub(crate) fn handle(&mut self, ev: &Event, now: u64, clock: &dyn Clock, out: &mut Out) {
@@ -123,6 +140,7 @@ impl PlainView {
                 };
                 out.line(&format!("{} {relay} {step}: {msg}", ts()));
                 if *step == Step::Activate {
+                    r.down_recorded = false;
                     let down = r
                         .down_since_ms
                         .take()
@@ -156,14 +174,23 @@ impl PlainView {
                 ));
             }
             Event::OldStillServing { relay } => {
-                self.relay(relay).down_since_ms = None;
+                let r = self.relay(relay);
+                r.down_since_ms = None;
+                r.down_recorded = false;
                 out.line(&format!(
                     "{} {relay}: the old host still accepts mail: the relay is not down",
                     ts()
                 ));
             }
-            // Recorded by the journal; shown by the step it belongs to.
-            Event::ServingChange { .. } => {}
+            // Shown by the step it belongs to; the downtime starts here, as in the
+            // journal (step 3's preflight and hook leave OLD serving).
+            Event::ServingChange { relay, change } => {
+                let r = self.relay(relay);
+                if change.disables_old().is_some() && !r.down_recorded {
+                    r.down_since_ms = Some(now);
+                    r.down_recorded = true;
+                }
+            }
             Event::Halted { reason } => {
                 out.line(&format!("{} run halted: {reason}", ts()));
             }

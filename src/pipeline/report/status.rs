@@ -73,6 +73,23 @@ pub fn status_rows(journal: &JournalData, relays: &[&str], now_ms: u64) -> Vec<S
         .collect()
 }
 
+/// `cmfleet status`'s exit code: `RELAYS_FAILED` when a selected relay is DOWN (its
+/// users get no mail, also while a running `migrate` is inside its cutover: the journal
+/// cannot tell that from a run that died there) or its last attempt at a step failed
+/// (OLD may still serve, but `migrate` must run again for it, and `migrate` would have
+/// exited 2); `OK` while every selected relay is done, not started, or staged with
+/// nothing failed, so a script can tell trouble from a fleet still on its way.
+pub fn status_exit_code(journal: &JournalData, relays: &[&str]) -> i32 {
+    let trouble = status_rows(journal, relays, now_ms())
+        .iter()
+        .any(|r| r.state == RelayState::Down || r.step_status == Some(StepStatus::Failed));
+    if trouble {
+        crate::model::exit::RELAYS_FAILED
+    } else {
+        crate::model::exit::OK
+    }
+}
+
 /// The journal as a table for `cmfleet status` (downtimes of DOWN relays up to now).
 pub fn status_table(journal: &JournalData, relays: &[&str]) -> String {
     status_table_at(journal, relays, now_ms())

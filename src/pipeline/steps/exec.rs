@@ -366,14 +366,29 @@ impl Executor {
 
     /// After a failed direct transfer: can OLD log in to NEW at all? If it never
     /// can (a refused key), that is the cause to report, with its hint, rather than
-    /// rsync's last words; a NEW that is merely down keeps the transfer's own error.
+    /// rsync's last words. If OLD cannot connect to NEW right now, NEW is named with
+    /// ssh's words: the transfer ran on OLD, so its own error names OLD and ends in
+    /// rsync's "code 255". That stays transient (NEW may be back for a retry). A NEW
+    /// that answers again, or a check that fails otherwise, keeps the transfer's error.
     async fn unreachable(&self, relay: &Relay, sink: &LineSink) -> Option<StepError> {
         if relay.settings.transfer != TransferMode::Direct {
             return None;
         }
         let old = self.connect(relay, &relay.old).await.ok()?;
-        let finding = crate::host::inspect::reach_finding(&self.ssh, relay, &old, sink).await;
-        (finding.status == crate::host::inspect::Status::Fail && !finding.transient)
+        let e = crate::host::inspect::old_to_new(&self.ssh, relay, &old, sink)
+            .await
+            .err()?;
+        if let crate::host::inspect::Unreached::NoConnection(said) = &e {
+            return Some(StepError {
+                kind: ErrorKind::Transient,
+                message: format!(
+                    "the new host {} cannot be reached from the old host: ssh: {said} (a retry may help once it answers)",
+                    relay.new.destination()
+                ),
+            });
+        }
+        let finding = crate::host::inspect::unreached_finding(&self.ssh, relay, e);
+        (!finding.transient)
             .then(|| StepError::permanent(format!("{}: {}", finding.check, finding.reason)))
     }
 
