@@ -114,14 +114,23 @@ pub fn first_copy(relay: &Relay, bytes: Option<u64>) -> String {
     )
 }
 
-/// Step 1 on OLD: mirror the mailboxes to NEW. Repeatable and resumable (rsync, not
-/// the guide's one-shot tar); `--delete` is safe because NEW is inactive until step 6.
-pub fn initial_sync(relay: &Relay) -> String {
+/// Step 1 on OLD: copy the mailboxes to NEW again. Repeatable and resumable (rsync,
+/// not the guide's one-shot tar). `mirror` adds `--delete`, and only data cmfleet
+/// itself put on NEW may be deleted (the journal says a step 1 of this relay ran
+/// before): a NEW that held mail of its own when cmfleet first came (another
+/// relay's live host written into the inventory by mistake, a reused machine) only
+/// gets files added. Step 4, inside the downtime and after its preflights, mirrors.
+pub fn initial_sync(relay: &Relay, mirror: bool) -> String {
     // --whole-file: maildir messages never change in place, so rsync's delta
     // algorithm only costs time here (lab relay, 3000 messages: 1.3 s -> 1.0 s).
+    let flags = if mirror {
+        "-aH --whole-file --delete"
+    } else {
+        "-aH --whole-file"
+    };
     rsync_push(
         relay,
-        "-aH --whole-file --delete",
+        flags,
         &format!("{MAIL_DIR}/"),
         &format!("{MAIL_DIR}/"),
     )
@@ -324,20 +333,15 @@ pub fn staging_dir(staging_root: &Path, relay: &Relay) -> PathBuf {
 /// `ssh` is the remote shell (reusing the host's master connection);
 /// `--numeric-ids` because the controller has no vmail or opendkim users —
 /// ownership is set on NEW afterwards anyway.
-fn staged_rsync(ssh: &str, sources: &[String], dest: &str) -> Vec<String> {
-    let mut argv: Vec<String> = [
-        "rsync",
-        "-aHR",
-        "--numeric-ids",
-        "--no-implied-dirs",
-        "--delete",
-        "--info=progress2",
-        "-e",
-        ssh,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+fn staged_rsync(ssh: &str, sources: &[String], dest: &str, delete: bool) -> Vec<String> {
+    let mut argv: Vec<String> = ["rsync", "-aHR", "--numeric-ids", "--no-implied-dirs"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if delete {
+        argv.push("--delete".into());
+    }
+    argv.extend(["--info=progress2", "-e", ssh].map(str::to_string));
     argv.extend(sources.iter().cloned());
     argv.push(dest.to_string());
     argv
@@ -354,10 +358,13 @@ pub struct StagedHops {
 
 /// The hops of a staged sync of `relay` (`last`: the final sync, with the state);
 /// `old_ssh` and `new_ssh` are the remote shells (the hosts' master connections).
+/// The staging copy always mirrors OLD (it is cmfleet's own); NEW is mirrored at
+/// the final sync, or when `mirror_new` (see [`initial_sync`]).
 pub fn staged_hops(
     staging_root: &Path,
     relay: &Relay,
     last: bool,
+    mirror_new: bool,
     old_ssh: &str,
     new_ssh: &str,
 ) -> StagedHops {
@@ -369,8 +376,13 @@ pub fn staged_hops(
         .collect();
     let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
     StagedHops {
-        pull: staged_rsync(old_ssh, &from_old, &format!("{}/", dir.display())),
-        push: staged_rsync(new_ssh, &relative, &format!("{}:/", relay.new.ssh)),
+        pull: staged_rsync(old_ssh, &from_old, &format!("{}/", dir.display()), true),
+        push: staged_rsync(
+            new_ssh,
+            &relative,
+            &format!("{}:/", relay.new.ssh),
+            last || mirror_new,
+        ),
         dir,
     }
 }

@@ -149,6 +149,14 @@ pub async fn migrate(
     // migrate holds the journal lock, so it alone may reuse and keep masters.
     let executor = Executor::new(&inv.fleet, &inv.groups, events.clone(), true)
         .map_err(|e| MigrateError::Setup(e.message))?;
+    executor.vouch_placed(
+        journal
+            .data
+            .relays
+            .iter()
+            .filter(|(_, rec)| rec.step(Step::InitialSync).attempts > 0)
+            .map(|(name, _)| name.clone()),
+    );
     let executor = Arc::new(executor);
     // The scheduler's stop signal: the operator's (forwarded below), raised to
     // "start nothing new" by this loop when the journal cannot be saved.

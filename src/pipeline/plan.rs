@@ -186,15 +186,24 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
             ),
             act(
                 Site::OldForwarded,
-                catalogue::vouched_push(NEW_HOST_KEY, &catalogue::initial_sync(r)),
+                format!(
+                    "{}   # when new holds mail cmfleet did not copy; else:",
+                    catalogue::vouched_push(NEW_HOST_KEY, &catalogue::initial_sync(r, false))
+                ),
+            ),
+            act(
+                Site::OldForwarded,
+                catalogue::vouched_push(NEW_HOST_KEY, &catalogue::initial_sync(r, true)),
             ),
         ],
         TransferMode::Staged => staged_actions(&fleet.state_dir.join("staging"), r, last),
     }
 }
 
+/// A staged sync's hops as step 1 runs them again (mirroring what cmfleet copied)
+/// and as step 4 runs them.
 fn staged_actions(staging: &Path, r: &Relay, last: bool) -> Vec<Action> {
-    let hops = catalogue::staged_hops(staging, r, last, OLD_MASTER, NEW_MASTER);
+    let hops = catalogue::staged_hops(staging, r, last, true, OLD_MASTER, NEW_MASTER);
     vec![
         act(Site::Controller, crate::infra::shell::join(&hops.pull)),
         act(

@@ -5,6 +5,7 @@
 //! `select` implements `--limit`.
 
 mod blank;
+mod checker;
 mod error;
 mod model;
 mod raw;

@@ -17,9 +17,9 @@
 
 use std::collections::HashMap;
 
+use super::checker::Checker;
 use super::model::{MailDomain, Relay};
 use super::raw::{RawRelay, Text};
-use super::resolve::Checker;
 
 /// Where a host is written: relay index and role.
 #[derive(Clone, Copy)]

@@ -2,7 +2,7 @@
 //!
 //! The executor never prints: output goes to the relay's log and to events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,9 @@ enum Pass {
     /// for progress). It costs half of rsync's CPU on both hosts (no file lists,
     /// no temp files), and anything it misses, step 4's exact mirror catches.
     FirstCopy { bytes: u64 },
-    /// Step 1 again (a retry, `--refresh`): an rsync delta.
-    Delta,
+    /// Step 1 again (a retry, `--refresh`), or into a NEW that holds mail: an rsync
+    /// delta; `mirror` (with `--delete`) only over data cmfleet put there itself.
+    Delta { mirror: bool },
     /// Step 4: the exact mirror of everything, with `--delete`.
     Final,
 }
@@ -47,12 +48,14 @@ fn tar_size(old: &crate::host::inspect::HostFacts) -> u64 {
 }
 
 impl Pass {
-    fn initial(facts: &crate::host::inspect::Inspection) -> Pass {
+    /// Step 1's copy; `placed`: cmfleet's step 1 of this relay ran before (so what
+    /// NEW holds is cmfleet's copy, which may be mirrored).
+    fn initial(facts: &crate::host::inspect::Inspection, placed: bool) -> Pass {
         match (&facts.old, &facts.new) {
             (Some(old), Some(new)) if new.mail_empty => Pass::FirstCopy {
                 bytes: tar_size(old),
             },
-            _ => Pass::Delta,
+            _ => Pass::Delta { mirror: placed },
         }
     }
 }
@@ -67,6 +70,9 @@ pub struct Executor {
     /// staged hop to the end of its final sync.
     staging_budget: Arc<Semaphore>,
     staged: Mutex<HashMap<String, OwnedSemaphorePermit>>,
+    /// Relays whose step 1 has run (in the journal before this run, or started in
+    /// it): only what cmfleet put on a NEW may be deleted there by step 1.
+    placed: Mutex<HashSet<String>>,
     /// DNS updates, fleet-wide: bounded in flight and rate limited.
     dns_gate: crate::infra::dns::DnsGate,
     events: EventSink,
@@ -110,6 +116,7 @@ impl Executor {
             staging: state.join("staging"),
             staging_budget: Arc::new(Semaphore::new(budget_kib as usize)),
             staged: Mutex::new(HashMap::new()),
+            placed: Mutex::new(HashSet::new()),
             dns_gate: crate::infra::dns::DnsGate::with_rate(
                 std::num::NonZeroU32::new(fleet.limits.dns_updates_per_sec)
                     .unwrap_or(std::num::NonZeroU32::MIN),
@@ -153,7 +160,9 @@ impl Executor {
                 let facts =
                     crate::host::inspect::preflight(&self.ssh, &self.fleet.cmdeploy, relay, &sink)
                         .await?;
-                self.sync(relay, Pass::initial(&facts), &sink).await
+                // From the moment a copy starts, NEW may hold cmfleet's data.
+                let placed = !self.placed_mut().insert(relay.name.clone());
+                self.sync(relay, Pass::initial(&facts, placed), &sink).await
             }
             Step::Preconfigure => {
                 self.cmdeploy(catalogue::preconfigure(relay), &sink).await?;
@@ -226,6 +235,18 @@ impl Executor {
             sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
         }
         result
+    }
+
+    /// Vouches that cmfleet's step 1 ran for these relays before this run (the
+    /// journal says so): their NEW holds cmfleet's copy.
+    pub fn vouch_placed(&self, relays: impl IntoIterator<Item = String>) {
+        self.placed_mut().extend(relays);
+    }
+
+    fn placed_mut(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.placed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What steps 2 and 6 deployed, for the journal and the report.
@@ -351,7 +372,7 @@ impl Executor {
     async fn sync(&self, relay: &Relay, pass: Pass, sink: &LineSink) -> StepResult {
         let result = match relay.settings.transfer {
             TransferMode::Direct => self.direct_sync(relay, pass, sink).await,
-            TransferMode::Staged => self.staged_sync(relay, pass == Pass::Final, sink).await,
+            TransferMode::Staged => self.staged_sync(relay, pass, sink).await,
         };
         match result {
             Err(e) if e.kind != ErrorKind::Interrupted => {
@@ -448,7 +469,7 @@ impl Executor {
         let old = self.connect(relay, &relay.old).await?;
         let sync = match pass {
             Pass::FirstCopy { bytes } => catalogue::first_copy(relay, Some(bytes)),
-            Pass::Delta => catalogue::initial_sync(relay),
+            Pass::Delta { mirror } => catalogue::initial_sync(relay, mirror),
             Pass::Final => catalogue::final_sync(relay),
         };
         let script = catalogue::vouched_push(&lines.join("\n"), &sync);
@@ -466,7 +487,10 @@ impl Executor {
     }
 
     /// Two rsync hops through the controller's staging directory, each a delta.
-    async fn staged_sync(&self, relay: &Relay, last: bool, sink: &LineSink) -> StepResult {
+    async fn staged_sync(&self, relay: &Relay, pass: Pass, sink: &LineSink) -> StepResult {
+        let last = pass == Pass::Final;
+        // A first copy goes into an empty NEW: nothing there to delete.
+        let mirror_new = !matches!(pass, Pass::Delta { mirror: false });
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
         self.reserve_staging(relay, &old, sink).await?;
@@ -474,6 +498,7 @@ impl Executor {
             &self.staging,
             relay,
             last,
+            mirror_new,
             &old.ssh_command(),
             &new.ssh_command(),
         );
