@@ -17,8 +17,8 @@ use cmfleet::model::step::Step;
 use cmfleet::pipeline::journal::{RelayState, StepStatus};
 use common::lab::TestLab;
 use common::run::{
-    assert_relay_equal, assert_trees_equal, cmfleet, failures, peek, run, variant, wait_for_log,
-    with_settings,
+    assert_relay_equal, assert_trees_equal, cmfleet, disk_filled_inside_the_downtime, failures,
+    peek, run, variant, wait_for_log, with_settings,
 };
 
 /// Transient failures get enough attempts to outlive a host down for a few seconds.
@@ -336,23 +336,7 @@ fn a_new_too_full_for_the_cutover_stays_staged_with_old_serving() {
 fn new_disk_full_at_step_4_is_down_reported_and_rolled_back() {
     let mut lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
-    // NEW restarts with an empty 128 MiB tmpfs over /home/vmail: room for the
-    // preflights (the mail plus a 64 MiB margin), filled by the hook.
-    lab.set_vmail_tmpfs(relay.new.addr, Some(128 << 20))
-        .expect("small disk");
-    // Reached through the running sshd's root (the tmpfs is in its namespace).
-    let fill = lab.relay(1).expect("relay").new.path("/home/vmail/fill");
-    // The hook also delivers a message of 4 MiB to OLD: step 4 must write it.
-    let late = relay.old.path(&format!(
-        "/home/vmail/mail/{}/late-arrival",
-        relay.mail_domain
-    ));
-    let hook = format!(
-        "dd if=/dev/zero of='{fill}' bs=1M >/dev/null 2>&1; head -c 4M /dev/urandom > '{late}'; chown --reference='{dir}' '{late}'; exit 0",
-        fill = fill.display(),
-        late = late.display(),
-        dir = late.parent().expect("domain dir").display(),
-    );
+    let hook = disk_filled_inside_the_downtime(&mut lab, 1);
     let path = variant(&lab, "retry.toml", |t| {
         with_settings(
             t,

@@ -42,11 +42,18 @@ fn a_relay_down_at_step_4_is_rolled_back_then_migrated() {
             seed: 3,
         },
     );
+    // Relay1's NEW fills up inside its downtime: its final sync cannot fit.
+    let hook = common::run::disk_filled_inside_the_downtime(&mut lab, 1);
+    let domain1 = lab.relay(1).expect("relay").mail_domain;
     let text = std::fs::read_to_string(lab.inventory()).expect("read inventory");
     let path = lab.path().join("rollback.toml");
     std::fs::write(
         &path,
-        text.replace("[defaults]\n", "[defaults]\nretry = { attempts = 1 }\n"),
+        text.replace("[defaults]\n", "[defaults]\nretry = { attempts = 1 }\n")
+            .replace(
+                &format!("mail_domain = \"{domain1}\"\n"),
+                &format!("mail_domain = \"{domain1}\"\nhooks = {{ pre_cutover = \"{hook}\" }}\n"),
+            ),
     )
     .expect("write inventory");
     let inv = Inventory::load(&path).expect("inventory");
@@ -54,11 +61,9 @@ fn a_relay_down_at_step_4_is_rolled_back_then_migrated() {
     let (r1, r2) = (&inv.relays[0], &inv.relays[1]);
     let (old1, new1) = (relays[0].old.addr, relays[0].new.addr);
 
-    // Pre-stage both, then NEW of relay1 loses its disk: its final sync cannot fit.
     let (outcome, journal) = run_migrate(&inv, Step::Preconfigure);
     assert!(outcome.failed.is_empty(), "{outcome:?}");
     drop(journal);
-    lab.set_vmail_tmpfs(new1, Some(128 << 10)).expect("tmpfs");
     let (outcome, journal) = run_migrate(&inv, Step::Activate);
     assert_eq!(outcome.failed, vec![r1.name.clone()], "{outcome:?}");
     let rec = journal.data.relays[&r1.name].clone();

@@ -102,6 +102,32 @@ pub fn variant(lab: &TestLab, name: &str, edit: impl FnOnce(String) -> String) -
     path
 }
 
+/// Gives relay `index`'s NEW an empty 128 MiB tmpfs over /home/vmail (room for the
+/// preflights: the mail plus their 64 MiB margin) and returns a `pre_cutover` hook
+/// line that fills it and delivers a 4 MiB message to OLD: step 4, inside the
+/// downtime, then runs out of space on NEW.
+pub fn disk_filled_inside_the_downtime(lab: &mut TestLab, index: usize) -> String {
+    let relay = lab.relay(index).expect("relay");
+    lab.set_vmail_tmpfs(relay.new.addr, Some(128 << 20))
+        .expect("small disk");
+    // Reached through the running sshd's root (the tmpfs is in its namespace).
+    let fill = lab
+        .relay(index)
+        .expect("relay")
+        .new
+        .path("/home/vmail/fill");
+    let late = relay.old.path(&format!(
+        "/home/vmail/mail/{}/late-arrival",
+        relay.mail_domain
+    ));
+    format!(
+        "dd if=/dev/zero of='{fill}' bs=1M >/dev/null 2>&1; head -c 4M /dev/urandom > '{late}'; chown --reference='{dir}' '{late}'; exit 0",
+        fill = fill.display(),
+        late = late.display(),
+        dir = late.parent().expect("domain dir").display(),
+    )
+}
+
 /// Adds `lines` to the inventory's `[fleet]` and `[defaults]` tables.
 pub fn with_settings(text: String, fleet: &str, defaults: &str) -> String {
     text.replace("[fleet]\n", &format!("[fleet]\n{fleet}"))
