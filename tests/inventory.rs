@@ -384,6 +384,41 @@ fn the_plan_shows_how_step_3_disables_old() {
     assert_eq!(json["relays"][1]["disable_old"], "systemctl");
 }
 
+/// `skip_dns_check` adds `--skip-dns-check` to every cmdeploy run of the relays that
+/// inherit it, and `[fleet] cmdeploy_home` is the `HOME` every run gets, shown in
+/// the plan (what runs is what the plan prints).
+#[test]
+fn the_plan_shows_skip_dns_check_and_cmdeploy_home() {
+    let toml = format!(
+        "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\ncmdeploy_home = \"lab home\"\n{}{}",
+        relay(1, "skip_dns_check = true\n"),
+        relay(2, "")
+    );
+    let inv = load(&toml).expect("inventory");
+    assert!(inv.relays[0].settings.skip_dns_check);
+    assert!(!inv.relays[1].settings.skip_dns_check);
+    let relays = inventory::select(&inv, None).expect("select");
+    let plan = cmfleet::pipeline::plan::plan(&inv.fleet, &relays);
+    let cmdeploy_runs = |i: usize| -> Vec<String> {
+        plan.relays[i]
+            .steps
+            .iter()
+            .flat_map(|s| s.actions.iter().map(|a| a.command.clone()))
+            .filter(|c| c.contains("scripts/cmdeploy"))
+            .collect()
+    };
+    let (one, two) = (cmdeploy_runs(0), cmdeploy_runs(1));
+    assert_eq!(one.len(), 3, "{one:?}");
+    for c in &one {
+        assert!(c.contains(" --skip-dns-check "), "{c}");
+        assert!(c.contains("HOME=") && c.contains("lab home'"), "{c}");
+    }
+    assert!(
+        two.iter().all(|c| !c.contains("--skip-dns-check")),
+        "{two:?}"
+    );
+}
+
 /// The plan shows the operator's hooks where they run, their credentials masked:
 /// `pre_cutover` first in step 3 (before cmdeploy or systemctl touch OLD),
 /// `post_cutover` last in step 6 (after the activation), in text and JSON.

@@ -227,11 +227,15 @@ pub struct CmdeployRun {
 }
 
 impl CmdeployRun {
-    pub fn render(&self, cmdeploy: &Path) -> String {
-        let env = match self.stages {
+    /// The run as a shell line; `home` is the `HOME` it gets (`[fleet] cmdeploy_home`).
+    pub fn render(&self, cmdeploy: &Path, home: Option<&Path>) -> String {
+        let mut env = match self.stages {
             Some(s) => format!("CMDEPLOY_STAGES={s}"),
             None => "env -u CMDEPLOY_STAGES".to_string(),
         };
+        if let Some(h) = home {
+            env = format!("{env} HOME={}", quote(&h.display().to_string()));
+        }
         let mut words = vec![cmdeploy.display().to_string()];
         words.extend(self.args.iter().cloned());
         format!("{env} {}", join(&words))
@@ -239,7 +243,7 @@ impl CmdeployRun {
 }
 
 fn cmdeploy(
-    config: &Path,
+    relay: &Relay,
     host: &Host,
     stages: Option<&'static str>,
     disable: bool,
@@ -247,10 +251,13 @@ fn cmdeploy(
     let mut args = vec![
         "run".to_string(),
         "--config".into(),
-        config.display().to_string(),
+        relay.config.display().to_string(),
     ];
     if disable {
         args.push("--disable-mail".into());
+    }
+    if relay.settings.skip_dns_check {
+        args.push("--skip-dns-check".into());
     }
     args.extend(["--ssh-host".to_string(), host.ssh.clone()]);
     CmdeployRun {
@@ -264,18 +271,18 @@ fn cmdeploy(
 pub fn preconfigure(relay: &Relay) -> CmdeployRun {
     CmdeployRun {
         urgent: false,
-        ..cmdeploy(&relay.config, &relay.new, Some("install,configure"), false)
+        ..cmdeploy(relay, &relay.new, Some("install,configure"), false)
     }
 }
 
 /// Step 3: stop and disable postfix and dovecot on OLD.
 pub fn disable_old(relay: &Relay) -> CmdeployRun {
-    cmdeploy(&relay.config, &relay.old, None, true)
+    cmdeploy(relay, &relay.old, None, true)
 }
 
 /// Step 6: activate NEW.
 pub fn activate(relay: &Relay) -> CmdeployRun {
-    cmdeploy(&relay.config, &relay.new, Some("activate"), false)
+    cmdeploy(relay, &relay.new, Some("activate"), false)
 }
 
 /// What `cmdeploy run --disable-mail` does to mail, and nothing else: its dovecot and
@@ -314,12 +321,12 @@ pub fn smtp_probe(ip4: std::net::Ipv4Addr) -> String {
 
 /// Rollback: a full run against OLD without `--disable-mail` re-enables mail there.
 pub fn reenable_old(relay: &Relay) -> CmdeployRun {
-    cmdeploy(&relay.config, &relay.old, None, false)
+    cmdeploy(relay, &relay.old, None, false)
 }
 
 /// Rollback: make sure NEW does not serve mail (the relay must have one active site).
 pub fn disable_new(relay: &Relay) -> CmdeployRun {
-    cmdeploy(&relay.config, &relay.new, None, true)
+    cmdeploy(relay, &relay.new, None, true)
 }
 
 /// Staged mode: where a relay's data waits on the controller between the two hops.

@@ -27,6 +27,10 @@ pub struct Fleet {
     pub state_dir: PathBuf,
     /// The ssh-agent to use and forward; `None` means `$SSH_AUTH_SOCK`.
     pub ssh_auth_sock: Option<PathBuf>,
+    /// `HOME` for cmdeploy runs: cmdeploy's ssh (its DNS check's `ssh` and pyinfra's
+    /// paramiko) reads `~/.ssh/config` and `~/.ssh/known_hosts` there. `None`: the
+    /// operator's own HOME, as when they run cmdeploy by hand.
+    pub cmdeploy_home: Option<PathBuf>,
     pub limits: Limits,
     pub waves: Vec<Wave>,
 }
@@ -165,6 +169,10 @@ pub struct RelaySettings {
     pub kex: Option<String>,
     /// How step 3 stops mail on OLD.
     pub disable_old: DisableOld,
+    /// Pass `--skip-dns-check` to every cmdeploy run (a relay whose DNS cmdeploy
+    /// cannot check from here, such as a lab relay or one whose records are not
+    /// live yet).
+    pub skip_dns_check: bool,
     pub dns: DnsConfig,
     pub retry: RetryPolicy,
     pub hooks: Hooks,

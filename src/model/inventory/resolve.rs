@@ -95,6 +95,7 @@ fn fleet(f: &RawFleet, c: &mut Checker) -> Fleet {
         cmdeploy: c.path(f.cmdeploy.get_ref()),
         state_dir: c.path(f.state_dir.as_ref().map_or(".cmfleet", |s| s.get_ref())),
         ssh_auth_sock: f.ssh_auth_sock.as_ref().map(|s| c.path(s.get_ref())),
+        cmdeploy_home: f.cmdeploy_home.as_ref().map(|s| c.path(s.get_ref())),
         limits,
         waves,
     }
@@ -308,6 +309,7 @@ fn settings(
         cipher,
         kex,
         disable_old,
+        skip_dns_check: inherit!(skip_dns_check).is_some_and(|b| *b.get_ref()),
         dns: dns?,
         retry: retry?,
         hooks: Hooks {

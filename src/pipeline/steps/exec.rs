@@ -599,6 +599,9 @@ impl Executor {
         if let Some(sock) = &self.fleet.ssh_auth_sock {
             cmd.env("SSH_AUTH_SOCK", sock);
         }
+        if let Some(home) = &self.fleet.cmdeploy_home {
+            cmd.env("HOME", home);
+        }
         sink.log(&format!(
             "$ [controller] {}",
             crate::infra::shell::join(argv)
@@ -718,10 +721,13 @@ impl Executor {
         if let Some(sock) = &self.fleet.ssh_auth_sock {
             cmd.env("SSH_AUTH_SOCK", sock);
         }
+        if let Some(home) = &self.fleet.cmdeploy_home {
+            cmd.env("HOME", home);
+        }
         sink.log(&format!(
             "$ [controller {}] {}",
             ws.dir().display(),
-            run.render(&self.workspaces.script)
+            run.render(&self.workspaces.script, self.fleet.cmdeploy_home.as_deref())
         ));
         let out = run_process(cmd, sink)
             .await
