@@ -86,6 +86,7 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Plan { target, format } => {
             let inv = Inventory::load(&target.inventory)?;
+            cmfleet::host::identity::refuse_same_machines(&inv)?;
             let Some(relays) = selected(&inv, target.limit.as_deref())? else {
                 return Ok(exit::OK);
             };

@@ -441,6 +441,30 @@ fn a_limit_matching_nothing_is_refused() {
     assert!(!p.state().exists());
 }
 
+/// Two names of one machine (`localhost` and `127.0.0.1`: the resolver answers from
+/// /etc/hosts) in two roles: `plan` and `migrate` refuse the fleet before anything is
+/// written, naming both entries and what they share.
+#[test]
+fn two_names_of_one_machine_are_refused() {
+    let p = Paper::new();
+    p.write(
+        &valid()
+            .replace("old = { ssh = \"10.0.0.1\"", "old = { ssh = \"127.0.0.1\"")
+            .replace("new = { ssh = \"10.0.1.2\"", "new = { ssh = \"localhost\""),
+    );
+    for args in [&["plan"][..], &["migrate", "--yes", "--progress", "plain"]] {
+        let text = p.refuses(
+            args,
+            &[
+                "relay[1].new (c2.example.org) and relay[0].old (c1.example.org) are one machine",
+                "both reach 127.0.0.1 port 22",
+            ],
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    assert!(!p.state().exists(), "nothing may be written");
+}
+
 /// An empty `--limit` (an empty failed.txt after a clean night, `''`, `','`,
 /// `@/dev/null`) selects no relay: nothing to do, exit 0, nothing written. Before,
 /// each of these selected the whole fleet.

@@ -37,7 +37,40 @@ pub async fn check(inv: &Inventory, relays: &[&Relay]) -> Result<Vec<RelayFindin
     })
     .await;
     ssh.close().await;
-    Ok(results)
+    Ok(with_same_machines(inv, ssh.known_hosts(), results))
+}
+
+/// After every host was reached (their keys are now in cmfleet's known_hosts): a
+/// relay with a host that is also another entry's machine fails `one machine`.
+fn with_same_machines(
+    inv: &Inventory,
+    known_hosts: &std::path::Path,
+    mut results: Vec<RelayFindings>,
+) -> Vec<RelayFindings> {
+    let found = crate::host::identity::same_machines(inv, known_hosts);
+    for r in &mut results {
+        let mine: Vec<String> = found
+            .iter()
+            .filter(|s| {
+                [&s.first, &s.second]
+                    .iter()
+                    .any(|e| e.ends_with(&format!("({})", r.relay)))
+            })
+            .map(ToString::to_string)
+            .collect();
+        let finding = if mine.is_empty() {
+            Finding::pass(
+                "one machine",
+                "no host of this relay is another entry's machine",
+            )
+        } else {
+            Finding::fail("one machine", mine.join("; "))
+        };
+        let mut findings = std::mem::take(&mut r.findings);
+        findings.push(finding);
+        *r = RelayFindings::new(&r.relay, findings);
+    }
+    results
 }
 
 /// The journal's view: a relay that is DOWN is the one thing to act on first.

@@ -3,6 +3,7 @@
 //! (facts, findings, the preflights).
 
 pub mod catalogue;
+pub mod identity;
 pub mod inspect;
 pub mod proof;
 pub mod remote;

@@ -115,6 +115,10 @@ pub async fn migrate(
         crate::host::remote::WorkspacePool::checkout_of(&inv.fleet.cmdeploy)
             .map_err(|e| MigrateError::Setup(e.to_string()))?;
     }
+    // One machine, one role: a host reached under two names would have its mail
+    // replaced by another relay's step 1. Refused before anything is written.
+    crate::host::identity::refuse_same_machines(inv)
+        .map_err(|e| MigrateError::Setup(e.to_string()))?;
     let mut journal = Journal::open(&inv.fleet.state_dir, &inv.path)?;
     if opts.restart {
         journal.forget(&relays.iter().map(|r| r.name.clone()).collect::<Vec<_>>());
