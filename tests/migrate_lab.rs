@@ -11,7 +11,7 @@ use cmfleet::pipeline::journal::{Journal, RelayState};
 use cmfleet::pipeline::migrate::migrate;
 use cmfleet::pipeline::scheduler::Cancel;
 use common::lab::TestLab;
-use common::run::{assert_trees_equal, options, rfc2136_inventory};
+use common::run::{assert_trees_equal, options, rfc2136_inventory, variant, with_settings};
 
 /// Runs migrate through the library, as `cmfleet migrate --yes` does.
 fn run(inv: &Inventory, until: Step) -> (cmfleet::pipeline::scheduler::Outcome, Journal) {
@@ -358,6 +358,50 @@ fn concurrent_cmdeploy_runs_succeed_with_the_workspace_pool() {
     }
     for r in lab.relays() {
         assert!(lab.host_state(r.new.addr).expect("state").configured);
+    }
+}
+
+/// Each relay's NEW gets its own website. The real cmdeploy renders it from and into
+/// the repository its imported package lives in (www.py, get_paths), which for the
+/// workspaces' shared venv is the operator's checkout: four concurrent pre-stagings
+/// rendered into one www/build, and a NEW could serve another relay's page (before the
+/// fix, the original checkout had a www/build). cmfleet puts each workspace's own
+/// packages first on PYTHONPATH.
+#[test]
+fn concurrent_pre_stagings_render_each_relays_own_website_in_its_workspace() {
+    let lab = TestLab::start(4);
+    let path = variant(&lab, "websites.toml", |t| {
+        with_settings(t, "cmdeploy_runs = 4\n", "")
+    });
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        !lab.cmdeploy()
+            .parent()
+            .and_then(|scripts| scripts.parent())
+            .expect("checkout")
+            .join("www/build")
+            .exists(),
+        "a run rendered the website into the operator's checkout"
+    );
+    for r in lab.relays() {
+        let page = std::fs::read_to_string(r.new.path("/var/lib/chatmail-lab/www/index.html"))
+            .expect("the uploaded page");
+        assert!(
+            page.contains(&format!("chatmail relay {} (lab)", r.mail_domain)),
+            "{}: {page}",
+            r.mail_domain
+        );
     }
 }
 

@@ -47,7 +47,14 @@ pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
     write(&checkout.join("scripts/cmdeploy"), SCRIPTS_CMDEPLOY, 0o755)?;
     write(
         &checkout.join("www/src/index.md"),
-        "# chatmail relay (lab)\n\nThe website cmdeploy renders into www/build.\n",
+        "# chatmail relay @MAIL_DOMAIN@ (lab)\n\nThe website cmdeploy renders into www/build.\n",
+        0o644,
+    )?;
+    // The package the venv imports (an editable install of the checkout's own
+    // cmdeploy/src, as `scripts/initenv.sh` makes it): where the website is rendered.
+    write(
+        &checkout.join("cmdeploy/src/cmdeploy/__init__.py"),
+        "# stand-in: the lab's cmdeploy is venv/bin/cmdeploy\n",
         0o644,
     )?;
     write(

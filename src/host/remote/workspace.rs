@@ -1,10 +1,15 @@
 //! The pool of cmdeploy workspaces.
 //!
 //! Concurrent `cmdeploy run`s from one checkout corrupt each other: each deletes and
-//! rebuilds `chatmaild/dist` and renders `www/build` relative to its working
-//! directory. So cmfleet keeps K git worktrees of the operator's checkout in its
-//! staging directory, each with a `venv` link to the checkout's one venv, and each
-//! run borrows one for its duration. K is the cmdeploy concurrency limit.
+//! rebuilds `chatmaild/dist` relative to its working directory, and renders the
+//! relay's website into `www/build` of the repository its imported `cmdeploy`
+//! package lives in (`www.py`, `get_paths`). So cmfleet keeps K git worktrees of the
+//! operator's checkout in its staging directory, each with a `venv` link to the
+//! checkout's one venv, and each run borrows one for its duration, with the
+//! workspace's own `cmdeploy/src` and `chatmaild/src` first on `PYTHONPATH` (the
+//! venv's editable install points at the operator's checkout, so without it every
+//! run would render into one `www/build`, from templates of whatever commit that
+//! checkout has). K is the cmdeploy concurrency limit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 # The host side of the lab's stand-in cmdeploy, fed to `bash -s` over ssh.
 set -euo pipefail
-disable=$1 dry=$2 stages=$3 lab_dir=$4 args=$5
+disable=$1 dry=$2 stages=$3 lab_dir=$4 args=$5 page=${6:-}
 st=/var/lib/chatmail-lab
 addr=$(echo "$SSH_CONNECTION" | cut -d' ' -f3)
 mkdir -p "$st"
@@ -44,6 +44,11 @@ for stage in ${stages//,/ }; do
     case $stage in
         install|configure)
             configured=1
+            # The website the run rendered (the real one uploads www/build).
+            if [ "$stage" = configure ] && [ -n "$page" ]; then
+                mkdir -p "$st/www"
+                printf '%s\n' "$page" > "$st/www/index.html"
+            fi
             if [ "$stage" = configure ] && [ ! -e /etc/dkimkeys/opendkim.private ]; then
                 # Like the real one: a fresh host gets a throwaway DKIM key, which the
                 # final sync must overwrite with the old host's.

@@ -599,9 +599,6 @@ impl Executor {
         if let Some(sock) = &self.fleet.ssh_auth_sock {
             cmd.env("SSH_AUTH_SOCK", sock);
         }
-        if let Some(home) = &self.fleet.cmdeploy_home {
-            cmd.env("HOME", home);
-        }
         sink.log(&format!(
             "$ [controller] {}",
             crate::infra::shell::join(argv)
@@ -724,9 +721,29 @@ impl Executor {
         if let Some(home) = &self.fleet.cmdeploy_home {
             cmd.env("HOME", home);
         }
+        // cmdeploy renders the relay's website from and into the repository its
+        // imported package lives in (www.py, get_paths), and the shared venv's
+        // editable install points at the operator's checkout: concurrent runs would
+        // render into one www/build and upload each other's pages, from templates the
+        // workspace's commit does not pin. The workspace's own packages come first.
+        let mut python_path = vec![
+            ws.dir().join("cmdeploy/src"),
+            ws.dir().join("chatmaild/src"),
+        ];
+        if let Some(inherited) = std::env::var_os("PYTHONPATH") {
+            python_path.extend(std::env::split_paths(&inherited));
+        }
+        let python_path = std::env::join_paths(python_path).map_err(|e| {
+            StepError::permanent(format!(
+                "cannot set PYTHONPATH for the workspace {}: {e}",
+                ws.dir().display()
+            ))
+        })?;
+        cmd.env("PYTHONPATH", &python_path);
         sink.log(&format!(
-            "$ [controller {}] {}",
+            "$ [controller {}] PYTHONPATH={} {}",
             ws.dir().display(),
+            python_path.to_string_lossy(),
             run.render(&self.workspaces.script, self.fleet.cmdeploy_home.as_deref())
         ));
         let out = run_process(cmd, sink)
