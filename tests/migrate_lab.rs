@@ -405,6 +405,63 @@ fn concurrent_pre_stagings_render_each_relays_own_website_in_its_workspace() {
     }
 }
 
+/// Binds a unix socket at `path` (the file stays after the binder closes it), as a
+/// running service's; returns its inode.
+fn socket_at(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::fs::remove_file(path);
+    drop(std::os::unix::net::UnixListener::bind(path).expect("bind a socket"));
+    std::fs::metadata(path).expect("socket").ino()
+}
+
+/// Step 4 mirrors OLD's Postfix spool with `--delete`, but the spool also holds the
+/// running services' sockets: before the fix a socket only NEW's services had was
+/// deleted (and OLD's were copied as dead files). Now no socket is copied and NEW's
+/// are kept, the very same files.
+#[test]
+fn the_final_sync_keeps_news_sockets_and_copies_none_of_olds() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let spool =
+        |host: &cmfleet::lab::LabHost, rel: &str| host.path(&format!("/var/spool/postfix/{rel}"));
+    std::fs::create_dir_all(spool(&relay.new, "opendkim")).expect("mkdir");
+    let live = [
+        socket_at(&spool(&relay.new, "private/cmfleet-new-only")),
+        socket_at(&spool(&relay.new, "opendkim/opendkim.sock")),
+    ];
+    socket_at(&spool(&relay.old, "private/cmfleet-old-only"));
+    let (code, text) = common::run::cmfleet(
+        &["migrate", "--yes", "--progress", "plain"],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    for (rel, ino) in [
+        ("private/cmfleet-new-only", live[0]),
+        ("opendkim/opendkim.sock", live[1]),
+    ] {
+        let meta = std::fs::symlink_metadata(spool(&relay.new, rel))
+            .unwrap_or_else(|e| panic!("NEW's {rel} is gone: {e}"));
+        assert_eq!(meta.ino(), ino, "NEW's {rel} was replaced");
+    }
+    assert!(
+        !spool(&relay.new, "private/cmfleet-old-only").exists(),
+        "a dead copy of OLD's socket is on NEW"
+    );
+}
+
 /// The guide's TTL advice as commands: lower-ttl records and lowers, migrate holds
 /// the cutover until the old TTL has elapsed (or --force), restore-ttl puts it back.
 #[test]

@@ -136,9 +136,33 @@ pub fn initial_sync(relay: &Relay, mirror: bool) -> String {
     )
 }
 
+/// Where the Postfix spool holds the running system's sockets and fifos, not mail:
+/// Postfix's own (`private/`, `public/`) and opendkim's (chatmail's `opendkim.conf`:
+/// `local:/var/spool/postfix/opendkim/opendkim.sock`).
+pub const SPOOL_RUNTIME_DIRS: [&str; 3] = [
+    "/var/spool/postfix/private",
+    "/var/spool/postfix/public",
+    "/var/spool/postfix/opendkim",
+];
+
+/// rsync options of every copy into NEW's spool: sockets and fifos are not copied
+/// (a copy of OLD's would be a dead one; the guide's tar skips them too), and those of
+/// NEW's running services are protected from `--delete` (NEW's Postfix and opendkim
+/// made them at step 2; a service without its socket is down until restarted).
+pub fn spool_runtime_filters() -> Vec<String> {
+    let mut out = vec!["--no-specials".to_string()];
+    out.extend(
+        SPOOL_RUNTIME_DIRS
+            .iter()
+            .map(|d| format!("--filter=P {d}/***")),
+    );
+    out
+}
+
 /// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
 /// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
-/// a message renamed or expired since step 1 must not survive on NEW.
+/// a message renamed or expired since step 1 must not survive on NEW; the spool's
+/// runtime sockets excepted (see [`spool_runtime_filters`]).
 /// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
 pub fn final_sync(relay: &Relay) -> String {
     let required = STATE_DIRS
@@ -151,7 +175,15 @@ pub fn final_sync(relay: &Relay) -> String {
     format!(
         "for p in {required}; do [ -e \"$p\" ] || {{ echo \"missing $p on old host\" >&2; exit 3; }}; done; \
          set -- {required}; for p in {optional}; do [ -e \"$p\" ] && set -- \"$@\" \"$p\"; done; {}",
-        rsync_push(relay, "-aHR --delete --no-implied-dirs", "\"$@\"", "/")
+        rsync_push(
+            relay,
+            &format!(
+                "-aHR --delete --no-implied-dirs {}",
+                join(&spool_runtime_filters())
+            ),
+            "\"$@\"",
+            "/"
+        )
     )
 }
 
@@ -348,6 +380,7 @@ fn staged_rsync(ssh: &str, sources: &[String], dest: &str, delete: bool) -> Vec<
     if delete {
         argv.push("--delete".into());
     }
+    argv.extend(spool_runtime_filters());
     argv.extend(["--info=progress2", "-e", ssh].map(str::to_string));
     argv.extend(sources.iter().cloned());
     argv.push(dest.to_string());
