@@ -7,11 +7,14 @@
 //! them); the first run on a machine builds the rootfs from the Debian mirror (~40 s).
 
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cmfleet::lab::real::{RealLab, RealLabOptions, RealNet, CACHE_DIR, UNBOUND_FORWARD};
+use cmfleet::lab::real::{
+    RealLab, RealLabOptions, RealNet, CACHE_DIR, STATE_FILE, UNBOUND_FORWARD,
+};
 use cmfleet::lab::LabError;
 use nix::fcntl::{Flock, FlockArg};
 
@@ -31,28 +34,47 @@ fn require_real_lab_machine() {
 }
 
 /// A lab network no other test process uses while this one holds it (an exclusive
-/// `flock` per network number, 198.18.200-254).
+/// `flock` per network number, 198.18.200-254). The lock file names the lab dir of its
+/// holder: a lab left running by a killed test process is taken down by the next test
+/// that gets the network.
 struct Reserved {
     net: RealNet,
     _lock: Flock<File>,
 }
 
-fn reserve() -> Reserved {
+fn reserve(lab_dir: &Path) -> Reserved {
     std::fs::create_dir_all(RANGES_DIR).expect("create the test range lock dir");
     for x in 200..=254u8 {
         let path = Path::new(RANGES_DIR).join(format!("real-{x}.lock"));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&path)
             .expect("open a test network lock file");
-        if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            return Reserved {
-                net: RealNet::new(x),
-                _lock: lock,
-            };
+        let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        let mut previous = String::new();
+        lock.read_to_string(&mut previous)
+            .expect("read the lock file");
+        let previous = Path::new(previous.trim());
+        if previous.join(STATE_FILE).exists() {
+            RealLab::down(previous).unwrap_or_else(|e| {
+                panic!(
+                    "cannot take down the lab a killed test left in {}: {e}",
+                    previous.display()
+                )
+            });
         }
+        lock.set_len(0).expect("truncate the lock file");
+        lock.rewind().expect("rewind the lock file");
+        write!(lock, "{}", lab_dir.display()).expect("write the lock file");
+        return Reserved {
+            net: RealNet::new(x),
+            _lock: lock,
+        };
     }
     panic!("every test lab network 198.18.200-254 is in use");
 }
@@ -178,12 +200,13 @@ fn other_lab_bridges(net: RealNet) -> bool {
 #[test]
 fn two_real_hosts_boot_answer_ssh_reach_each_other_and_down_leaves_nothing() {
     require_real_lab_machine();
-    let reserved = reserve();
-    let net = reserved.net;
     let tmp = tempfile::Builder::new()
         .prefix("cmfleet-real-")
         .tempdir_in("/tmp")
         .expect("temp dir");
+    let dir = tmp.path().join("lab");
+    let reserved = reserve(&dir);
+    let net = reserved.net;
     let key = tmp.path().join("id_ed25519");
     let st = Command::new("ssh-keygen")
         .args([
@@ -200,7 +223,6 @@ fn two_real_hosts_boot_answer_ssh_reach_each_other_and_down_leaves_nothing() {
         .status()
         .expect("run ssh-keygen");
     assert!(st.success());
-    let dir = tmp.path().join("lab");
     let forward_before = read("/proc/sys/net/ipv4/ip_forward");
     let cached_before = Path::new(CACHE_DIR).exists();
 
@@ -272,6 +294,19 @@ fn two_real_hosts_boot_answer_ssh_reach_each_other_and_down_leaves_nothing() {
         );
         assert!(ok && code == "200", "{} reaches PyPI: {code} {err}", h.name);
     }
+    // The mirror through apt, and the unbound forwarder chatmail's deploy relies on:
+    // unbound installed from the mirror answers through it.
+    let (ok, out, err) = ssh(
+        &lab,
+        &hosts[0].addr.to_string(),
+        "export DEBIAN_FRONTEND=noninteractive; apt-get -q update >/dev/null && \
+         apt-get install -y -q --no-install-recommends unbound >/dev/null && \
+         systemctl is-active unbound && dig +short @127.0.0.1 pypi.org",
+    );
+    assert!(
+        ok && out.lines().count() >= 2,
+        "apt from the mirror, then unbound resolving through the forwarder: {out} {err}"
+    );
     // Different machines: their own machine-ids and host keys.
     let ids: Vec<String> = hosts
         .iter()
