@@ -350,6 +350,8 @@ impl RealLab {
         for h in &state.hosts {
             remove_host_dir(h)?;
         }
+        // Empty now, unless someone put something there: then it stays.
+        let _ = fs::remove_dir(dir.join("hosts"));
         state.owns_net = false;
         for h in &mut state.hosts {
             h.nspawn = None;
