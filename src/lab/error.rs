@@ -103,6 +103,40 @@ pub enum LabError {
         /// Their PIDs.
         pids: Vec<i32>,
     },
+    /// A real lab host (a systemd container) did not boot to a usable state.
+    #[error("real lab host {host} ({addr}) did not boot: {detail} (see {log})", log = log.display())]
+    HostBoot {
+        /// The host's name.
+        host: String,
+        /// Its address.
+        addr: Ipv4Addr,
+        /// What was seen last (the state systemd reported, or how the container ended).
+        detail: String,
+        /// The container's console log.
+        log: PathBuf,
+    },
+    /// Another lab (or something else) uses the network a real lab asked for.
+    #[error("the lab network {net} is in use: {detail} (hint: take down the lab that uses it, or pick another lab network)")]
+    NetBusy {
+        /// The /24, as `198.18.X.0/24`.
+        net: String,
+        /// What is there already.
+        detail: String,
+    },
+    /// mmdebstrap could not build the real lab's Debian root filesystem.
+    #[error("cannot build the Debian 12 root filesystem for real lab hosts: {detail} (see {log})", log = log.display())]
+    RootfsBuild {
+        /// The end of mmdebstrap's output.
+        detail: String,
+        /// mmdebstrap's whole log.
+        log: PathBuf,
+    },
+    /// The machine's resolver cannot serve the containers.
+    #[error("{path} names no nameserver that a container can reach (only loopback ones, or none) (hint: real lab hosts forward DNS to the machine's resolver through the lab bridge; give {path} a nameserver on a routed address)", path = path.display())]
+    NoNameserver {
+        /// The resolv.conf read.
+        path: PathBuf,
+    },
 }
 
 impl LabError {

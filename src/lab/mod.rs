@@ -78,6 +78,7 @@ mod mail;
 mod mail_lab;
 mod manifest;
 mod process;
+pub mod real;
 mod sshd;
 mod state;
 mod users;
