@@ -141,6 +141,29 @@ transfer = \"carrier-pigeon\"
     }
 }
 
+/// chatmail gives a mail_domain that starts with `_` a self-signed certificate: such
+/// a relay is accepted; an underscore anywhere else is not a host name.
+#[test]
+fn a_self_signed_chatmail_domain_with_a_leading_underscore_is_accepted() {
+    let ok = format!(
+        "{FLEET}{}",
+        relay(1, "").replace("\"c1.example.org\"", "\"_c1.example.org\"")
+    );
+    let inv = load(&ok).expect("a leading underscore");
+    assert_eq!(inv.relays[0].name, "_c1.example.org");
+    for bad in [
+        "\"_.example.org\"",
+        "\"c_1.example.org\"",
+        "\"__c1.example.org\"",
+    ] {
+        let msg = errors(&format!(
+            "{FLEET}{}",
+            relay(1, "").replace("\"c1.example.org\"", bad)
+        ));
+        assert!(msg.contains("relay[0].mail_domain"), "{bad}: {msg}");
+    }
+}
+
 /// One machine, one role. relay2's NEW written as relay1's OLD once made step 1's
 /// `rsync --delete` replace relay1's live mail with relay2's: refused now, naming
 /// both relays and fields, whether the ssh destination or a public address is shared.
@@ -390,7 +413,7 @@ fn the_plan_shows_how_step_3_disables_old() {
 #[test]
 fn the_plan_shows_skip_dns_check_and_cmdeploy_home() {
     let toml = format!(
-        "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\ncmdeploy_home = \"lab home\"\n{}{}",
+        "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\ncmdeploy_home = \"lab home\"\ncmdeploy_env = {{ LAB_BINARIES = \"/var/cache/x y\", API_TOKEN = \"tok3n-value-42\" }}\n{}{}",
         relay(1, "skip_dns_check = true\n"),
         relay(2, "")
     );
@@ -412,7 +435,21 @@ fn the_plan_shows_skip_dns_check_and_cmdeploy_home() {
     for c in &one {
         assert!(c.contains(" --skip-dns-check "), "{c}");
         assert!(c.contains("HOME=") && c.contains("lab home'"), "{c}");
+        assert!(c.contains("LAB_BINARIES='/var/cache/x y'"), "{c}");
     }
+    // A credential-named variable's value is a secret: masked wherever it is shown.
+    let shown = cmfleet::infra::redact::clean(&one[0]).into_owned();
+    assert!(!shown.contains("tok3n-value-42"), "{shown}");
+    // What cmfleet sets itself cannot be overridden.
+    let msg = errors(&format!(
+        "[fleet]\ncmdeploy = \"relay/scripts/cmdeploy\"\ncmdeploy_env = {{ CMDEPLOY_STAGES = \"activate\", \"bad name\" = \"x\" }}\n{}",
+        relay(1, "")
+    ));
+    assert!(msg.contains("fleet.cmdeploy_env.CMDEPLOY_STAGES"), "{msg}");
+    assert!(
+        msg.contains("\"bad name\" is not an environment variable name"),
+        "{msg}"
+    );
     assert!(
         two.iter().all(|c| !c.contains("--skip-dns-check")),
         "{two:?}"

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::infra::shell::{join, quote};
-use crate::model::inventory::{Host, Relay, TransferMode};
+use crate::model::inventory::{Fleet, Host, Relay, TransferMode};
 
 /// The maildir tree, mirrored exactly at the final sync.
 pub const MAIL_DIR: &str = "/home/vmail/mail";
@@ -259,14 +259,18 @@ pub struct CmdeployRun {
 }
 
 impl CmdeployRun {
-    /// The run as a shell line; `home` is the `HOME` it gets (`[fleet] cmdeploy_home`).
-    pub fn render(&self, cmdeploy: &Path, home: Option<&Path>) -> String {
+    /// The run as a shell line, with the environment the fleet gives every run
+    /// (`cmdeploy_home`, `cmdeploy_env`).
+    pub fn render(&self, cmdeploy: &Path, fleet: &Fleet) -> String {
         let mut env = match self.stages {
             Some(s) => format!("CMDEPLOY_STAGES={s}"),
             None => "env -u CMDEPLOY_STAGES".to_string(),
         };
-        if let Some(h) = home {
+        if let Some(h) = &fleet.cmdeploy_home {
             env = format!("{env} HOME={}", quote(&h.display().to_string()));
+        }
+        for (name, value) in &fleet.cmdeploy_env {
+            env = format!("{env} {name}={}", quote(value));
         }
         let mut words = vec![cmdeploy.display().to_string()];
         words.extend(self.args.iter().cloned());

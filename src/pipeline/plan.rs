@@ -107,10 +107,7 @@ fn act(site: Site, command: String) -> Action {
 /// The commands of one step, in order.
 pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
     let cmdeploy = |run: catalogue::CmdeployRun| {
-        vec![act(
-            Site::Controller,
-            run.render(&fleet.cmdeploy, fleet.cmdeploy_home.as_deref()),
-        )]
+        vec![act(Site::Controller, run.render(&fleet.cmdeploy, fleet))]
     };
     let hooks = &r.settings.hooks;
     match step {

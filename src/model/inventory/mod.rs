@@ -56,6 +56,11 @@ impl Inventory {
                 }
             }
         }
+        for (name, value) in &self.fleet.cmdeploy_env {
+            if crate::infra::redact::is_secret_name(name) {
+                crate::infra::redact::register(value);
+            }
+        }
         crate::infra::redact::register_environment();
     }
 

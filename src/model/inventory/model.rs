@@ -31,6 +31,9 @@ pub struct Fleet {
     /// paramiko) reads `~/.ssh/config` and `~/.ssh/known_hosts` there. `None`: the
     /// operator's own HOME, as when they run cmdeploy by hand.
     pub cmdeploy_home: Option<PathBuf>,
+    /// More environment for cmdeploy runs (`[fleet] cmdeploy_env`), e.g. a proxy
+    /// for its downloads. `CMDEPLOY_STAGES`, `HOME` and `PYTHONPATH` are cmfleet's.
+    pub cmdeploy_env: BTreeMap<String, String>,
     pub limits: Limits,
     pub waves: Vec<Wave>,
 }

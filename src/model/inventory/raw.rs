@@ -30,6 +30,7 @@ pub struct RawFleet {
     pub state_dir: Option<Text>,
     pub ssh_auth_sock: Option<Text>,
     pub cmdeploy_home: Option<Text>,
+    pub cmdeploy_env: Option<BTreeMap<String, Text>>,
     pub forks: Option<Spanned<u32>>,
     pub transfers: Option<Spanned<u32>>,
     pub cmdeploy_runs: Option<Spanned<u32>>,

@@ -96,6 +96,7 @@ fn fleet(f: &RawFleet, c: &mut Checker) -> Fleet {
         state_dir: c.path(f.state_dir.as_ref().map_or(".cmfleet", |s| s.get_ref())),
         ssh_auth_sock: f.ssh_auth_sock.as_ref().map(|s| c.path(s.get_ref())),
         cmdeploy_home: f.cmdeploy_home.as_ref().map(|s| c.path(s.get_ref())),
+        cmdeploy_env: cmdeploy_env(f.cmdeploy_env.as_ref(), c),
         limits,
         waves,
     }
@@ -319,6 +320,38 @@ fn settings(
     })
 }
 
+/// `[fleet] cmdeploy_env`: environment names as a shell takes them; the variables
+/// cmfleet sets itself for every run are refused (it would overwrite them).
+fn cmdeploy_env(env: Option<&BTreeMap<String, Text>>, c: &mut Checker) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (name, value) in env.into_iter().flatten() {
+        let field = format!("fleet.cmdeploy_env.{name}");
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !valid {
+            c.problem(
+                value,
+                &field,
+                format!("{name:?} is not an environment variable name"),
+            );
+        } else if ["CMDEPLOY_STAGES", "HOME", "PYTHONPATH"].contains(&name.as_str()) {
+            c.problem(
+                value,
+                &field,
+                format!("{name} is set by cmfleet for every cmdeploy run (HOME: use fleet.cmdeploy_home)"),
+            );
+        } else {
+            out.insert(name.clone(), value.get_ref().clone());
+        }
+    }
+    out
+}
+
 /// First `Some` of a field across the layers, most specific first.
 macro_rules! merge_layers {
     ($name:ident, $ty:ident { $($field:ident),* }) => {
@@ -507,11 +540,14 @@ pub(crate) fn parse_mail_domain(s: &str) -> Result<MailDomain, String> {
         return Ok(MailDomain::Ip(ip));
     }
     let name = s.strip_suffix('.').unwrap_or(s);
-    if is_dns_name(name) {
+    // chatmail's own convention: a mail_domain that starts with `_` gets a
+    // self-signed certificate instead of ACME (chatmaild's config.py).
+    let host = name.strip_prefix('_').unwrap_or(name);
+    if is_dns_name(host) && !host.starts_with('.') {
         Ok(MailDomain::Name(name.to_ascii_lowercase()))
     } else {
         Err(format!(
-            "{s:?} is not a valid domain name (letters, digits and hyphens in dot-separated labels of at most 63 characters) nor an IP address"
+            "{s:?} is not a valid domain name (letters, digits and hyphens in dot-separated labels of at most 63 characters; a leading `_` for chatmail's self-signed relays) nor an IP address"
         ))
     }
 }

@@ -718,6 +718,7 @@ impl Executor {
         if let Some(sock) = &self.fleet.ssh_auth_sock {
             cmd.env("SSH_AUTH_SOCK", sock);
         }
+        cmd.envs(&self.fleet.cmdeploy_env);
         if let Some(home) = &self.fleet.cmdeploy_home {
             cmd.env("HOME", home);
         }
@@ -744,7 +745,7 @@ impl Executor {
             "$ [controller {}] PYTHONPATH={} {}",
             ws.dir().display(),
             python_path.to_string_lossy(),
-            run.render(&self.workspaces.script, self.fleet.cmdeploy_home.as_deref())
+            run.render(&self.workspaces.script, &self.fleet)
         ));
         let out = run_process(cmd, sink)
             .await
