@@ -78,6 +78,13 @@ mod mail;
 mod mail_lab;
 mod manifest;
 mod process;
+// TEMPORARY (helper-d): src/lab/real/mod.rs belongs to the Debian 12 container work and
+// will declare `pub mod chatmail;` itself; until it lands, this declares the same module
+// at the same path (src/lab/real/chatmail.rs, helpers in src/lab/real/chatmail/).
+/// The real-chatmail lab: chatmail's own cmdeploy deploying Debian 12 hosts.
+pub mod real {
+    pub mod chatmail;
+}
 mod sshd;
 mod state;
 mod users;
