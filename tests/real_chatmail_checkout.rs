@@ -1,11 +1,20 @@
-//! The real-chatmail lab's checkout: a clone of the shared relay bundle with the lab's
-//! overlay commit.
+//! The real-chatmail lab's checkout: a clone of the shared relay bundle at 1.9.0 with
+//! the lab's overlay commit, its venv and the cached binaries.
+//!
+//! On a cold machine this builds iroh-relay and chatmail-turn into
+//! /var/cache/cmfleet-lab (minutes, once) and installs the venv from PyPI; it needs
+//! root (the cache), the shared bundles, python3-venv, python3-dev and gcc.
 
 use std::fs;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use cmfleet::lab::real::chatmail::{prepare_checkout, RelaySource};
+use cmfleet::lab::real::chatmail::{
+    prepare, prepare_checkout, wanted, PrepareOptions, RealChatmail, RelaySource, Wanted,
+    DEFAULT_REF, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED, LAB_NAME,
+};
 use cmfleet::lab::LabError;
 
 fn output(cmd: &mut Command) -> Output {
@@ -30,6 +39,156 @@ fn git(dir: &Path, args: &[&str]) -> String {
     stdout(Command::new("git").current_dir(dir).args(args))
 }
 
+/// A Python snippet in the checkout's venv, with the lab's switches removed. Not from
+/// the checkout: `python -c` puts the working directory first in sys.path, where the
+/// checkout's `cmdeploy/` directory would join the `cmdeploy` namespace package
+/// (it has no __init__.py) ahead of the installed one.
+fn venv_python(real: &RealChatmail, code: &str) -> String {
+    stdout(
+        Command::new(real.checkout.join("venv/bin/python"))
+            .current_dir("/")
+            .args(["-c", code])
+            .env_remove(ENV_BINARIES)
+            .env_remove(ENV_DEBIAN_DOVECOT)
+            .env_remove(ENV_SELF_SIGNED),
+    )
+}
+
+#[test]
+fn a_checkout_at_1_9_0_has_the_overlay_a_venv_and_cached_binaries() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root: the binaries are cached in /var/cache/cmfleet-lab"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("cmfleet-real-chatmail-")
+        .tempdir()
+        .unwrap();
+    let opts = PrepareOptions::new(RelaySource::shared_default().unwrap()).unwrap();
+    assert_eq!(opts.relay.reference, DEFAULT_REF);
+    let real = prepare(dir.path(), &opts).unwrap_or_else(|e| panic!("prepare: {e}"));
+    for b in &real.binaries {
+        match b.built_in {
+            Some(t) => eprintln!("built {} in {:.0} s (cold)", b.name, t.as_secs_f64()),
+            None => eprintln!("{} was cached: {}", b.name, b.path.display()),
+        }
+    }
+    if let Some(t) = real.venv_built_in {
+        eprintln!("venv made in {:.0} s", t.as_secs_f64());
+    }
+    let checkout = &real.checkout;
+    assert_eq!(checkout, &dir.path().join("relay"));
+
+    // One overlay commit by the lab, on top of 1.9.0, changing exactly the overlay's files.
+    assert_eq!(real.overlay.name, "chatmail-1.9.0-lab.patch");
+    let tag = git(checkout, &["rev-parse", "1.9.0^{commit}"]);
+    assert_eq!(git(checkout, &["rev-parse", "HEAD^"]), tag);
+    assert_eq!(
+        git(checkout, &["log", "-1", "--format=%an|%cn"]).trim(),
+        format!("{LAB_NAME}|{LAB_NAME}")
+    );
+    let changed = git(checkout, &["diff", "--name-only", "HEAD^", "HEAD"]);
+    assert_eq!(changed.lines().collect::<Vec<_>>(), real.overlay.files);
+    assert_eq!(
+        git(checkout, &["branch", "--show-current"]).trim(),
+        "cmfleet-lab"
+    );
+
+    // The venv (untracked), pip's egg-info and the binaries leave the tree clean.
+    assert_eq!(git(checkout, &["status", "--porcelain"]), "");
+
+    // The real cmdeploy runs from the checkout as chatmail's wrapper starts it.
+    let help = stdout(
+        Command::new(real.cmdeploy())
+            .current_dir(checkout)
+            .args(["run", "--help"]),
+    );
+    for option in [
+        "--ssh-host",
+        "--disable-mail",
+        "--skip-dns-check",
+        "--config",
+    ] {
+        assert!(help.contains(option), "{option} not in: {help}");
+    }
+    // cmdeploy finds the repository root from its installed package: the checkout's.
+    let root = venv_python(
+        &real,
+        "import importlib.resources as r; print(r.files('cmdeploy').joinpath('../../..').resolve())",
+    );
+    assert_eq!(Path::new(root.trim()), checkout.canonicalize().unwrap());
+
+    // The binaries: executable ELF files in the machine's cache, linked under the
+    // names the overlay uploads.
+    let names: Vec<&str> = real.binaries.iter().map(|b| b.name).collect();
+    assert_eq!(names, ["chatmail-turn", "iroh-relay", "mtail"]);
+    for b in &real.binaries {
+        assert!(
+            b.path.starts_with("/var/cache/cmfleet-lab/bin"),
+            "{}",
+            b.path.display()
+        );
+        let mut magic = [0u8; 4];
+        fs::File::open(&b.path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .unwrap_or_else(|e| panic!("read {}: {e}", b.path.display()));
+        assert_eq!(&magic, b"\x7fELF", "{}", b.path.display());
+        let mode = fs::metadata(&b.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111, "{} mode {mode:o}", b.path.display());
+        let link = real.binaries_dir.join(b.name);
+        assert_eq!(
+            fs::canonicalize(&link).unwrap(),
+            fs::canonicalize(&b.path).unwrap()
+        );
+    }
+    assert!(
+        real.binaries
+            .iter()
+            .any(|b| b.path.ends_with("chatmail-turn-v0.3")),
+        "1.9.0 downloads chatmail-turn v0.3"
+    );
+    let env = real.env();
+    assert!(env
+        .iter()
+        .any(|(k, v)| *k == ENV_BINARIES && Path::new(v) == real.binaries_dir));
+
+    // Without the switches, upstream's downloads run: the overlay only adds early
+    // returns in front of them, and its helpers answer "not in the lab".
+    let deployers =
+        fs::read_to_string(checkout.join("cmdeploy/src/cmdeploy/deployers.py")).unwrap();
+    for upstream in [
+        "curl -L {url} >/usr/local/bin/chatmail-turn.new",
+        "curl -L {url} | gunzip | tar -x -f - ./iroh-relay",
+        "AcmetoolDeployer(config.acme_email, tls_domains)",
+    ] {
+        assert!(deployers.contains(upstream), "{upstream}");
+    }
+    let mtail =
+        fs::read_to_string(checkout.join("cmdeploy/src/cmdeploy/mtail/deployer.py")).unwrap();
+    assert!(mtail.contains("curl -L {url} | gunzip | tar -x -f - mtail"));
+    let dovecot =
+        fs::read_to_string(checkout.join("cmdeploy/src/cmdeploy/dovecot/deployer.py")).unwrap();
+    assert!(dovecot.contains("https://download.delta.chat/dovecot/"));
+    let removed: Vec<String> = git(checkout, &["diff", "HEAD^", "HEAD"])
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        removed,
+        ["-        AcmetoolDeployer(config.acme_email, tls_domains),"],
+        "the overlay removes no upstream line but the one it puts in an `else`"
+    );
+    assert_eq!(
+        venv_python(
+            &real,
+            "from cmdeploy import lab; print(lab.put_binary('iroh-relay', '/x'), lab.debian_dovecot(), lab.self_signed())"
+        )
+        .trim(),
+        "None False False"
+    );
+}
+
 /// The overlay is chosen by what applies: 1.12.0 has its own (`download_executable`),
 /// 1.10.0 takes none and says so; a checkout is reused only for the same ref.
 #[test]
@@ -48,6 +207,14 @@ fn each_version_gets_the_overlay_that_applies_or_a_clear_error() {
     assert_eq!(git(&checkout, &["status", "--porcelain"]), "");
     let changed = git(&checkout, &["diff", "--name-only", "HEAD^", "HEAD"]);
     assert_eq!(changed.lines().collect::<Vec<_>>(), overlay.files);
+    assert_eq!(
+        wanted(&checkout).unwrap(),
+        Wanted {
+            chatmail_turn: Some("v0.4".into()),
+            iroh_relay: Some("0.35.0".into()),
+            mtail: true
+        }
+    );
     // Prepared again: the same checkout, kept as it is.
     let head = git(&checkout, &["rev-parse", "HEAD"]);
     assert_eq!(prepare_checkout(&lab, &source("1.12.0")).unwrap(), overlay);
