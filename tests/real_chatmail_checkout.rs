@@ -1,5 +1,6 @@
 //! The real-chatmail lab's checkout: a clone of the shared relay bundle at 1.9.0 with
-//! the lab's overlay commit, its venv and the cached binaries.
+//! the lab's overlay commit, its venv, the cached binaries, a relay's chatmail.ini and
+//! cmdeploy's ssh home. Everything short of running cmdeploy against a host.
 //!
 //! On a cold machine this builds iroh-relay and chatmail-turn into
 //! /var/cache/cmfleet-lab (minutes, once) and installs the venv from PyPI; it needs
@@ -7,13 +8,15 @@
 
 use std::fs;
 use std::io::Read;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use cmfleet::lab::real::chatmail::{
-    prepare, prepare_checkout, wanted, PrepareOptions, RealChatmail, RelaySource, Wanted,
-    DEFAULT_REF, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED, LAB_NAME,
+    prepare, prepare_checkout, wanted, write_cmdeploy_home, write_relay_ini, PrepareOptions,
+    RealChatmail, RelaySource, Wanted, DEFAULT_REF, ENV_BINARIES, ENV_DEBIAN_DOVECOT,
+    ENV_SELF_SIGNED, LAB_NAME,
 };
 use cmfleet::lab::LabError;
 
@@ -55,7 +58,7 @@ fn venv_python(real: &RealChatmail, code: &str) -> String {
 }
 
 #[test]
-fn a_checkout_at_1_9_0_has_the_overlay_a_venv_and_cached_binaries() {
+fn a_checkout_at_1_9_0_has_the_overlay_a_venv_binaries_an_ini_and_an_ssh_home() {
     assert!(
         nix::unistd::geteuid().is_root(),
         "this test needs root: the binaries are cached in /var/cache/cmfleet-lab"
@@ -187,6 +190,58 @@ fn a_checkout_at_1_9_0_has_the_overlay_a_venv_and_cached_binaries() {
         .trim(),
         "None False False"
     );
+
+    // A relay's chatmail.ini, as `cmdeploy init` writes it, read back by chatmaild.
+    let ini = write_relay_ini(dir.path(), checkout, "_relay1.lab").unwrap();
+    assert_eq!(ini, dir.path().join("relays/_relay1.lab/chatmail.ini"));
+    let text = fs::read_to_string(&ini).unwrap();
+    assert!(text.contains("mail_domain = _relay1.lab"), "{text}");
+    let code = format!(
+        "from chatmaild.config import read_config; c = read_config({:?}); print(c.mail_domain, c.username_min_length)",
+        ini.display().to_string()
+    );
+    assert_eq!(venv_python(&real, &code).trim(), "_relay1.lab 9");
+    assert!(write_relay_ini(dir.path(), checkout, "relay1.lab").is_err());
+
+    // cmdeploy's ssh home: both of its ssh clients read the lab's config.
+    let key = dir.path().join("id_ed25519");
+    stdout(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key),
+    );
+    let host_key = fs::read_to_string(key.with_extension("pub")).unwrap();
+    let addr: IpAddr = "198.18.0.2".parse().unwrap();
+    let home = write_cmdeploy_home(dir.path(), &key, &[(addr, host_key.trim())]).unwrap();
+    let known = fs::read_to_string(home.known_hosts()).unwrap();
+    assert!(known.starts_with("198.18.0.2 ssh-ed25519 "), "{known}");
+    // The system ssh (cmdeploy's DNS check, pyinfra's rsync) through the wrapper in PATH.
+    let mut ssh = Command::new("ssh");
+    ssh.args(["-G", "198.18.0.2"]);
+    for (k, v) in home.env(std::env::var_os("PATH")) {
+        ssh.env(k, v);
+    }
+    let g = stdout(&mut ssh);
+    assert!(
+        g.contains(&format!("identityfile {}", key.display())),
+        "{g}"
+    );
+    assert!(
+        g.contains(&format!(
+            "userknownhostsfile {}",
+            home.known_hosts().display()
+        )),
+        "{g}"
+    );
+    assert!(g.lines().any(|l| l == "user root"), "{g}");
+    // paramiko (pyinfra) with HOME set, as pyinfra loads ~/.ssh/config.
+    let code = "import os, paramiko; c = paramiko.SSHConfig.from_path(os.path.expanduser('~/.ssh/config')).lookup('198.18.0.2'); print(c['user'], c['identityfile'][0])";
+    let mut py = Command::new(checkout.join("venv/bin/python"));
+    py.args(["-c", code]);
+    for (k, v) in home.env(std::env::var_os("PATH")) {
+        py.env(k, v);
+    }
+    assert_eq!(stdout(&mut py).trim(), format!("root {}", key.display()));
 }
 
 /// The overlay is chosen by what applies: 1.12.0 has its own (`download_executable`),

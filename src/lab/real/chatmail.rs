@@ -11,14 +11,19 @@
 //! - `chatmail-binaries/`: links to chatmail-turn, iroh-relay and mtail in the
 //!   machine's cache, /var/cache/cmfleet-lab/bin/, built there once (`binaries`).
 //!
-//! A cmdeploy run then needs, from DIR/relay: `scripts/cmdeploy run --config INI
-//! --ssh-host ADDR [--skip-dns-check]` with `RealChatmail::env` in its environment.
+//! Per relay, `write_relay_ini` writes `relays/DOMAIN/chatmail.ini` with `cmdeploy
+//! init`; `write_cmdeploy_home` writes `cmdeploy-home/` (ssh config, known hosts and
+//! an ssh wrapper) for the lab's hosts. A cmdeploy run then needs, from DIR/relay:
+//! `scripts/cmdeploy run --config INI --ssh-host ADDR [--skip-dns-check]` with
+//! `RealChatmail::env` and `CmdeployHome::env` in its environment.
 
 mod binaries;
 mod checkout;
 mod git;
+mod ini;
 mod overlay;
 mod source;
+mod ssh_home;
 mod venv;
 mod wanted;
 
@@ -31,10 +36,12 @@ use std::time::Duration;
 pub use binaries::{Binary, DEFAULT_CACHE};
 pub use checkout::BRANCH;
 pub use git::{LAB_EMAIL, LAB_NAME};
+pub use ini::write_relay_ini;
 pub use overlay::{
     Overlay, COMMIT_SUBJECT, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED, OVERLAYS,
 };
 pub use source::{shared_turn_bundle, ChatmailRelayArgs, RelaySource, DEFAULT_REF};
+pub use ssh_home::{render_known_hosts, render_ssh_config, write_cmdeploy_home, CmdeployHome};
 pub use wanted::{wanted, Wanted};
 
 use crate::lab::error::{LabError, Result};
@@ -83,7 +90,7 @@ impl RealChatmail {
     }
 
     /// The overlay's switches, all on, for every lab cmdeploy run (add
-    /// `CMDEPLOY_STAGES` as cmfleet sets it).
+    /// `CmdeployHome::env`, and `CMDEPLOY_STAGES` as cmfleet sets it).
     pub fn env(&self) -> Vec<(&'static str, OsString)> {
         self.overlay
             .switches
