@@ -102,6 +102,33 @@ fn shared_file(name: &str, what: &'static str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        chatmail: ChatmailRelayArgs,
+    }
+
+    #[test]
+    fn the_flags_name_a_repository_and_a_ref_defaulting_to_1_9_0() {
+        let up = Up::parse_from([
+            "up",
+            "--chatmail-relay",
+            "/r.bundle",
+            "--chatmail-ref",
+            "1.12.0",
+        ]);
+        let source = up.chatmail.source().unwrap();
+        assert_eq!(
+            (source.repo.as_path(), source.reference.as_str()),
+            (Path::new("/r.bundle"), "1.12.0")
+        );
+        let up = Up::parse_from(["up", "--chatmail-relay", "/r.bundle"]);
+        assert_eq!(up.chatmail.chatmail_ref, DEFAULT_REF);
+        assert!(Up::try_parse_from(["up", "--chatmail-ref", "-x"])
+            .map_or(true, |u| u.chatmail.source().is_err()));
+    }
 
     #[test]
     fn refs_that_look_like_options_or_hold_spaces_are_refused() {
