@@ -137,6 +137,50 @@ pub enum LabError {
         /// The resolv.conf read.
         path: PathBuf,
     },
+    /// A source the real-chatmail lab builds from (a git bundle) is not on this machine.
+    #[error("cannot find {what}: tried {} (hint: {hint})", tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    ChatmailSource {
+        /// What was looked for ("the chatmail relay bundle").
+        what: &'static str,
+        /// Every path tried, in order.
+        tried: Vec<PathBuf>,
+        /// How to provide it.
+        hint: &'static str,
+    },
+    /// The chatmail relay repository has no such tag, branch or commit.
+    #[error("{repo} has no ref `{reference}` (hint: a tag such as 1.9.0, a branch or a commit)", repo = repo.display())]
+    UnknownRef {
+        /// The repository or bundle cloned.
+        repo: PathBuf,
+        /// The ref asked for.
+        reference: String,
+    },
+    /// None of cmfleet's lab overlays applies to the chosen chatmail version.
+    #[error("no lab overlay applies to chatmail relay `{reference}` (tried {}) (hint: use --chatmail-ref 1.9.0 or 1.12.0, or adapt a patch in src/lab/assets/)", patches.join(", "))]
+    NoOverlay {
+        /// The ref checked out.
+        reference: String,
+        /// The patches tried.
+        patches: Vec<&'static str>,
+    },
+    /// A directory holds a chatmail checkout other than the one asked for: never replaced.
+    #[error("{path} is not the lab's chatmail checkout of `{reference}`: {detail} (hint: remove it, or pick another lab directory)", path = path.display())]
+    CheckoutMismatch {
+        /// The directory.
+        path: PathBuf,
+        /// The ref asked for.
+        reference: String,
+        /// What differs.
+        detail: String,
+    },
+    /// A host key given for cmdeploy's known_hosts is not one `TYPE BASE64` line.
+    #[error("host key for {addr} is not a single `TYPE BASE64 [comment]` line: {line:?}")]
+    HostKey {
+        /// The host's address.
+        addr: std::net::IpAddr,
+        /// What was given.
+        line: String,
+    },
 }
 
 impl LabError {

@@ -22,6 +22,7 @@
 //!
 //! Host i (0-based) of the list gets 198.18.X.(i+2); .1 is the machine on the bridge.
 
+pub mod chatmail;
 mod cgroup;
 mod container;
 mod lock;
