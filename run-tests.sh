@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 need=()
 # Lab hosts run Debian's own Postfix and Dovecot (each in its mount namespace);
-# chromium: the HTML timeline is loaded in headless chromium (tests/cli.rs).
+# chromium: the HTML timeline is loaded in headless chromium (tests/cli.rs);
+# and shellcheck lints every shell program cmfleet runs (tests/shellcheck.rs).
 for pair in sshd:openssh-server rsync:rsync named:bind9 dig:bind9-dnsutils tsig-keygen:bind9 ssh-agent:openssh-client git:git chromium:chromium \
-    postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd openssl:openssl ip:iproute2 python3:python3; do
+    postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd openssl:openssl ip:iproute2 python3:python3 \
+    shellcheck:shellcheck; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
 done
