@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 need=()
 # Lab hosts run Debian's own Postfix and Dovecot (each in its mount namespace);
-# chromium: the HTML timeline is loaded in headless chromium (tests/cli.rs).
+# chromium: the HTML timeline is loaded in headless chromium (tests/cli.rs);
+# shellcheck lints every shell program cmfleet runs (tests/shellcheck.rs).
 # Real lab hosts (tests/real_lab.rs) are systemd-nspawn containers of a rootfs that
 # mmdebstrap builds, NATed by nftables. The real-chatmail checkout's venv
 # (tests/real_chatmail_checkout.rs) is made with Debian's python3 like chatmail's
@@ -14,7 +15,7 @@ need=()
 for pair in sshd:openssh-server rsync:rsync named:bind9 dig:bind9-dnsutils tsig-keygen:bind9 ssh-agent:openssh-client git:git chromium:chromium \
     postfix:postfix dovecot:dovecot-imapd /usr/lib/dovecot/lmtp:dovecot-lmtpd openssl:openssl ip:iproute2 python3:python3 \
     systemd-nspawn:systemd-container mmdebstrap:mmdebstrap nft:nftables \
-    gcc:gcc /usr/bin/python3-config:python3-dev; do
+    gcc:gcc /usr/bin/python3-config:python3-dev shellcheck:shellcheck; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
 done

@@ -1316,7 +1316,7 @@ mod scale {
     use cmfleet::model::events::EventSink;
     use cmfleet::model::inventory::{Inventory, Limits, Relay, Wave};
     use cmfleet::model::step::Step;
-    use cmfleet::model::step::StepResult;
+    use cmfleet::model::step::{StepOutcome, StepSuccess};
     use cmfleet::pipeline::scheduler::{Cancel, Job, Scheduler, StepRunner};
 
     /// Zero-duration steps.
@@ -1327,8 +1327,8 @@ mod scale {
             &'a self,
             _relay: &'a Relay,
             _step: Step,
-        ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
-            Box::pin(async { Ok(None) })
+        ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'a>> {
+            Box::pin(async { Ok(StepSuccess::default()) })
         }
     }
 
@@ -1470,7 +1470,7 @@ mod scale {
             &'a self,
             relay: &'a Relay,
             step: Step,
-        ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+        ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'a>> {
             Box::pin(async move {
                 let d = self.durations.get(&relay.name).map_or(0.0, |d| d.of(step));
                 let now = || self.start.elapsed().as_secs_f64();
@@ -1483,7 +1483,7 @@ mod scale {
                     Step::Activate => self.mark(&relay.name, 2, now()),
                     _ => {}
                 }
-                Ok(None)
+                Ok(StepSuccess::default())
             })
         }
     }

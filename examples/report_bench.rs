@@ -52,6 +52,7 @@ fn events(names: &[String]) -> Vec<Event> {
                 step,
                 elapsed: Duration::from_secs(3),
                 note: None,
+                deployed: None,
             },
             n if n % 2 == 0 => Event::Progress {
                 relay,
@@ -374,6 +375,7 @@ mod demo {
                         step,
                         elapsed: TICK * s.ticks,
                         note: None,
+                        deployed: None,
                     },
                 );
                 s.ticks = 0;

@@ -9,7 +9,7 @@ use crate::lab::LabCommand;
 #[derive(Debug, Parser)]
 #[command(
     name = "cmfleet",
-    version,
+    version = crate::model::version::LONG,
     about = "Migrate a fleet of chatmail relays from old machines to new ones",
     after_help = "Exit codes: 0 success, 1 usage or inventory error, 2 some relays failed, 3 the journal could not be saved (report from memory), 130 interrupted.\nDocumentation: docs/quickstart.md, docs/inventory.md, docs/runbook.md."
 )]

@@ -40,6 +40,28 @@ fn every_flag_and_subcommand_has_help() {
     Cli::command().debug_assert();
 }
 
+/// `--version` names the build: the package version and, in a git checkout, the
+/// commit it was built from (what an operator quotes in a bug report).
+#[test]
+fn version_names_the_build_commit() {
+    let out = cmfleet(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let root = env!("CARGO_MANIFEST_DIR");
+    let head = Command::new("git")
+        .args(["-C", root, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success() && std::path::Path::new(root).join(".git").exists())
+        .map_or("unknown".to_string(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        });
+    assert_eq!(
+        text.trim(),
+        format!("cmfleet {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[test]
 fn completions_and_man_page_generate() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {

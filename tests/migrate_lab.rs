@@ -738,6 +738,109 @@ fn verbose_logs_carry_the_relay_and_step() {
     assert!(err.contains("cutover slot taken"), "{err}");
 }
 
+/// The chatmail checkout moves to a new commit between pre-staging and the
+/// cutover (the operator pulled): the reports name, per relay, the commit step 2
+/// deployed on NEW and the one step 6 deployed, and which cmfleet ran.
+#[test]
+fn a_checkout_moved_between_runs_is_named_per_step_in_the_reports() {
+    let lab = TestLab::start(1);
+    let inv = lab.inventory();
+    let relay = lab.relay(1).expect("relay").mail_domain;
+    let checkout = lab.checkout();
+    let git = |args: &[&str]| {
+        common::lab::ok(
+            std::process::Command::new("git")
+                .arg("-C")
+                .arg(&checkout)
+                .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+                .args(args),
+        )
+        .trim()
+        .to_string()
+    };
+    let json = |path: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read a JSON report"))
+            .expect("a JSON report")
+    };
+    let first_commit = git(&["rev-parse", "HEAD"]);
+    let staged = lab.path().join("staged.json");
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--progress",
+            "plain",
+            "--until-step",
+            "2",
+            "--report",
+            &staged.display().to_string(),
+        ],
+        &inv,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let staged = json(&staged);
+    assert_eq!(
+        staged["relays"][0]["deployed"]["preconfigure"], first_commit,
+        "{staged:#}"
+    );
+    assert!(
+        staged["relays"][0]["deployed"]["activate"].is_null(),
+        "{staged:#}"
+    );
+
+    std::fs::write(checkout.join("UPGRADE-NOTE"), "a new chatmail release\n").expect("write");
+    git(&["add", "UPGRADE-NOTE"]);
+    git(&["commit", "-qm", "the operator pulled"]);
+    let second_commit = git(&["rev-parse", "HEAD"]);
+    assert_ne!(first_commit, second_commit);
+
+    let night = lab.path().join("night.json");
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--progress",
+            "plain",
+            "--report",
+            &night.display().to_string(),
+        ],
+        &inv,
+    );
+    assert_eq!(code, Some(0), "{text}");
+    let (status, status_json) = common::run::cmfleet(&["status", "--format", "json"], &inv);
+    assert_eq!(status, Some(0), "{status_json}");
+    let status_json: serde_json::Value = serde_json::from_str(&status_json).expect("status JSON");
+    let night = json(&night);
+    for (what, doc) in [("report", &night), ("status", &status_json)] {
+        let r = &doc["relays"][0];
+        assert_eq!(r["relay"], relay.as_str(), "{what}: {doc:#}");
+        assert_eq!(
+            r["deployed"]["preconfigure"], first_commit,
+            "{what}: {doc:#}"
+        );
+        assert_eq!(r["deployed"]["activate"], second_commit, "{what}: {doc:#}");
+        assert_eq!(
+            doc["cmfleet"]["version"],
+            env!("CARGO_PKG_VERSION"),
+            "{what}: {doc:#}"
+        );
+        assert!(doc["cmfleet"]["commit"].is_string(), "{what}: {doc:#}");
+    }
+    let (code, table) = common::run::cmfleet(&["status"], &inv);
+    assert_eq!(code, Some(0), "{table}");
+    for commit in [&first_commit, &second_commit] {
+        assert!(table.contains(&commit[..12]), "{table}");
+    }
+    let page = lab.path().join("night.html");
+    let (code, text) =
+        common::run::cmfleet(&["report", "--html", &page.display().to_string()], &inv);
+    assert_eq!(code, Some(0), "{text}");
+    let page = std::fs::read_to_string(&page).expect("the HTML timeline");
+    for commit in [&first_commit, &second_commit] {
+        assert!(page.contains(&commit[..12]), "{page}");
+    }
+}
+
 /// Postfix's queue on `host` as Postfix needs it: every queue directory and every
 /// queued message owned by `postfix`, maildrop/ and public/ in group `postdrop`.
 fn assert_spool_owned_by_postfix(host: &cmfleet::lab::LabHost, users: &cmfleet::lab::LabUsers) {

@@ -66,6 +66,7 @@ fn done(relay: &str, step: Step, secs: u64) -> Event {
         step,
         elapsed: Duration::from_secs(secs),
         note: None,
+        deployed: None,
     }
 }
 
@@ -182,6 +183,7 @@ fn script() -> Vec<(u64, Event)> {
                 step: Dns,
                 elapsed: Duration::from_millis(2500),
                 note: None,
+                deployed: None,
             },
         ),
         (0, started(A, Activate, 1)),

@@ -37,6 +37,11 @@ fn fail(r: &mut RelayRecord, step: Step, attempts: u32, kind: ErrorKind, error: 
     rec.error_kind = Some(kind);
 }
 
+/// A chatmail relay commit of 40 `c`s.
+fn commit(c: char) -> cmfleet::model::step::Commit {
+    cmfleet::model::step::Commit::new(&c.to_string().repeat(40)).expect("commit")
+}
+
 /// Relays c1..c6: done in this run (two of them), DOWN, failed before cutover,
 /// already done before the run, never started.
 fn journal() -> JournalData {
@@ -46,9 +51,13 @@ fn journal() -> JournalData {
     finish_steps(&mut done, &Step::ALL);
     done.down_since_ms = at(100);
     done.up_again_ms = at(190);
+    done.deployed.preconfigure = Some(commit('a'));
+    done.deployed.activate = Some(commit('a'));
     relays.insert("c1.example.org".to_string(), done.clone());
     done.down_since_ms = at(200);
     done.up_again_ms = at(260);
+    // The checkout moved between pre-staging and the cutover.
+    done.deployed.activate = Some(commit('b'));
     relays.insert("c4.example.org".to_string(), done.clone());
 
     let mut down = RelayRecord::new();
@@ -69,6 +78,7 @@ fn journal() -> JournalData {
         "authoritative servers still serve 203.0.113.2 for c2.example.org after 10m (ns2.example.org)",
     );
     down.down_since_ms = at(120);
+    down.deployed.preconfigure = Some(commit('a'));
     relays.insert("c2.example.org".to_string(), down);
 
     let mut before = RelayRecord::new();
@@ -197,6 +207,9 @@ fn json_report_parses_and_matches_the_journal() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
     assert_eq!(v["version"], report::REPORT_VERSION);
+    assert_eq!(v["cmfleet"]["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["cmfleet"]["commit"], cmfleet::model::version::COMMIT);
+    assert_eq!(v["relays"][3]["deployed"]["activate"], "b".repeat(40));
     assert_eq!(v["wall_time_ms"], 600 * SEC);
     assert_eq!(v["counts"]["selected"], 6);
     assert_eq!(v["counts"]["succeeded"], 2);
@@ -228,6 +241,11 @@ fn json_report_parses_and_matches_the_journal() {
         assert_eq!(
             r["up_again_ms"],
             serde_json::json!(rec.up_again_ms),
+            "{name}"
+        );
+        assert_eq!(
+            r["deployed"],
+            serde_json::to_value(&rec.deployed).expect("deployed"),
             "{name}"
         );
         match rec.failed_step() {
@@ -340,7 +358,10 @@ fn status_json_matches_the_journal() {
     assert_eq!(c2["step_status"], "failed");
     assert_eq!(c2["attempts"], 2);
     assert_eq!(c2["downtime_ms"], 480 * SEC);
+    assert_eq!(c2["deployed"]["preconfigure"], "a".repeat(40));
+    assert!(c2["deployed"]["activate"].is_null());
     assert_eq!(v["relays"][1]["state"], "not-started");
+    assert_eq!(v["cmfleet"]["version"], env!("CARGO_PKG_VERSION"));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use cmfleet::model::events::{Event, EventSink};
 use cmfleet::model::inventory::{Inventory, Limits, Relay, Wave};
 use cmfleet::model::step::ErrorKind;
 use cmfleet::model::step::Step;
-use cmfleet::model::step::{StepError, StepResult};
+use cmfleet::model::step::{StepError, StepOutcome, StepSuccess};
 use cmfleet::pipeline::scheduler::{Cancel, Job, Outcome, Scheduler, StepRunner};
 
 /// A fleet of `n` relays (retry backoff 10 ms so retry tests stay fast).
@@ -81,7 +81,7 @@ impl StepRunner for Sim {
         &'a self,
         relay: &'a Relay,
         step: Step,
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'a>> {
         Box::pin(async move {
             self.calls.lock().unwrap().push((relay.name.clone(), step));
             match step {
@@ -159,7 +159,7 @@ impl StepRunner for Sim {
                     kind,
                     message: format!("simulated {kind:?} failure"),
                 }),
-                None => Ok(None),
+                None => Ok(StepSuccess::default()),
             }
         })
     }
@@ -451,14 +451,14 @@ impl StepRunner for Panicky {
         &'a self,
         relay: &'a Relay,
         step: Step,
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'a>> {
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(2)).await;
             if relay.name == self.relay && step == self.step {
                 let at: Vec<usize> = Vec::new();
                 panic!("simulated bug: index {} out of range", at.len() + 7);
             }
-            Ok(None)
+            Ok(StepSuccess::default())
         })
     }
 }

@@ -102,6 +102,9 @@ fn record_rollback(rec: &mut RelayRecord, at_ms: u64) {
     rec.up_again_ms = None;
     rec.old_may_be_disabled = false;
     rec.old_disabled_by = DisableOld::default();
+    // The steps start over, and the rollback's own `--disable-mail` run deployed on
+    // NEW too: what step 2 or 6 put there is no longer known.
+    rec.deployed = Default::default();
     rec.rollbacks.push(at_ms);
 }
 

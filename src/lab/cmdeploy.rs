@@ -17,6 +17,7 @@ use std::process::Command;
 
 use super::error::{LabError, Result};
 use super::process::run;
+use crate::infra::shell::quote;
 
 const SCRIPTS_CMDEPLOY: &str = include_str!("assets/scripts-cmdeploy");
 const VENV_ACTIVATE: &str = include_str!("assets/venv-activate");
@@ -73,17 +74,8 @@ pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
         "/venv/\n/chatmaild/dist/\n/www/build/\n",
         0o644,
     )?;
-    let lab = lab_dir.to_string_lossy();
-    write(
-        &venv.join("bin/activate"),
-        &VENV_ACTIVATE.replace("@VENV@", &venv.to_string_lossy()),
-        0o644,
-    )?;
-    write(
-        &venv.join("bin/cmdeploy"),
-        &VENV_CMDEPLOY.replace("@LAB_DIR@", &lab),
-        0o755,
-    )?;
+    write(&venv.join("bin/activate"), &venv_activate(&venv), 0o644)?;
+    write(&venv.join("bin/cmdeploy"), &venv_cmdeploy(lab_dir), 0o755)?;
     write(&venv.join("lib/cmdeploy-lab/remote.sh"), REMOTE, 0o644)?;
     let git = |args: &[&str]| {
         run(Command::new("git")
@@ -106,6 +98,16 @@ pub fn create_checkout(checkout: &Path, lab_dir: &Path) -> Result<()> {
         "chatmail relay checkout (cmfleet lab stand-in)",
     ])?;
     Ok(())
+}
+
+/// `venv/bin/activate` of the checkout whose venv is `venv` (a shell word, quoted).
+pub fn venv_activate(venv: &Path) -> String {
+    VENV_ACTIVATE.replace("@VENV@", &quote(&venv.to_string_lossy()))
+}
+
+/// The stand-in `venv/bin/cmdeploy` of the lab in `lab_dir` (a shell word, quoted).
+pub fn venv_cmdeploy(lab_dir: &Path) -> String {
+    VENV_CMDEPLOY.replace("@LAB_DIR@", &quote(&lab_dir.to_string_lossy()))
 }
 
 /// The lab's mail client in `DIR/bin` (see assets/lab-client.py).

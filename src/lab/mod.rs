@@ -90,6 +90,7 @@ pub use cli::{run, LabCommand};
 pub use client::{
     AccountsView, MailboxView, DEFERRED_MESSAGES, IMAP_ACCOUNTS, SMTP_ACCOUNTS, SMTP_MESSAGES,
 };
+pub use cmdeploy::{venv_activate, venv_cmdeploy};
 pub use cost::{CmdeployCost, CmdeployKind, CostModel, RunCost};
 pub use data::{user_address, DataOptions};
 pub use error::{LabError, Result};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::model::step::{ErrorKind, Step};
+use crate::model::step::{Commit, ErrorKind, Step};
 
 /// An action that changes whether a relay serves mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -101,6 +101,9 @@ pub enum Event {
         elapsed: Duration,
         /// Set when the step did nothing, with the reason (e.g. DNS not applicable).
         note: Option<String>,
+        /// The chatmail relay commit the step deployed on NEW (steps 2 and 6): the
+        /// journal keeps it, so that the reports can say what each NEW runs.
+        deployed: Option<Commit>,
     },
     StepFailed {
         relay: String,
@@ -164,11 +167,13 @@ impl Event {
                 step,
                 elapsed,
                 note,
+                deployed,
             } => Event::StepDone {
                 relay,
                 step,
                 elapsed,
                 note: note.map(cleaned),
+                deployed,
             },
             Event::StepFailed {
                 relay,

@@ -89,3 +89,110 @@ impl StepError {
 
 /// What a successful step reports: `Some(note)` when it had nothing to do.
 pub type StepResult = Result<Option<String>, StepError>;
+
+/// A commit of the chatmail relay checkout, in full as `git rev-parse HEAD` prints
+/// it: the version a cmdeploy run put on a host. Checked when read (a journal edited
+/// by hand must not carry anything else into a report).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Commit(String);
+
+/// Text that is not a full git commit id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a full git commit id (40 or 64 lowercase hex digits)")]
+pub struct NotACommit(pub String);
+
+impl Commit {
+    /// The commit, if `id` is one in full: SHA-1 (40 hex digits) or SHA-256 (64).
+    pub fn new(id: &str) -> Result<Commit, NotACommit> {
+        let hex = id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if hex && matches!(id.len(), 40 | 64) {
+            Ok(Commit(id.to_string()))
+        } else {
+            Err(NotACommit(id.to_string()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 digits, as people quote a commit (git's `--short=12`).
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+}
+
+impl TryFrom<String> for Commit {
+    type Error = NotACommit;
+    fn try_from(id: String) -> Result<Commit, NotACommit> {
+        Commit::new(&id)
+    }
+}
+
+impl From<Commit> for String {
+    fn from(c: Commit) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a step that succeeded tells the journal and the reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepSuccess {
+    /// Set when the step did nothing, or has something to say (e.g. DNS not
+    /// applicable, a failed post_cutover hook on an active relay).
+    pub note: Option<String>,
+    /// The chatmail relay commit the step deployed on NEW (steps 2 and 6).
+    pub deployed: Option<Commit>,
+}
+
+impl StepSuccess {
+    /// A success with at most a note, deploying nothing.
+    pub fn noted(note: Option<String>) -> StepSuccess {
+        StepSuccess {
+            note,
+            deployed: None,
+        }
+    }
+}
+
+/// How a whole step ends, as the scheduler sees it.
+pub type StepOutcome = Result<StepSuccess, StepError>;
+
+#[cfg(test)]
+mod tests {
+    use super::Commit;
+
+    #[test]
+    fn only_full_lowercase_commit_ids_are_commits() {
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(
+            Commit::new(sha1).map(|c| c.short().to_string()),
+            Ok("0123456789ab".into())
+        );
+        assert!(Commit::new(&"a".repeat(64)).is_ok());
+        for bad in [
+            "",
+            "0123456789ab",
+            &sha1.to_uppercase(),
+            &format!("{sha1}\n"),
+            &"g".repeat(40),
+        ] {
+            assert!(Commit::new(bad).is_err(), "{bad:?}");
+        }
+        let json: Result<Commit, _> = serde_json::from_str("\"not a commit\"");
+        assert!(json.is_err());
+        assert_eq!(
+            serde_json::to_string(&Commit::new(sha1).expect("commit")).ok(),
+            Some(format!("\"{sha1}\""))
+        );
+    }
+}

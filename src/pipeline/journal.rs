@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::model::events::Event;
 use crate::model::step::ErrorKind;
-use crate::model::step::Step;
+use crate::model::step::{Commit, Step};
 
 const VERSION: u32 = 1;
 
@@ -100,6 +100,23 @@ pub struct RelayRecord {
     /// Journals from before `disable_old` existed only knew cmdeploy's.
     #[serde(default)]
     pub old_disabled_by: crate::model::inventory::DisableOld,
+    /// The chatmail relay commits deployed on NEW. Journals from before this field
+    /// read as unknown (`None`), not as "nothing deployed".
+    #[serde(default)]
+    pub deployed: Deployed,
+}
+
+/// What cmdeploy put on a relay's NEW, by the step that ran it: the checkout may
+/// move between pre-staging and the cutover (an operator pulls a release), so the
+/// two can differ.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// Step 2 (install and configure), at its last success.
+    #[serde(default)]
+    pub preconfigure: Option<Commit>,
+    /// Step 6 (activate), at its last success.
+    #[serde(default)]
+    pub activate: Option<Commit>,
 }
 
 fn assume_disabled() -> bool {
@@ -150,6 +167,7 @@ impl Default for RelayRecord {
             old_may_be_disabled: false,
             old_still_serving: false,
             old_disabled_by: crate::model::inventory::DisableOld::Cmdeploy,
+            deployed: Deployed::default(),
         }
     }
 }
@@ -388,9 +406,20 @@ impl Journal {
                 true
             }
             Event::StepDone {
-                relay, step, note, ..
+                relay,
+                step,
+                note,
+                deployed,
+                ..
             } => {
                 let r = self.relay(relay);
+                // What the step says it deployed, also nothing: a stale commit from
+                // an earlier success would name a version NEW may no longer run.
+                match step {
+                    Step::Preconfigure => r.deployed.preconfigure = deployed.clone(),
+                    Step::Activate => r.deployed.activate = deployed.clone(),
+                    _ => {}
+                }
                 let s = r.step_mut(*step);
                 // Step 5 reports a note exactly when it changed nothing (an IP
                 // mail_domain, provider "none"): that is a skip, not a switch.
@@ -493,6 +522,7 @@ mod tests {
                 step,
                 elapsed: Duration::ZERO,
                 note: None,
+                deployed: None,
             });
         }
         journal.apply(&started(Step::DisableOld));
@@ -526,6 +556,38 @@ mod tests {
         let old: RelayRecord = serde_json::from_value(json).expect("read");
         assert_eq!(old.state(), RelayState::Down);
         assert_eq!(rec.state(), RelayState::Staged);
+    }
+
+    /// Steps 2 and 6 record what they deployed, each its own; a journal from
+    /// before the field reads as unknown.
+    #[test]
+    fn deployed_commits_are_recorded_per_step_and_unknown_in_older_journals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inventory = dir.path().join("fleet.toml");
+        std::fs::write(&inventory, "").expect("inventory");
+        let mut journal = Journal::open(dir.path(), &inventory).expect("journal");
+        let commit = |c: char| Commit::new(&c.to_string().repeat(40)).expect("commit");
+        for (step, deployed) in [
+            (Step::Preconfigure, Some(commit('a'))),
+            (Step::FinalSync, None),
+            (Step::Activate, Some(commit('b'))),
+        ] {
+            journal.apply(&Event::StepDone {
+                relay: "r".into(),
+                step,
+                elapsed: Duration::ZERO,
+                note: None,
+                deployed,
+            });
+        }
+        let rec = journal.relay("r").clone();
+        assert_eq!(rec.deployed.preconfigure, Some(commit('a')));
+        assert_eq!(rec.deployed.activate, Some(commit('b')));
+        let mut json = serde_json::to_value(&rec).expect("json");
+        assert_eq!(json["deployed"]["activate"], "b".repeat(40));
+        json.as_object_mut().expect("object").remove("deployed");
+        let old: RelayRecord = serde_json::from_value(json).expect("read");
+        assert_eq!(old.deployed, Deployed::default());
     }
 
     /// Before `disable_old` there was only cmdeploy's way: an older journal's relay

@@ -70,7 +70,9 @@ pub struct Plan {
 }
 
 /// Stand-in for values only known while running (a host key, a control socket).
-const NEW_HOST_KEY: &str = "<NEW's host key from cmfleet's known_hosts>";
+/// No apostrophe: the key is quoted twice in the push, and each quote of a quote
+/// doubles what a reader has to untangle.
+const NEW_HOST_KEY: &str = "<host key of NEW from the known_hosts of cmfleet>";
 const OLD_MASTER: &str = "ssh -S <control socket of old>";
 const NEW_MASTER: &str = "ssh -S <control socket of new>";
 

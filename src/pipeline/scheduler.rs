@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use crate::model::events::{Event, EventSink, WaitReason};
 use crate::model::inventory::{DisableOld, GroupLimits, Limits, Relay, RetryPolicy, Wave};
-use crate::model::step::{ErrorKind, Step, StepError, StepResult};
+use crate::model::step::{ErrorKind, Step, StepError, StepOutcome};
 
 /// Runs one step of one relay.
 pub trait StepRunner: Send + Sync + 'static {
@@ -27,7 +27,7 @@ pub trait StepRunner: Send + Sync + 'static {
         &'a self,
         relay: &'a Relay,
         step: Step,
-    ) -> Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = StepOutcome> + Send + 'a>>;
 }
 
 /// How far cancellation has gone; it only escalates.
@@ -412,12 +412,13 @@ impl RelayTask {
             }
             drop(_cmdeploy);
             match result {
-                Ok(note) => {
+                Ok(done) => {
                     self.events.send(Event::StepDone {
                         relay: relay.name.clone(),
                         step,
                         elapsed: started.elapsed(),
-                        note,
+                        note: done.note,
+                        deployed: done.deployed,
                     });
                     return true;
                 }
@@ -462,7 +463,7 @@ impl RelayTask {
         false
     }
 
-    async fn run_cancellable(&self, relay: &Relay, step: Step) -> StepResult {
+    async fn run_cancellable(&self, relay: &Relay, step: Step) -> StepOutcome {
         let mut cancel = self.cancel.clone();
         tokio::select! {
             r = self.runner.run(relay, step) => r,

@@ -14,7 +14,7 @@
 set -eu
 
 zone=${CMFLEET_DOMAIN#*.}
-name=${CMFLEET_DOMAIN%%.$zone}
+name=${CMFLEET_DOMAIN%%."$zone"}
 
 set_records() { # ip4 ip6
     dnsctl record set --zone "$zone" --name "$name" --type A --ttl "$CMFLEET_TTL" "$1" || exit 75

@@ -54,7 +54,7 @@ pub type MessageUids = BTreeMap<(String, String), u64>;
 /// On a host: one NUL-ended record per message in the uidlists: `UID\tUNIQUE\tDIR`
 /// (a uidlist line is `UID [EXT...] :FILENAME`; the unique name is the file name
 /// before `:2,flags`; the directory may hold tabs, so it comes last).
-pub(super) fn message_uids_script() -> String {
+pub fn message_uids_script() -> String {
     const AWK: &str = r#"FNR > 1 && $1 ~ /^[0-9]+$/ { i = index($0, " :"); if (i == 0) next; u = substr($0, i + 2); sub(/:.*/, "", u); d = substr(FILENAME, 3, length(FILENAME) - 18); printf "%s\t%s\t%s%c", $1, u, d, 0 }"#;
     format!("cd {MAIL_DIR} && find . -name dovecot-uidlist -type f -exec awk '{AWK}' {{}} +")
 }
@@ -231,7 +231,7 @@ fn plain_id(id: &str) -> bool {
 
 /// On NEW: its queue now, and the mail log's final lines for `ids`. The log is
 /// `maillog_file` where Postfix writes one, else the journal.
-fn queue_script(ids: &[String]) -> String {
+pub fn queue_script(ids: &[String]) -> String {
     let queues = QUEUES.join(" ");
     format!(
         r#"t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT
@@ -244,7 +244,7 @@ f=$(postconf -h maillog_file 2>/dev/null) || f=
 if [ -n "$f" ]; then log=$f; else log=$t/j; journalctl -q -o cat --no-pager -u 'postfix*' > "$log" 2>/dev/null || die "Postfix has no maillog_file and the journal cannot be read"; fi
 grep -F -w -f "$t/ids" -- "$log" > "$t/l"; [ $? -le 1 ] || die "cannot read $log"
 grep -E ': (removed|to=.*status=(sent|delivered|bounced|expired).*)$' "$t/l" > "$t/m"; [ $? -le 1 ] || die "grep failed"
-cat "$t/q" && sed 's/^/L /' "$t/m" || die "cannot send the answer""#,
+{{ cat "$t/q" && sed 's/^/L /' "$t/m"; }} || die "cannot send the answer""#,
         ids = ids.join(" ")
     )
 }

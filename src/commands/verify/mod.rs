@@ -12,7 +12,9 @@ use std::time::Duration;
 mod clients;
 mod mailboxes;
 
-pub use clients::{compare_uids, queue_fates, QueueFate, UidsDiff};
+pub use clients::{
+    compare_uids, message_uids_script, queue_fates, queue_script, QueueFate, UidsDiff,
+};
 pub use mailboxes::{compare, MailboxDiff};
 
 use super::check::CheckError;

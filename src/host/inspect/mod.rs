@@ -16,8 +16,9 @@ use std::path::Path;
 
 use futures::StreamExt;
 
-pub use probe::HostFacts;
-pub use relay::{inspect, relay_findings, Inspection, Reach, MAX_TTL};
+pub use probe::{script as probe_script, HostFacts};
+pub use proof::{new_script as proof_new_script, old_script as proof_old_script};
+pub use relay::{inspect, old_to_new_script, relay_findings, Inspection, Reach, MAX_TTL};
 pub(crate) use relay::{old_to_new, unreached_finding, Unreached};
 pub use report::{exit_code, render_json, render_text, Finding, RelayFindings, Status};
 

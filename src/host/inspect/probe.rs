@@ -31,16 +31,18 @@ pub struct HostFacts {
     pub mail_names: Vec<String>,
 }
 
-/// The probe run on every host.
+/// The probe run on every host. /etc/os-release is read in a subshell: its
+/// variables (`NAME`, `ID`, ...) stay out of the rest of the probe.
 pub fn script() -> String {
     format!(
-        "echo uid=$(id -u); \
-         if [ -r /etc/os-release ]; then . /etc/os-release; echo \"os=${{ID:-?}} ${{VERSION_ID:-?}}\"; fi; \
+        "echo \"uid=$(id -u)\"\n\
+         # shellcheck disable=SC1091 # /etc/os-release is the host's own (shell assignments, made to be sourced: os-release(5)), not a file cmfleet has\n\
+         if [ -r /etc/os-release ]; then (. /etc/os-release; echo \"os=${{ID:-?}} ${{VERSION_ID:-?}}\"); fi\n\
          for t in rsync tar; do if command -v $t >/dev/null 2>&1; then echo has_$t=1; else echo has_$t=0; fi; done; \
          d=/home/vmail; [ -d \"$d\" ] || d=/home; \
-         echo avail=$(df -P -B1 \"$d\" | awk 'NR==2 {{print $4}}'); \
-         if [ -d {MAIL_DIR} ]; then echo mail_used=$(du -sb {MAIL_DIR} | cut -f1); \
-           echo mail_entries=$(du -s --inodes {MAIL_DIR} | cut -f1); else echo mail_used=0; fi; \
+         echo \"avail=$(df -P -B1 \"$d\" | awk 'NR==2 {{print $4}}')\"; \
+         if [ -d {MAIL_DIR} ]; then echo \"mail_used=$(du -sb {MAIL_DIR} | cut -f1)\"; \
+           echo \"mail_entries=$(du -s --inodes {MAIL_DIR} | cut -f1)\"; else echo mail_used=0; fi; \
          if [ -e {LEGACY_PASSDB} ]; then echo passdb=1; else echo passdb=0; fi; \
          if [ -n \"$(ls -A {MAIL_DIR} 2>/dev/null)\" ]; then echo mail_empty=0; else echo mail_empty=1; fi; \
          if [ -d {MAIL_DIR} ]; then find {MAIL_DIR} -mindepth 1 -maxdepth 1 -printf 'mail_name=%f\\n'; fi"

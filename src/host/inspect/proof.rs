@@ -22,7 +22,7 @@ pub const CHECK_OLD: &str = "proof old";
 pub const CHECK_NEW: &str = "proof new";
 
 /// On OLD: `key=value` lines (in example names, newlines and tabs read `?`).
-fn old_script() -> String {
+pub fn old_script() -> String {
     let state = STATE_DIRS.join(" ");
     format!(
         r#"t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT
@@ -115,14 +115,18 @@ pub async fn old_finding(ssh: &SshPool, old: &HostConn, sink: &LineSink) -> Find
     .await
 }
 
-/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4.
-pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Finding {
-    let script = format!(
+/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4, and say it.
+pub fn new_script() -> String {
+    format!(
         "{} && echo \"dkim owner $(cat {})\"",
         crate::host::catalogue::record_dkim_owner(),
         crate::host::catalogue::DKIM_OWNER_FILE
-    );
-    run_finding(ssh, new, &script, CHECK_NEW, sink, |out| {
+    )
+}
+
+/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4.
+pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Finding {
+    run_finding(ssh, new, &new_script(), CHECK_NEW, sink, |out| {
         Finding::pass(CHECK_NEW, out.trim())
     })
     .await

@@ -232,12 +232,7 @@ pub(crate) async fn old_to_new(
     if lines.is_empty() {
         return Err(Unreached::NoHostKey);
     }
-    let script = format!(
-        "{} && {} -o ConnectTimeout=10 {} true",
-        catalogue::install_known_host(&lines.join("\n")),
-        catalogue::inner_ssh(relay),
-        quote(&relay.new.ssh)
-    );
+    let script = old_to_new_script(relay, &lines);
     match ssh
         .run(old, &script, true, CommandKind::Plain, sink, Stdout::Sink)
         .await
@@ -248,6 +243,17 @@ pub(crate) async fn old_to_new(
             None => Unreached::Failed(e),
         }),
     }
+}
+
+/// On OLD: install `known_hosts_lines` (NEW's keys as cmfleet holds them) and log in
+/// to NEW the way a direct transfer does.
+pub fn old_to_new_script(relay: &Relay, known_hosts_lines: &[String]) -> String {
+    format!(
+        "{} && {} -o ConnectTimeout=10 {} true",
+        catalogue::install_known_host(&known_hosts_lines.join("\n")),
+        catalogue::inner_ssh(relay),
+        quote(&relay.new.ssh)
+    )
 }
 
 /// `old_to_new` as `check` shows it.

@@ -12,5 +12,5 @@ pub use classify::{
     classify_connect, classify_exit, connect_failure, telling_line, CommandError, CommandKind,
 };
 pub use process::{run_process, LineSink, ProcessOutput, Stdout, TAR_PROGRESS};
-pub use ssh::{ConnectOptions, HostConn, SshError, SshPool, SshPoolConfig};
+pub use ssh::{master_ssh_command, ConnectOptions, HostConn, SshError, SshPool, SshPoolConfig};
 pub use workspace::{Workspace, WorkspaceError, WorkspacePool};

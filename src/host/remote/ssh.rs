@@ -116,11 +116,16 @@ impl HostConn {
 
     /// The `ssh` command that reuses this master (for rsync's `-e`).
     pub fn ssh_command(&self) -> String {
-        format!(
-            "ssh -F /dev/null -o ControlMaster=no -S {}",
-            crate::infra::shell::quote(&self.control_socket().display().to_string())
-        )
+        master_ssh_command(self.control_socket())
     }
+}
+
+/// The `ssh` command that reuses the master listening on `control`.
+pub fn master_ssh_command(control: &Path) -> String {
+    format!(
+        "ssh -F /dev/null -o ControlMaster=no -S {}",
+        crate::infra::shell::quote(&control.display().to_string())
+    )
 }
 
 type Slot = Arc<Mutex<Option<Arc<HostConn>>>>;

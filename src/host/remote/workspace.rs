@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::model::step::Commit;
+
 #[derive(Debug, Error)]
 pub enum WorkspaceError {
     #[error("{} does not look like scripts/cmdeploy inside a chatmail relay checkout (hint: set fleet.cmdeploy to <checkout>/scripts/cmdeploy)", path.display())]
@@ -59,7 +61,7 @@ pub struct WorkspacePool {
     /// `scripts/cmdeploy` relative to a workspace.
     pub script: PathBuf,
     /// The checkout's commit every workspace is at: what this run deploys.
-    pub commit: String,
+    pub commit: Commit,
 }
 
 /// Counts an urgent borrower while it waits.
@@ -130,7 +132,13 @@ impl WorkspacePool {
             if git(&dir, &["rev-parse", "HEAD"]).ok().as_deref() != Some(commit.as_str()) {
                 git(
                     &dir,
-                    &["checkout", "--quiet", "--force", "--detach", &commit],
+                    &[
+                        "checkout",
+                        "--quiet",
+                        "--force",
+                        "--detach",
+                        commit.as_str(),
+                    ],
                 )
                 .map_err(|reason| WorkspaceError::Create {
                     path: dir.clone(),
@@ -210,7 +218,7 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
 
 /// The checkout's HEAD commit, refusing uncommitted changes to tracked files
 /// (untracked ones, like `venv/` and build outputs, are not deployed anyway).
-fn head_of(checkout: &Path) -> Result<String, WorkspaceError> {
+fn head_of(checkout: &Path) -> Result<Commit, WorkspaceError> {
     let head = |reason| WorkspaceError::Head {
         checkout: checkout.to_path_buf(),
         reason,
@@ -223,7 +231,8 @@ fn head_of(checkout: &Path) -> Result<String, WorkspaceError> {
             files: files.join(", "),
         });
     }
-    git(checkout, &["rev-parse", "HEAD"]).map_err(head)
+    let id = git(checkout, &["rev-parse", "HEAD"]).map_err(head)?;
+    Commit::new(&id).map_err(|e| head(e.to_string()))
 }
 
 fn add_worktree(checkout: &Path, dir: &Path) -> Result<(), WorkspaceError> {

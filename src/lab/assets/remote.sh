@@ -1,6 +1,8 @@
 # The host side of the lab's stand-in cmdeploy, fed to `bash -s` over ssh.
 set -euo pipefail
-disable=$1 dry=$2 stages=$3 lab_dir=$4 args=$5 page=${6:-}
+# $4 is the lab's directory on the controller: the host side has no use for it;
+# $6 is the website the run rendered.
+disable=$1 dry=$2 stages=$3 args=$5 page=${6:-}
 st=/var/lib/chatmail-lab
 addr=$(echo "$SSH_CONNECTION" | cut -d' ' -f3)
 mkdir -p "$st"

@@ -22,8 +22,8 @@
 //!
 //! Host i (0-based) of the list gets 198.18.X.(i+2); .1 is the machine on the bridge.
 
-pub mod chatmail;
 mod cgroup;
+pub mod chatmail;
 mod container;
 mod lock;
 mod net;

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::pipeline::journal::Deployed;
+
 /// A duration as an operator reads it: `3.2s`, `42s`, `5m 07s`, `2h 03m`.
 pub fn duration(d: Duration) -> String {
     let secs = d.as_secs();
@@ -18,6 +20,21 @@ pub fn duration(d: Duration) -> String {
 
 pub fn duration_ms(ms: u64) -> String {
     duration(Duration::from_millis(ms))
+}
+
+/// The chatmail relay commits on NEW, short: one when steps 2 and 6 deployed the
+/// same, else each with its step (the checkout moved in between, or one is not
+/// known); `-` when none is known.
+pub fn deployed(d: &Deployed) -> String {
+    match (&d.preconfigure, &d.activate) {
+        (None, None) => "-".into(),
+        (Some(a), Some(b)) if a == b => a.short().to_string(),
+        (a, b) => [(2, a), (6, b)]
+            .iter()
+            .filter_map(|(n, c)| c.as_ref().map(|c| format!("{} (step {n})", c.short())))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// Bytes in binary units, as rsync users expect them.

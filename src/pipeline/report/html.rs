@@ -392,11 +392,11 @@ fn failures(out: &mut String, rows: &[(&str, &RelayRecord)]) {
     }
 }
 
-/// One line per relay: state, downtime, the failed step.
+/// One line per relay: state, downtime, the failed step, what NEW runs.
 fn table(out: &mut String, rows: &[(&str, &RelayRecord)], now_ms: u64) {
     out.push_str(
         "<h2>Relays</h2>\n<table class=\"relays\">\n<thead><tr><th>relay</th><th>state</th>\
-         <th>downtime</th><th>failed step</th><th>rollbacks</th></tr></thead>\n<tbody>\n",
+         <th>downtime</th><th>failed step</th><th>rollbacks</th><th>chatmail deployed on NEW</th></tr></thead>\n<tbody>\n",
     );
     for (name, r) in rows {
         let state = match r.state() {
@@ -416,12 +416,26 @@ fn table(out: &mut String, rows: &[(&str, &RelayRecord)], now_ms: u64) {
                 esc(&s.to_string())
             )
         });
+        // The full commits in the tooltip: the cell shows them short.
+        let full: Vec<String> = [(2, &r.deployed.preconfigure), (6, &r.deployed.activate)]
+            .iter()
+            .filter_map(|(n, c)| c.as_ref().map(|c| format!("step {n}: {c}")))
+            .collect();
+        let deployed = if full.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<code title=\"{}\">{}</code>",
+                esc(&full.join("\n")),
+                esc(&super::fmt::deployed(&r.deployed))
+            )
+        };
         let _ = writeln!(
             out,
-            "<tr class=\"st-{}\"><td>{}</td><td>{state}</td><td>{downtime}</td><td>{failed}</td><td>{}</td></tr>",
+            "<tr class=\"st-{}\"><td>{}</td><td>{state}</td><td>{downtime}</td><td>{failed}</td><td>{}</td><td>{deployed}</td></tr>",
             state.replace(' ', "-").to_lowercase(),
             esc(name),
-            r.rollbacks.len()
+            r.rollbacks.len(),
         );
     }
     out.push_str("</tbody></table>\n");
@@ -567,7 +581,7 @@ const SCRIPT: &str = "<script>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::step::ErrorKind;
+    use crate::model::step::{Commit, ErrorKind};
     use std::collections::BTreeMap;
 
     const T0: u64 = 1_773_450_000_000;
@@ -600,6 +614,10 @@ mod tests {
             ],
             down_since_ms: Some(T0 + 12_000),
             up_again_ms: Some(T0 + 20_000),
+            deployed: crate::pipeline::journal::Deployed {
+                preconfigure: Commit::new(&"a".repeat(40)).ok(),
+                activate: Commit::new(&"b".repeat(40)).ok(),
+            },
             ..RelayRecord::default()
         };
         relays.insert("c1.example.org".to_string(), ok);
@@ -664,6 +682,21 @@ mod tests {
         // The failed relay is still DOWN: its band runs to `now`, 19 s.
         assert!(html.contains("down 19s+"));
         assert!(html.contains("down 8.0s<"));
+    }
+
+    /// The checkout moved between steps 2 and 6: the table names both commits,
+    /// each with its step, and the tooltip has them in full.
+    #[test]
+    fn the_commits_deployed_on_new_are_shown_per_relay() {
+        let html = page();
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        assert!(
+            html.contains(&format!(
+                "<td><code title=\"step 2: {a}\nstep 6: {b}\">aaaaaaaaaaaa (step 2), bbbbbbbbbbbb (step 6)</code></td></tr>"
+            )),
+            "{html}"
+        );
+        assert!(html.contains("<td>1</td><td></td></tr>"), "{html}");
     }
 
     #[test]

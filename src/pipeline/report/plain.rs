@@ -131,6 +131,7 @@ impl PlainView {
                 step,
                 elapsed,
                 note,
+                ..
             } => {
                 let r = self.relay(relay);
                 r.waiting = None;

@@ -9,7 +9,9 @@ use super::summary::kind_name;
 use super::ReportError;
 use crate::model::step::ErrorKind;
 use crate::model::step::Step;
-use crate::pipeline::journal::{now_ms, JournalData, RelayRecord, RelayState, StepStatus};
+use crate::pipeline::journal::{
+    now_ms, Deployed, JournalData, RelayRecord, RelayState, StepStatus,
+};
 
 /// How wide the error column may grow before it is cut.
 const ERROR_WIDTH: usize = 70;
@@ -31,6 +33,8 @@ pub struct StatusRow {
     pub error: Option<String>,
     pub error_kind: Option<ErrorKind>,
     pub rollbacks: usize,
+    /// The chatmail relay commits steps 2 and 6 deployed on NEW; `None` where not known.
+    pub deployed: Deployed,
 }
 
 /// The rows for `relays` (in the given order) as of `now_ms`; relays the journal does
@@ -68,6 +72,7 @@ pub fn status_rows(journal: &JournalData, relays: &[&str], now_ms: u64) -> Vec<S
                 error: record.and_then(|r| r.error.clone()),
                 error_kind: record.and_then(|r| r.error_kind),
                 rollbacks: rec.rollbacks.len(),
+                deployed: rec.deployed.clone(),
             }
         })
         .collect()
@@ -98,7 +103,7 @@ pub fn status_table(journal: &JournalData, relays: &[&str]) -> String {
 /// `status_table` as of `now_ms`: a pure function, for tests.
 pub fn status_table_at(journal: &JournalData, relays: &[&str], now_ms: u64) -> String {
     let rows = status_rows(journal, relays, now_ms);
-    let cells: Vec<[String; 6]> = rows
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             [
@@ -118,6 +123,7 @@ pub fn status_table_at(journal: &JournalData, relays: &[&str], now_ms: u64) -> S
                     (Some(ms), _) => fmt::duration_ms(ms),
                     (None, _) => "-".into(),
                 },
+                fmt::deployed(&r.deployed),
                 match (&r.error, r.error_kind) {
                     (Some(e), Some(k)) => {
                         format!("{}: {}", kind_name(k), fmt::one_line(e, ERROR_WIDTH))
@@ -134,6 +140,7 @@ pub fn status_table_at(journal: &JournalData, relays: &[&str], now_ms: u64) -> S
         "STATE",
         "ATTEMPTS",
         "DOWNTIME",
+        "DEPLOYED",
         "LAST ERROR",
     ];
     let mut widths = header.map(|h| h.chars().count());
@@ -143,7 +150,7 @@ pub fn status_table_at(journal: &JournalData, relays: &[&str], now_ms: u64) -> S
         }
     }
     let mut out = String::new();
-    let mut line = |cols: [&str; 6]| {
+    let mut line = |cols: [&str; 7]| {
         let mut l = String::new();
         for (i, c) in cols.iter().enumerate() {
             if i + 1 == cols.len() {
@@ -156,7 +163,9 @@ pub fn status_table_at(journal: &JournalData, relays: &[&str], now_ms: u64) -> S
     };
     line(header);
     for row in &cells {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4], &row[5]]);
+        line([
+            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6],
+        ]);
     }
     let count = |st: RelayState| rows.iter().filter(|r| r.state == st).count();
     let _ = writeln!(
@@ -184,11 +193,15 @@ pub fn status_json_at(
     #[derive(Serialize)]
     struct Status {
         version: u32,
+        /// The cmfleet reading the journal (the report of each run names the one
+        /// that ran it).
+        cmfleet: crate::model::version::Build,
         now_ms: u64,
         relays: Vec<StatusRow>,
     }
     serde_json::to_string_pretty(&Status {
         version: super::summary::REPORT_VERSION,
+        cmfleet: crate::model::version::THIS,
         now_ms,
         relays: status_rows(journal, relays, now_ms),
     })

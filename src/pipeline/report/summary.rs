@@ -14,7 +14,8 @@ use crate::infra::shell::quote;
 use crate::infra::state_dir::{failed_list_path, log_path};
 use crate::model::step::ErrorKind;
 use crate::model::step::Step;
-use crate::pipeline::journal::{JournalData, RelayRecord, RelayState};
+use crate::model::version::Build;
+use crate::pipeline::journal::{Deployed, JournalData, RelayRecord, RelayState};
 
 /// Version of the `--report` JSON schema (docs/report-schema.md).
 pub const REPORT_VERSION: u32 = 1;
@@ -60,6 +61,9 @@ pub struct RelaySummary {
     pub up_again_ms: Option<u64>,
     /// Closed window (down to up again), or until the end of the run if still down.
     pub downtime_ms: Option<u64>,
+    /// The chatmail relay commits steps 2 and 6 deployed on NEW (from the journal,
+    /// so also those of earlier runs); `None` where not known.
+    pub deployed: Deployed,
     pub log: PathBuf,
     /// The last lines of its output seen in this run (oldest first).
     pub last_output: Vec<String>,
@@ -98,6 +102,8 @@ pub struct HeldRelay {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub version: u32,
+    /// The cmfleet that ran (and wrote this report).
+    pub cmfleet: Build,
     pub inventory: PathBuf,
     pub state_dir: PathBuf,
     /// Where `failed.txt` is written (for `--limit @FILE`).
@@ -177,6 +183,7 @@ impl Summary {
         );
         Summary {
             version: REPORT_VERSION,
+            cmfleet: crate::model::version::THIS,
             inventory: ctx.inventory.clone(),
             state_dir: ctx.state_dir.clone(),
             failed_file,
@@ -299,6 +306,7 @@ fn relay_summary(
         down_since_ms: rec.down_since_ms,
         up_again_ms: rec.up_again_ms,
         downtime_ms,
+        deployed: rec.deployed.clone(),
         log: log_path(&ctx.state_dir, name),
         last_output: last_lines.get(name).cloned().unwrap_or_default(),
         next,

@@ -21,7 +21,7 @@ use crate::host::remote::{
 };
 use crate::model::events::{EventSink, ServingChange};
 use crate::model::inventory::{DisableOld, Fleet, Host, Relay, TransferMode};
-use crate::model::step::{ErrorKind, StepError, StepResult};
+use crate::model::step::{ErrorKind, StepError, StepOutcome, StepResult, StepSuccess};
 
 /// Listing records buffered between a host and the proof's merge, per side.
 const LISTING_RECORDS_IN_FLIGHT: usize = 128;
@@ -147,7 +147,7 @@ impl Executor {
     }
 
     /// Runs one step. Every step is idempotent: re-running a finished one is safe.
-    pub async fn run(&self, relay: &Relay, step: Step) -> StepResult {
+    pub async fn run(&self, relay: &Relay, step: Step) -> StepOutcome {
         let sink = self.sink(relay, step);
         sink.log(&format!(
             "== {} step {step}",
@@ -162,11 +162,13 @@ impl Executor {
                         .await?;
                 // From the moment a copy starts, NEW may hold cmfleet's data.
                 let placed = !self.placed_mut().insert(relay.name.clone());
-                self.sync(relay, Pass::initial(&facts, placed), &sink).await
+                self.sync(relay, Pass::initial(&facts, placed), &sink)
+                    .await
+                    .map(StepSuccess::noted)
             }
             Step::Preconfigure => {
                 self.cmdeploy(catalogue::preconfigure(relay), &sink).await?;
-                Ok(Some(self.deployed()))
+                Ok(self.deployed(None))
             }
             Step::DisableOld => {
                 // OLD has served mail since step 1: what would fail the proof inside
@@ -195,9 +197,12 @@ impl Executor {
                     DisableOld::Cmdeploy => expect_port(&relay.old, false).await,
                     DisableOld::Systemctl => self.expect_old_refuses_smtp(relay, &sink).await,
                 }
+                .map(StepSuccess::noted)
             }
-            Step::FinalSync => self.final_sync(relay, &sink).await,
-            Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink).await,
+            Step::FinalSync => self.final_sync(relay, &sink).await.map(StepSuccess::noted),
+            Step::Dns => super::dns::switch(relay, &self.dns_gate, &sink)
+                .await
+                .map(StepSuccess::noted),
             Step::Activate => {
                 // Unlike step 3, an activation the journal could not record first
                 // leaves it on the safe side (DOWN while NEW may serve, and a run
@@ -222,12 +227,8 @@ impl Executor {
                     )
                     .await
                 {
-                    Ok(_) => Ok(Some(self.deployed())),
-                    Err(e) => Ok(Some(format!(
-                        "{}; relay active; {}",
-                        self.deployed(),
-                        e.message
-                    ))),
+                    Ok(_) => Ok(self.deployed(None)),
+                    Err(e) => Ok(self.deployed(Some(&format!("relay active; {}", e.message)))),
                 }
             }
         };
@@ -249,14 +250,18 @@ impl Executor {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What steps 2 and 6 deployed, for the journal and the report.
-    fn deployed(&self) -> String {
-        let short = self
-            .workspaces
-            .commit
-            .get(..12)
-            .unwrap_or(&self.workspaces.commit);
-        format!("deployed chatmail relay commit {short}")
+    /// What steps 2 and 6 deployed, for the journal and the reports: the commit as
+    /// data, and in the note for the live lines (with `more` after it).
+    fn deployed(&self, more: Option<&str>) -> StepSuccess {
+        let commit = &self.workspaces.commit;
+        let mut note = format!("deployed chatmail relay commit {}", commit.short());
+        if let Some(more) = more {
+            note = format!("{note}; {more}");
+        }
+        StepSuccess {
+            note: Some(note),
+            deployed: Some(commit.clone()),
+        }
     }
 
     /// Write-ahead: `change` is on disk before it starts, so a controller killed at
@@ -899,7 +904,7 @@ impl crate::pipeline::scheduler::StepRunner for Executor {
         &'a self,
         relay: &'a Relay,
         step: Step,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = StepResult> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = StepOutcome> + Send + 'a>> {
         Box::pin(Executor::run(self, relay, step))
     }
 }
