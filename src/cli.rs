@@ -142,6 +142,10 @@ pub enum LabCli {
         /// Keep the lab running afterwards (stop it with `cmfleet lab down`).
         #[arg(long)]
         keep: bool,
+        /// Real chatmail relays (Debian 12 containers deployed by chatmail's own
+        /// cmdeploy) instead of the loopback lab's hosts: see `lab up --real-chatmail`.
+        #[arg(long)]
+        real_chatmail: bool,
         /// Progress display.
         #[arg(long, value_enum, default_value_t = Progress::Auto, env = "CMFLEET_PROGRESS")]
         progress: Progress,

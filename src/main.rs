@@ -186,8 +186,9 @@ fn run(cli: Cli) -> Result<i32> {
                 relays,
                 dir,
                 keep,
+                real_chatmail,
                 progress,
-            } => lab_demo(relays, &dir, keep, progress, color),
+            } => lab_demo(relays, &dir, keep, real_chatmail, progress, color),
         },
     }
 }
@@ -402,6 +403,7 @@ fn lab_demo(
     relays: usize,
     dir: &Path,
     keep: bool,
+    real_chatmail: bool,
     progress: Progress,
     color: Option<bool>,
 ) -> Result<i32> {
@@ -419,6 +421,12 @@ fn lab_demo(
         seed: data.seed,
         cmdeploy_cost: lab::CostModel::Fast,
         cmdeploy_scale: 0.0,
+        real_chatmail,
+        real_net: 1,
+        chatmail: lab::real::chatmail::ChatmailRelayArgs {
+            chatmail_relay: None,
+            chatmail_ref: lab::real::chatmail::DEFAULT_REF.to_string(),
+        },
     })?;
     let inventory = dir.join("inventory.toml");
     let result = Inventory::load(&inventory)

@@ -65,6 +65,12 @@ fn lab_up_20_relays_in_seconds_and_down_leaves_nothing() {
         seed: data.seed,
         cmdeploy_cost: cmfleet::lab::CostModel::Fast,
         cmdeploy_scale: 0.0,
+        real_chatmail: false,
+        real_net: 1,
+        chatmail: cmfleet::lab::real::chatmail::ChatmailRelayArgs {
+            chatmail_relay: None,
+            chatmail_ref: cmfleet::lab::real::chatmail::DEFAULT_REF.to_string(),
+        },
     })
     .unwrap();
     let took = started.elapsed();

@@ -9,6 +9,7 @@ use super::cost::{CmdeployCost, CostModel};
 use super::data::DataOptions;
 use super::error::Result;
 use super::fleet::{Lab, LabOptions, LabStatus, DEFAULT_DIR};
+use super::real::fleet::{ChatmailLab, ChatmailLabOptions};
 
 /// `cmfleet lab ...`: a real fleet of relay hosts on this machine (needs root).
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -46,6 +47,22 @@ pub enum LabCommand {
         /// Factor on the `real` model's times (0.05: a 300 s deploy takes 15 s).
         #[arg(long, default_value_t = 0.05, env = "CMFLEET_LAB_CMDEPLOY_SCALE")]
         cmdeploy_scale: f64,
+        /// Real chatmail relays instead: every host a booted Debian 12 container
+        /// (systemd-nspawn, on 198.18.X.0/24), every OLD deployed by chatmail's own
+        /// `cmdeploy run`, NEW hosts fresh Debian 12. Minutes per relay; the data
+        /// options do not apply.
+        #[arg(long)]
+        real_chatmail: bool,
+        /// The real-chatmail lab's network: 198.18.X.0/24.
+        #[arg(
+            long,
+            default_value_t = 1,
+            value_name = "X",
+            env = "CMFLEET_LAB_REAL_NET"
+        )]
+        real_net: u8,
+        #[command(flatten)]
+        chatmail: crate::lab::real::chatmail::ChatmailRelayArgs,
     },
     /// Stop every process of the lab (by recorded PID, then anything left in its hosts).
     Down {
@@ -77,7 +94,13 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             seed,
             cmdeploy_cost,
             cmdeploy_scale,
+            real_chatmail,
+            real_net,
+            chatmail,
         } => {
+            if real_chatmail {
+                return up_real_chatmail(dir, relays, real_net, &chatmail);
+            }
             let started = Instant::now();
             let mut opts = LabOptions::new(dir, relays, subnet);
             opts.data = DataOptions {
@@ -138,7 +161,12 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             Ok(())
         }
         LabCommand::Down { dir, purge } => {
-            let stopped = Lab::down(&dir)?;
+            let real = ChatmailLab::is_one(&dir);
+            let stopped = if real {
+                ChatmailLab::down(&dir)?
+            } else {
+                Lab::down(&dir)?
+            };
             println!(
                 "lab down: stopped {} processes of the lab in {}",
                 stopped.len(),
@@ -147,7 +175,7 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             for s in &stopped {
                 println!("  {:>7}  {}", s.pid, s.what);
             }
-            if purge && dir.join(super::state::STATE_FILE).exists() {
+            if purge && (real || dir.join(super::state::STATE_FILE).exists()) {
                 std::fs::remove_dir_all(&dir).map_err(super::error::LabError::io(format!(
                     "remove {}",
                     dir.display()
@@ -163,6 +191,50 @@ pub fn run(cmd: LabCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `lab up --real-chatmail`: real relays, deployed by chatmail's own cmdeploy.
+fn up_real_chatmail(
+    dir: PathBuf,
+    relays: usize,
+    net: u8,
+    chatmail: &crate::lab::real::chatmail::ChatmailRelayArgs,
+) -> Result<()> {
+    let started = Instant::now();
+    let lab = ChatmailLab::up(ChatmailLabOptions {
+        dir,
+        relays,
+        net: crate::lab::real::RealNet::new(net),
+        relay: chatmail.source()?,
+    })?;
+    let t = &lab.timings;
+    println!(
+        "lab up: {relays} real chatmail relays ({} hosts on {}) in {:.0}s",
+        lab.hosts.hosts().len(),
+        lab.hosts.net().cidr(),
+        started.elapsed().as_secs_f64()
+    );
+    println!("  hosts      booted in {:.1}s", t.hosts.as_secs_f64());
+    println!(
+        "  chatmail   {} ({}), prepared in {:.1}s",
+        lab.chatmail.checkout.display(),
+        chatmail.chatmail_ref,
+        t.chatmail.as_secs_f64()
+    );
+    for (host, took) in &t.deploys {
+        println!(
+            "  deployed   {host}: cmdeploy run in {:.1}s",
+            took.as_secs_f64()
+        );
+    }
+    println!("  inventory  {}", lab.inventory().display());
+    println!(
+        "  ssh        ssh -F {}/ssh_config relay1-old",
+        lab.dir.display()
+    );
+    println!("next: cmfleet plan -i {}", lab.inventory().display());
+    println!("stop: cmfleet lab down --dir {}", lab.dir.display());
+    Ok(())
 }
 
 impl fmt::Display for LabStatus {

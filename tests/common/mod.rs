@@ -3,4 +3,5 @@
 
 pub mod bind;
 pub mod lab;
+pub mod real;
 pub mod run;

@@ -25,6 +25,7 @@
 mod cgroup;
 pub mod chatmail;
 mod container;
+pub mod fleet;
 mod lock;
 mod net;
 mod rootfs;

@@ -1,0 +1,396 @@
+//! A fleet of real chatmail relays: `cmfleet lab up --real-chatmail`.
+//!
+//! Every OLD and NEW is a booted Debian 12 container (this module's parent), chatmail's
+//! own `cmdeploy run` deploys every OLD in full from the lab's checkout (`chatmail`),
+//! and NEW hosts stay fresh Debian 12, as a migration finds them. The lab then writes
+//! what the loopback lab writes, so every command works on either kind:
+//!
+//! `DIR/inventory.toml` (cmdeploy = the checkout's `scripts/cmdeploy`, run with
+//! `cmdeploy_home` and `cmdeploy_env` = the overlay's switches and the ssh wrapper,
+//! `skip_dns_check`: the lab has no public DNS), `DIR/ssh_config` (hosts `relayN-old`
+//! and `relayN-new`), `DIR/id_ed25519` (the lab key, held by the lab's ssh-agent at
+//! `DIR/agent.sock` for OLD -> NEW pushes), `DIR/relay` (the checkout),
+//! `DIR/relays/DOMAIN/chatmail.ini`, `DIR/deploy/HOST.log` (each deploy's output),
+//! `DIR/real/` (the containers' lab) and `DIR/chatmail-lab.json` (what runs besides).
+//!
+//! Relay i's mail_domain is `_relayI.lab.test`: a leading `_` gives it a self-signed
+//! certificate (nothing to ask Let's Encrypt). OLD of relay i is host 2i-1 of the real
+//! lab (198.18.X.2i), NEW is host 2i (198.18.X.2i+1).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::chatmail::{self, CmdeployHome, PrepareOptions, RealChatmail, RelaySource};
+use super::{RealLab, RealLabOptions, RealNet};
+use crate::lab::error::{LabError, Result};
+use crate::lab::process::{stop_all, ProcRecord, Stopped};
+
+/// What this part of the lab records (the containers record themselves in `real/`).
+pub const STATE_FILE: &str = "chatmail-lab.json";
+
+/// OLD deploys that run at once: each is a full chatmail install (apt, pip, builds).
+const DEPLOYS_AT_ONCE: usize = 2;
+
+/// A real-chatmail lab to bring up.
+#[derive(Debug, Clone)]
+pub struct ChatmailLabOptions {
+    pub dir: PathBuf,
+    pub relays: usize,
+    pub net: RealNet,
+    pub relay: RelaySource,
+}
+
+/// The record in `DIR/chatmail-lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChatmailLabState {
+    agent: Option<ProcRecord>,
+    domains: Vec<String>,
+}
+
+/// How long the parts of `up` took (for the operator and docs/performance.md).
+#[derive(Debug, Clone, Default)]
+pub struct ChatmailLabTimings {
+    pub hosts: Duration,
+    pub chatmail: Duration,
+    /// Per OLD host: its full `cmdeploy run`.
+    pub deploys: Vec<(String, Duration)>,
+}
+
+/// A lab of real chatmail relays.
+#[derive(Debug)]
+pub struct ChatmailLab {
+    pub dir: PathBuf,
+    pub hosts: RealLab,
+    pub chatmail: RealChatmail,
+    pub domains: Vec<String>,
+    pub timings: ChatmailLabTimings,
+}
+
+/// The mail_domain of relay `i` (1-based).
+pub fn domain(i: usize) -> String {
+    format!("_relay{i}.lab.test")
+}
+
+impl ChatmailLab {
+    /// Boots the hosts, prepares the checkout, deploys every OLD with chatmail's own
+    /// cmdeploy and writes the inventory. On failure the containers and the agent are
+    /// taken down again; the directory keeps the logs.
+    pub fn up(opts: ChatmailLabOptions) -> Result<ChatmailLab> {
+        let dir = std::path::absolute(&opts.dir)
+            .map_err(LabError::io(format!("resolve {}", opts.dir.display())))?;
+        fs::create_dir_all(&dir).map_err(LabError::io(format!("create {}", dir.display())))?;
+        let key = dir.join("id_ed25519");
+        if !key.exists() {
+            crate::lab::sshd::keygen_all(&[&key], "cmfleet-real-lab")?;
+        }
+        let domains: Vec<String> = (1..=opts.relays).map(domain).collect();
+        let names: Vec<String> = (1..=opts.relays)
+            .flat_map(|i| [format!("relay{i}-old"), format!("relay{i}-new")])
+            .collect();
+        let started = Instant::now();
+        let hosts = RealLab::up(RealLabOptions::new(dir.join("real"), opts.net, names, &key))?;
+        let mut timings = ChatmailLabTimings {
+            hosts: started.elapsed(),
+            ..Default::default()
+        };
+        let up = (|| {
+            let agent =
+                crate::lab::agent::start(&dir.join("agent.sock"), &dir.join("agent.log"), &key)?;
+            save_state(
+                &dir,
+                &ChatmailLabState {
+                    agent: Some(agent),
+                    domains: domains.clone(),
+                },
+            )?;
+            let started = Instant::now();
+            let chatmail = chatmail::prepare(&dir, &PrepareOptions::new(opts.relay.clone())?)?;
+            timings.chatmail = started.elapsed();
+            let home = write_home(&dir, &key, &hosts)?;
+            for d in &domains {
+                chatmail::write_relay_ini(&dir, &chatmail.checkout, d)?;
+            }
+            fs::copy(hosts.ssh_config(), dir.join("ssh_config"))
+                .map_err(LabError::io("copy the lab's ssh_config"))?;
+            raise_inotify_limits()?;
+            timings.deploys = deploy_olds(&dir, &chatmail, &home, &hosts, &domains)?;
+            write_inventory(&dir, &chatmail, &home, &hosts, &domains)?;
+            Ok(chatmail)
+        })();
+        match up {
+            Ok(chatmail) => Ok(ChatmailLab {
+                dir,
+                hosts,
+                chatmail,
+                domains,
+                timings,
+            }),
+            Err(e) => {
+                let _ = ChatmailLab::down(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the agent and takes the containers down (see `RealLab::down`).
+    pub fn down(dir: impl AsRef<Path>) -> Result<Vec<Stopped>> {
+        let dir = dir.as_ref();
+        let mut stopped = Vec::new();
+        if let Ok(state) = load_state(dir) {
+            let agents: Vec<(ProcRecord, String)> = state
+                .agent
+                .into_iter()
+                .map(|a| (a, "ssh-agent".to_string()))
+                .collect();
+            stopped.extend(stop_all(&agents, Duration::from_secs(2))?);
+        }
+        if dir.join("real").join(super::STATE_FILE).exists() {
+            stopped.extend(RealLab::down(dir.join("real"))?);
+        }
+        Ok(stopped)
+    }
+
+    /// Whether `dir` holds a real-chatmail lab.
+    pub fn is_one(dir: &Path) -> bool {
+        dir.join(STATE_FILE).exists()
+    }
+
+    /// The lab's inventory.
+    pub fn inventory(&self) -> PathBuf {
+        self.dir.join("inventory.toml")
+    }
+}
+
+fn save_state(dir: &Path, state: &ChatmailLabState) -> Result<()> {
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| LabError::Options(format!("cannot record the lab: {e}")))?;
+    let path = dir.join(STATE_FILE);
+    fs::write(&path, text).map_err(LabError::io(format!("write {}", path.display())))
+}
+
+fn load_state(dir: &Path) -> Result<ChatmailLabState> {
+    let path = dir.join(STATE_FILE);
+    let text =
+        fs::read_to_string(&path).map_err(LabError::io(format!("read {}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| LabError::Options(format!("{} is not a lab record: {e}", path.display())))
+}
+
+/// DIR/cmdeploy-home for every host, with the host keys the containers' lab recorded
+/// (`ADDR,NAME TYPE BASE64` lines of its known_hosts).
+fn write_home(dir: &Path, key: &Path, hosts: &RealLab) -> Result<CmdeployHome> {
+    let known = fs::read_to_string(hosts.known_hosts())
+        .map_err(LabError::io("read the real lab's known_hosts"))?;
+    let mut lines: Vec<(std::net::IpAddr, String)> = Vec::new();
+    for h in hosts.hosts() {
+        let prefix = format!("{},", h.addr);
+        if let Some(line) = known
+            .lines()
+            .find(|l| l.starts_with(&prefix) && l.contains(" ssh-ed25519 "))
+        {
+            let key_part = line.split_once(' ').map(|(_, k)| k).unwrap_or_default();
+            lines.push((std::net::IpAddr::V4(h.addr), key_part.to_string()));
+        }
+    }
+    let refs: Vec<(std::net::IpAddr, &str)> = lines.iter().map(|(a, l)| (*a, l.as_str())).collect();
+    chatmail::write_cmdeploy_home(dir, key, &refs)
+}
+
+/// chatmail's deploy raises the inotify limits for Dovecot unless they are above
+/// 65535 already (`dovecot/deployer.py`: "enables running in incus containers where
+/// sysctl readonly"). A container's /proc/sys is read-only and these limits are the
+/// machine's, so the lab raises them on the machine, as an operator of such
+/// containers does. They stay raised after `lab down` (a higher limit harms nothing).
+fn raise_inotify_limits() -> Result<()> {
+    for name in ["max_user_instances", "max_user_watches"] {
+        let path = PathBuf::from(format!("/proc/sys/fs/inotify/{name}"));
+        let now: u64 = fs::read_to_string(&path)
+            .map_err(LabError::io(format!("read {}", path.display())))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if now <= 65535 {
+            fs::write(&path, "65536").map_err(LabError::io(format!("raise {}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The environment of every lab cmdeploy run: the overlay's switches and the ssh
+/// wrapper first in PATH (HOME comes from `cmdeploy_home`).
+fn cmdeploy_env(chatmail: &RealChatmail, home: &CmdeployHome) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = chatmail
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
+        .collect();
+    for (k, v) in home.env(std::env::var_os("PATH")) {
+        if k != "HOME" {
+            env.push((k.to_string(), v.to_string_lossy().into_owned()));
+        }
+    }
+    env
+}
+
+/// Every OLD host gets a full `cmdeploy run`, `DEPLOYS_AT_ONCE` at a time, each
+/// logged to DIR/deploy/HOST.log.
+fn deploy_olds(
+    dir: &Path,
+    chatmail: &RealChatmail,
+    home: &CmdeployHome,
+    hosts: &RealLab,
+    domains: &[String],
+) -> Result<Vec<(String, Duration)>> {
+    let logs = dir.join("deploy");
+    fs::create_dir_all(&logs).map_err(LabError::io(format!("create {}", logs.display())))?;
+    let env = cmdeploy_env(chatmail, home);
+    let jobs: Vec<(String, String, PathBuf)> = domains
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let name = format!("relay{}-old", i + 1);
+            let host = hosts.host(&name)?;
+            Some((
+                name,
+                host.addr.to_string(),
+                dir.join("relays").join(d).join("chatmail.ini"),
+            ))
+        })
+        .collect();
+    let mut timings = Vec::new();
+    for batch in jobs.chunks(DEPLOYS_AT_ONCE) {
+        let results: Vec<Result<(String, Duration)>> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(name, addr, ini)| {
+                    let (env, logs) = (&env, &logs);
+                    s.spawn(move || {
+                        deploy(
+                            chatmail,
+                            home,
+                            env,
+                            name,
+                            addr,
+                            ini,
+                            &logs.join(format!("{name}.log")),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(LabError::Options("a deploy thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            timings.push(r?);
+        }
+    }
+    Ok(timings)
+}
+
+/// One full `cmdeploy run` of `ini` onto `addr`, as an operator deploys a relay.
+fn deploy(
+    chatmail: &RealChatmail,
+    home: &CmdeployHome,
+    env: &[(String, String)],
+    name: &str,
+    addr: &str,
+    ini: &Path,
+    log: &Path,
+) -> Result<(String, Duration)> {
+    let out = fs::File::create(log).map_err(LabError::io(format!("create {}", log.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(LabError::io(format!("open {}", log.display())))?;
+    let mut cmd = Command::new(chatmail.cmdeploy());
+    cmd.args(["run", "--config"])
+        .arg(ini)
+        .args(["--ssh-host", addr, "--skip-dns-check"])
+        .current_dir(&chatmail.checkout)
+        .env_remove("CMDEPLOY_STAGES")
+        .env("HOME", &home.home)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .map_err(LabError::io(format!("run cmdeploy for {name}")))?;
+    if !status.success() {
+        return Err(LabError::Command {
+            command: format!(
+                "cmdeploy run --config {} --ssh-host {addr} (deploying {name})",
+                ini.display()
+            ),
+            status: status.to_string(),
+            stderr: crate::lab::process::log_tail(log),
+        });
+    }
+    Ok((name.to_string(), started.elapsed()))
+}
+
+/// A TOML basic string.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// DIR/inventory.toml for the deployed fleet.
+fn write_inventory(
+    dir: &Path,
+    chatmail: &RealChatmail,
+    home: &CmdeployHome,
+    hosts: &RealLab,
+    domains: &[String],
+) -> Result<()> {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Written by `cmfleet lab up --real-chatmail`: {} real chatmail relays on {}.\n",
+        domains.len(),
+        hosts.net().cidr()
+    );
+    let _ = writeln!(s, "[fleet]");
+    let _ = writeln!(
+        s,
+        "cmdeploy = {}",
+        q(&chatmail.cmdeploy().to_string_lossy())
+    );
+    let _ = writeln!(s, "ssh_auth_sock = {}", q("agent.sock"));
+    let _ = writeln!(s, "cmdeploy_home = {}", q(&home.home.to_string_lossy()));
+    let env: Vec<String> = cmdeploy_env(chatmail, home)
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", q(v)))
+        .collect();
+    let _ = writeln!(s, "cmdeploy_env = {{ {} }}\n", env.join(", "));
+    let _ = writeln!(s, "[defaults]");
+    let _ = writeln!(s, "ssh_key = {}", q("id_ed25519"));
+    let _ = writeln!(s, "skip_dns_check = true");
+    let _ = writeln!(s, "dns = {{ provider = \"none\" }}");
+    for (i, d) in domains.iter().enumerate() {
+        let addr = |side: &str| {
+            hosts
+                .host(&format!("relay{}-{side}", i + 1))
+                .map(|h| h.addr.to_string())
+                .unwrap_or_default()
+        };
+        let (old, new) = (addr("old"), addr("new"));
+        let _ = writeln!(s, "\n[[relay]]");
+        let _ = writeln!(s, "mail_domain = {}", q(d));
+        let _ = writeln!(s, "config = {}", q(&format!("relays/{d}/chatmail.ini")));
+        let _ = writeln!(s, "old = {{ ssh = {}, ip4 = {} }}", q(&old), q(&old));
+        let _ = writeln!(s, "new = {{ ssh = {}, ip4 = {} }}", q(&new), q(&new));
+    }
+    let path = dir.join("inventory.toml");
+    fs::write(&path, s).map_err(LabError::io(format!("write {}", path.display())))
+}
