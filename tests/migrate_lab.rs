@@ -405,6 +405,40 @@ fn concurrent_pre_stagings_render_each_relays_own_website_in_its_workspace() {
     }
 }
 
+/// Debian's package scripts start postfix, dovecot and opendkim when step 2 installs
+/// them, and chatmail's activate-only step 6 restarts nothing that runs: left running,
+/// they kept step 2's setup through the cutover (on a real 1.9.0 relay: dovecot with
+/// Debian's PAM default, so no user could log in on NEW). The stand-in starts the mail
+/// system at install like the packages do; cmfleet stops it again at the end of step
+/// 2, so NEW takes no mail before step 6 and its activation starts it fresh.
+#[test]
+fn new_serves_no_mail_between_the_pre_stage_and_its_activation() {
+    let lab = TestLab::start(1);
+    let relay = lab.relay(1).expect("relay");
+    let (code, text) = common::run::cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        !cmfleet::lab::port_accepts(relay.new.addr, 25),
+        "NEW takes mail after step 2"
+    );
+    let (code, text) = common::run::cmfleet(
+        &["migrate", "--yes", "--progress", "plain"],
+        &lab.inventory(),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(cmfleet::lab::port_accepts(relay.new.addr, 25));
+}
+
 /// Binds a unix socket at `path` (the file stays after the binder closes it), as a
 /// running service's; returns its inode.
 fn socket_at(path: &std::path::Path) -> u64 {

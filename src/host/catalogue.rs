@@ -318,6 +318,25 @@ pub fn preconfigure(relay: &Relay) -> CmdeployRun {
     }
 }
 
+/// The services Debian's package scripts start when step 2 installs them (postfix,
+/// dovecot, opendkim; nginx where it starts): NEW must not run them before step 6.
+pub const STARTED_BY_PACKAGES: [&str; 4] = ["postfix", "dovecot", "opendkim", "nginx"];
+
+/// Step 2 on NEW, after cmdeploy's install and configure: stop what the package
+/// scripts started. Left running they serve with the setup they had before step 4:
+/// chatmail's activate-only run restarts nothing that runs (measured on a real 1.9.0
+/// relay: dovecot still authenticating with Debian's PAM default, so no user could log
+/// in on NEW, and opendkim signing with step 2's throwaway key instead of OLD's). NEW
+/// also takes no mail before its cutover, and Postfix is not running while step 4
+/// renames its queue. Step 6's activation starts them with the final state.
+pub fn stop_package_services() -> String {
+    let units = STARTED_BY_PACKAGES.join(" ");
+    format!(
+        "for u in {units}; do if systemctl is-active --quiet \"$u.service\"; then set -- \"$@\" \"$u.service\"; fi; done; \
+         if [ $# -gt 0 ]; then systemctl stop \"$@\"; fi"
+    )
+}
+
 /// Step 3: stop and disable postfix and dovecot on OLD.
 pub fn disable_old(relay: &Relay) -> CmdeployRun {
     cmdeploy(relay, &relay.old, None, true)

@@ -114,7 +114,11 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
     let hooks = &r.settings.hooks;
     match step {
         Step::InitialSync => sync_actions(fleet, r, false),
-        Step::Preconfigure => cmdeploy(catalogue::preconfigure(r)),
+        Step::Preconfigure => {
+            let mut a = cmdeploy(catalogue::preconfigure(r));
+            a.push(act(Site::New, catalogue::stop_package_services()));
+            a
+        }
         Step::DisableOld => {
             // The operator's hook runs first: a failing one leaves OLD untouched.
             let mut a: Vec<Action> = hook(hooks.pre_cutover.as_deref(), "pre_cutover")

@@ -45,6 +45,12 @@ fi
 for stage in ${stages//,/ }; do
     case $stage in
         install|configure)
+            # Like Debian's package scripts when the real one installs postfix and
+            # dovecot: a fresh host's mail system starts right away (not recorded as
+            # active: that is the activate stage's).
+            if [ "$configured" != 1 ] && [ "$stage" = install ] && [ "$args" != "lab up" ]; then
+                start_mail
+            fi
             configured=1
             # The website the run rendered (the real one uploads www/build).
             if [ "$stage" = configure ] && [ -n "$page" ]; then

@@ -168,6 +168,14 @@ impl Executor {
             }
             Step::Preconfigure => {
                 self.cmdeploy(catalogue::preconfigure(relay), &sink).await?;
+                // NEW stays inactive until step 6 (see the catalogue).
+                self.on_host(
+                    relay,
+                    &relay.new,
+                    &catalogue::stop_package_services(),
+                    &sink,
+                )
+                .await?;
                 Ok(self.deployed(None))
             }
             Step::DisableOld => {
@@ -297,9 +305,20 @@ impl Executor {
 
     /// One command on OLD over cmfleet's own connection (also for rollback).
     pub async fn on_old(&self, relay: &Relay, script: &str, sink: &LineSink) -> StepResult {
-        let old = self.connect(relay, &relay.old).await?;
+        self.on_host(relay, &relay.old, script, sink).await
+    }
+
+    /// One command on one of the relay's hosts over cmfleet's own connection.
+    async fn on_host(
+        &self,
+        relay: &Relay,
+        host: &Host,
+        script: &str,
+        sink: &LineSink,
+    ) -> StepResult {
+        let conn = self.connect(relay, host).await?;
         self.ssh
-            .run(&old, script, false, CommandKind::Plain, sink, Stdout::Sink)
+            .run(&conn, script, false, CommandKind::Plain, sink, Stdout::Sink)
             .await?;
         Ok(None)
     }
