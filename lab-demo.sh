@@ -11,6 +11,16 @@ for pair in sshd:openssh-server rsync:rsync ssh-agent:openssh-client git:git pyt
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
 done
+# --real-chatmail: Debian 12 containers (systemd-nspawn, a rootfs by mmdebstrap, NAT by
+# nftables) and chatmail's venv (gcc, python3-dev, python3-venv).
+case " $* " in *" --real-chatmail "*)
+  for pair in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap nft:nftables gcc:gcc /usr/bin/python3-config:python3-dev; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
+  done
+  /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+  ;;
+esac
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

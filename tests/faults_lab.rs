@@ -629,3 +629,104 @@ fn a_slow_host_does_not_delay_the_others() {
     }
     assert_trees_equal(&lab);
 }
+
+/// Everything an operator reads after a night with failures (the live lines, the
+/// report, `status` in both formats, the HTML timeline, the journal, `failed.txt`
+/// and the relays' logs) holds no Rust debug text: a failure once read
+/// `the pre_cutover hook failed (Some(7))`. Three relays fail three ways: cmdeploy at
+/// step 2, a `pre_cutover` hook exiting 7, cmdeploy at step 6 (the relay is DOWN).
+#[test]
+fn what_operators_read_after_failures_holds_no_rust_debug_text() {
+    let lab = TestLab::start(3);
+    let relays = lab.relays();
+    let (r1, r2, r3) = (&relays[0], &relays[1], &relays[2]);
+    lab.set_cmdeploy_fault(&r1.new.addr.to_string(), "injected failure at step 2")
+        .expect("fault");
+    let path = variant(&lab, "debug-text.toml", |t| {
+        t.replace(
+            &format!("mail_domain = \"{}\"\n", r2.mail_domain),
+            &format!(
+                "mail_domain = \"{}\"\nhooks = {{ pre_cutover = \"echo the status page said no >&2; exit 7\" }}\n",
+                r2.mail_domain
+            ),
+        )
+    });
+    // Relay 3's fault comes after its step 2 (a fault file is read at every run).
+    let (code, _) = cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &path,
+    );
+    assert_eq!(code, Some(2));
+    lab.set_cmdeploy_fault(&r3.new.addr.to_string(), "injected failure at step 6")
+        .expect("fault");
+    let report = lab.path().join("report.json");
+    let html = lab.path().join("timeline.html");
+    let report_arg = report.to_string_lossy().into_owned();
+    let html_arg = html.to_string_lossy().into_owned();
+    let mut read: Vec<(String, String)> = Vec::new();
+    for args in [
+        &[
+            "migrate",
+            "--yes",
+            "--progress",
+            "plain",
+            "--report",
+            &report_arg,
+        ][..],
+        &["status"],
+        &["status", "--format", "json"],
+        &["report", "--html", &html_arg],
+    ] {
+        let (_, text) = cmfleet(args, &path);
+        read.push((args.join(" "), text));
+    }
+    for file in [&report, &html] {
+        read.push((
+            file.display().to_string(),
+            std::fs::read_to_string(file).expect("read"),
+        ));
+    }
+    let state = lab.path().join(".cmfleet");
+    let mut stack = vec![state];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(text) = std::fs::read_to_string(&p) {
+                read.push((p.display().to_string(), text));
+            }
+        }
+    }
+    let rust = regex_lite_debug();
+    for (what, text) in &read {
+        for line in text.lines() {
+            assert!(!rust(line), "{what}: Rust debug text: {line}");
+        }
+    }
+    // The three failures are there, worded for people.
+    let all: String = read.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(
+        all.contains("the pre_cutover hook exited with 7: the status page said no"),
+        "{all}"
+    );
+    assert!(all.contains("injected failure at step 2"));
+    assert!(all.contains("injected failure at step 6"));
+}
+
+/// Whether a line holds `Some(`, `Ok(`, `Err(` or a bare `None`, as `{:?}` prints them.
+fn regex_lite_debug() -> impl Fn(&str) -> bool {
+    |line: &str| {
+        ["Some(", "Ok(", "Err("].iter().any(|p| line.contains(p))
+            || line
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .any(|w| w == "None")
+    }
+}

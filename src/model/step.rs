@@ -71,6 +71,17 @@ pub enum ErrorKind {
     Interrupted,
 }
 
+impl fmt::Display for ErrorKind {
+    /// As the JSON names it: "transient", "permanent", "interrupted".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Transient => "transient",
+            ErrorKind::Permanent => "permanent",
+            ErrorKind::Interrupted => "interrupted",
+        })
+    }
+}
+
 /// A failed step, classified for the scheduler.
 #[derive(Debug, Clone)]
 pub struct StepError {

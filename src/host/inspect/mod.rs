@@ -120,8 +120,10 @@ fn refuse_on_failure(
 ) -> Result<(), StepError> {
     for f in findings {
         sink.log(&format!(
-            "preflight {:?} {}: {}",
-            f.status, f.check, f.reason
+            "preflight {} {}: {}",
+            f.status.label(),
+            f.check,
+            f.reason
         ));
     }
     let failed: Vec<&Finding> = findings

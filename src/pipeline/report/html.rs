@@ -376,7 +376,7 @@ fn failures(out: &mut String, rows: &[(&str, &RelayRecord)]) {
     for (name, step, s) in failed {
         let kind = s
             .error_kind
-            .map(|k| format!("{k:?}").to_lowercase())
+            .map(|k| k.to_string())
             .unwrap_or_else(|| "unknown".into());
         let _ = writeln!(
             out,

@@ -241,7 +241,7 @@ impl Executor {
             }
         };
         if let Err(e) = &result {
-            sink.log(&format!("step failed ({:?}): {}", e.kind, e.message));
+            sink.log(&format!("step failed ({}): {}", e.kind, e.message));
         }
         result
     }

@@ -1,0 +1,252 @@
+//! A migration night on real chatmail relays: every OLD a Debian 12 container that
+//! chatmail's own `cmdeploy run` deployed (tag 1.9.0 from the shared bundle, its
+//! Python filtermail enforcing encryption), every NEW a fresh Debian 12 container, and
+//! cmfleet driving the real cmdeploy for steps 2, 3 and 6.
+//!
+//! State on OLD is made through the relays themselves: accounts by their first IMAP
+//! login (chatmail's doveauth), SecureJoin requests over SMTPS through postfix,
+//! filtermail, opendkim and dovecot (the one unencrypted mail filtermail passes), mail
+//! to the other relay held in OLD's deferred queue (OLD defers its smtp transport: the
+//! lab has no public DNS), and OLD's DKIM key from its own deploy. Between the pre-stage and the cutover more mail
+//! arrives. Relay 1 is cut over with cmdeploy's `--disable-mail`, relay 2 with
+//! `disable_old = "systemctl"`.
+//!
+//! Judged by: every unit active on OLD before the night is active on NEW after it;
+//! NEW holds OLD's DKIM key and its opendkim started after the key was copied (an
+//! activate-only run restarts nothing); each NEW serves its own website; an IMAP
+//! client sees on NEW exactly the mailbox it saw on OLD at the cutover; OLD's mail
+//! services stay stopped and its port 25 closed.
+//!
+//! Minutes long (two full deploys of OLD, two of NEW); needs root, systemd-container,
+//! mmdebstrap, nftables, gcc, python3-dev and python3-venv (`./run-tests.sh` installs
+//! them) and the shared chatmail bundles beside the tree.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use cmfleet::lab::real::chatmail::RelaySource;
+use cmfleet::lab::real::fleet::{ChatmailLab, ChatmailLabOptions};
+use common::real::{require_real_lab_machine, reserve};
+use common::run::cmfleet;
+
+/// Takes the lab down however the test ends.
+struct DownOnDrop(PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = ChatmailLab::down(&self.0);
+    }
+}
+
+/// `ssh -F DIR/ssh_config root@ADDR -- CMD`: its stdout; panics when it fails.
+fn on(lab: &ChatmailLab, addr: &str, cmd: &str) -> String {
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(lab.dir.join("ssh_config"))
+        .arg(format!("root@{addr}"))
+        .arg("--")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ssh");
+    assert!(
+        out.status.success(),
+        "{addr}: `{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The test's chatmail user (tests/common/real_client.py).
+fn client(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/real_client.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client");
+    assert!(
+        out.status.success(),
+        "client {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An account of relay `domain`: 9-character localparts are chatmail's default.
+fn account(n: usize, domain: &str) -> (String, String) {
+    (
+        format!("lab{n:06}@{domain}"),
+        format!("password-{n:06}-long"),
+    )
+}
+
+fn active_services(lab: &ChatmailLab, addr: &str) -> BTreeSet<String> {
+    on(
+        lab,
+        addr,
+        "systemctl list-units --type=service --state=active --no-legend --plain | awk '{print $1}'",
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn a_night_on_real_chatmail_relays() {
+    require_real_lab_machine();
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("lab");
+    let reserved = reserve(&dir.join("real"));
+    let _down = DownOnDrop(dir.clone());
+    let lab = ChatmailLab::up(ChatmailLabOptions {
+        dir: dir.clone(),
+        relays: 2,
+        net: reserved.net,
+        relay: RelaySource::shared_default().expect("the shared relay bundle"),
+    })
+    .unwrap_or_else(|e| panic!("lab up: {e}"));
+    for (host, took) in &lab.timings.deploys {
+        eprintln!("deployed {host} in {took:.1?}");
+    }
+    let addr = |relay: usize, side: &str| {
+        lab.hosts
+            .host(&format!("relay{relay}-{side}"))
+            .expect("host")
+            .addr
+            .to_string()
+    };
+    let (d1, d2) = (lab.domains[0].clone(), lab.domains[1].clone());
+
+    // Accounts and mail through the relays themselves.
+    let users: Vec<(String, String, usize)> = (1..=4)
+        .map(|n| {
+            let relay = 1 + (n - 1) / 2;
+            let (a, p) = account(n, if relay == 1 { &d1 } else { &d2 });
+            (a, p, relay)
+        })
+        .collect();
+    for (a, p, relay) in &users {
+        client(&["login", a, &addr(*relay, "old"), p]);
+    }
+    let send = |from: usize, to: usize, subject: &str| {
+        let (a, p, relay) = &users[from];
+        client(&["send", a, &addr(*relay, "old"), p, &users[to].0, subject]);
+    };
+    send(0, 1, "before 1");
+    send(2, 3, "before 2");
+    // To the other relay, held in OLD's deferred queue: the lab has no public DNS (the
+    // name would bounce), so OLD defers its smtp transport for now, as Postfix does
+    // for a destination it cannot reach.
+    let old1 = addr(1, "old");
+    on(
+        &lab,
+        &old1,
+        "postconf -e defer_transports=smtp && postfix reload",
+    );
+    send(0, 2, "deferred 1");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let queued = on(
+        &lab,
+        &old1,
+        "find /var/spool/postfix/deferred -type f | wc -l",
+    );
+    assert_eq!(queued.trim(), "1", "OLD's deferred queue");
+
+    let inventory = lab.inventory();
+    let text = std::fs::read_to_string(&inventory).expect("inventory");
+    let text = text.replace(
+        &format!("mail_domain = \"{d2}\"\n"),
+        &format!("mail_domain = \"{d2}\"\ndisable_old = \"systemctl\"\n"),
+    );
+    std::fs::write(&inventory, text).expect("write inventory");
+    let services_before: Vec<BTreeSet<String>> = (1..=2)
+        .map(|r| active_services(&lab, &addr(r, "old")))
+        .collect();
+
+    let (code, out) = cmfleet(
+        &[
+            "migrate",
+            "--yes",
+            "--until-step",
+            "2",
+            "--progress",
+            "plain",
+        ],
+        &inventory,
+    );
+    assert_eq!(code, Some(0), "pre-stage:\n{out}");
+
+    // Mail activity between the pre-stage and the cutover.
+    send(1, 0, "between 1");
+    send(3, 2, "between 2");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let views_at_cutover: Vec<String> = users
+        .iter()
+        .map(|(a, p, r)| client(&["view", a, &addr(*r, "old"), p]))
+        .collect();
+
+    let (code, out) = cmfleet(&["migrate", "--yes", "--progress", "plain"], &inventory);
+    assert_eq!(code, Some(0), "cutover:\n{out}");
+
+    for r in 1..=2 {
+        let (old, new) = (addr(r, "old"), addr(r, "new"));
+        let domain = &lab.domains[r - 1];
+        // Every unit OLD ran before the night runs on NEW.
+        let after = active_services(&lab, &new);
+        let missing: Vec<&String> = services_before[r - 1].difference(&after).collect();
+        assert!(
+            missing.is_empty(),
+            "relay {r}: not active on NEW: {missing:?}"
+        );
+        // NEW signs with OLD's key, loaded after the copy.
+        let key = "sha256sum < /etc/dkimkeys/opendkim.private";
+        assert_eq!(
+            on(&lab, &old, key),
+            on(&lab, &new, key),
+            "relay {r}: DKIM key"
+        );
+        let loaded = on(
+            &lab,
+            &new,
+            "echo $(( $(date +%s -d \"$(systemctl show -p ActiveEnterTimestamp --value opendkim)\") - $(stat -c %Z /etc/dkimkeys/opendkim.private) ))",
+        );
+        let after_copy: i64 = loaded.trim().parse().expect("seconds");
+        assert!(
+            after_copy >= 0,
+            "relay {r}: opendkim on NEW runs with a key older than OLD's copy ({after_copy} s)"
+        );
+        // Its own website.
+        let page = on(&lab, &new, "cat /var/www/html/index.html");
+        assert!(
+            page.contains(domain.as_str()),
+            "relay {r}: NEW's page does not name {domain}"
+        );
+        let other = &lab.domains[2 - r];
+        assert!(
+            !page.contains(other.as_str()),
+            "relay {r}: NEW serves {other}'s page"
+        );
+        // OLD stays frozen.
+        let states = on(&lab, &old, "systemctl is-active postfix dovecot || true");
+        assert!(
+            states.lines().all(|l| l.trim() != "active"),
+            "relay {r}: OLD still runs: {states}"
+        );
+        assert!(!cmfleet::lab::port_accepts(old.parse().expect("addr"), 25));
+    }
+    // An IMAP client sees on NEW exactly what it saw on OLD at the cutover.
+    for (i, (a, p, r)) in users.iter().enumerate() {
+        let on_new = client(&["view", a, &addr(*r, "new"), p]);
+        assert_eq!(
+            on_new, views_at_cutover[i],
+            "{a}: the mailbox differs on NEW"
+        );
+    }
+    eprintln!("views at the cutover: {views_at_cutover:#?}");
+}
