@@ -15,7 +15,8 @@
 //! NEW holds OLD's DKIM key and its opendkim started after the key was copied (an
 //! activate-only run restarts nothing); each NEW serves its own website; an IMAP
 //! client sees on NEW exactly the mailbox it saw on OLD at the cutover; OLD's mail
-//! services stay stopped and its port 25 closed.
+//! services stay stopped and its port 25 closed. Then relay 2 is rolled back: OLD
+//! serves again, with the mailboxes as they were, and NEW is stopped.
 //!
 //! Minutes long (two full deploys of OLD, two of NEW); needs root, systemd-container,
 //! mmdebstrap, nftables, gcc, python3-dev and python3-venv (`./run-tests.sh` installs
@@ -246,6 +247,26 @@ fn a_night_on_real_chatmail_relays() {
         assert_eq!(
             on_new, views_at_cutover[i],
             "{a}: the mailbox differs on NEW"
+        );
+    }
+    // One rollback: relay 2 (cut over with systemctl) goes back to OLD, NEW's mail is
+    // stopped by cmdeploy, and OLD's users find their mailboxes as they left them.
+    let (code, out) = cmfleet(&["rollback", "--force", "--limit", &d2], &inventory);
+    assert_eq!(code, Some(0), "rollback:\n{out}");
+    let (old2, new2) = (addr(2, "old"), addr(2, "new"));
+    assert!(
+        cmfleet::lab::port_accepts(old2.parse().expect("addr"), 25),
+        "OLD serves again"
+    );
+    assert!(
+        !cmfleet::lab::port_accepts(new2.parse().expect("addr"), 25),
+        "NEW stopped"
+    );
+    for (i, (a, p, r)) in users.iter().enumerate().filter(|(_, u)| u.2 == 2) {
+        let on_old = client(&["view", a, &addr(*r, "old"), p]);
+        assert_eq!(
+            on_old, views_at_cutover[i],
+            "{a}: the mailbox on OLD after the rollback"
         );
     }
     eprintln!("views at the cutover: {views_at_cutover:#?}");
