@@ -156,12 +156,24 @@ fn bad_arguments_and_wrong_directory_fail_like_the_real_one() {
             .arg("deploy"),
     );
     assert_eq!(out.status.code(), Some(2));
-    let out = output(&mut cmdeploy(
+    // An unknown or empty stage fails the deploy with 1, like the real one.
+    for stages in ["install,frobnicate", ""] {
+        let out = output(&mut cmdeploy(&lab, Some(stages), &["--config", &ini]));
+        assert_eq!(out.status.code(), Some(1), "{stages:?}");
+    }
+    // The real one's -v and --website-only are accepted.
+    succeeds(&mut cmdeploy(
         &lab,
-        Some("install,frobnicate"),
-        &["--config", &ini],
+        Some("install,configure"),
+        &[
+            "--config",
+            &ini,
+            "-v",
+            "--website-only",
+            "--ssh-host",
+            &relay.new.addr.to_string(),
+        ],
     ));
-    assert_eq!(out.status.code(), Some(2));
     // Outside the checkout there is no venv/: the wrapper fails before doing anything.
     let out = output(cmdeploy(&lab, None, &["--config", &ini]).current_dir(lab.dir()));
     assert!(!out.status.success());

@@ -19,7 +19,7 @@
 
 mod binaries;
 mod checkout;
-mod git;
+pub(crate) mod git;
 mod ini;
 mod overlay;
 mod source;

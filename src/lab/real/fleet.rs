@@ -311,11 +311,23 @@ fn deploy(
     let err = out
         .try_clone()
         .map_err(LabError::io(format!("open {}", log.display())))?;
-    let mut cmd = Command::new(chatmail.cmdeploy());
+    // Runs from one checkout at once race: each rebuilds `chatmaild/dist` and renders
+    // the website in the repository its imported package lives in. So each deploy
+    // gets a worktree of its own, its packages first on PYTHONPATH, as cmfleet's
+    // workspaces do.
+    let worktree = log.with_extension("worktree");
+    add_worktree(&chatmail.checkout, &worktree)?;
+    let python_path = std::env::join_paths([
+        worktree.join("cmdeploy/src"),
+        worktree.join("chatmaild/src"),
+    ])
+    .map_err(|e| LabError::Options(format!("PYTHONPATH for {}: {e}", worktree.display())))?;
+    let mut cmd = Command::new(worktree.join("scripts/cmdeploy"));
     cmd.args(["run", "--config"])
         .arg(ini)
         .args(["--ssh-host", addr, "--skip-dns-check"])
-        .current_dir(&chatmail.checkout)
+        .current_dir(&worktree)
+        .env("PYTHONPATH", python_path)
         .env_remove("CMDEPLOY_STAGES")
         .env("HOME", &home.home)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -325,7 +337,12 @@ fn deploy(
     let started = Instant::now();
     let status = cmd
         .status()
-        .map_err(LabError::io(format!("run cmdeploy for {name}")))?;
+        .map_err(LabError::io(format!("run cmdeploy for {name}")));
+    let _ = chatmail::git::git(
+        &chatmail.checkout,
+        &["worktree", "remove", "--force", &worktree.to_string_lossy()],
+    );
+    let status = status?;
     if !status.success() {
         return Err(LabError::Command {
             command: format!(
@@ -337,6 +354,32 @@ fn deploy(
         });
     }
     Ok((name.to_string(), started.elapsed()))
+}
+
+/// A detached worktree of `checkout` at `dir`, with a link to the checkout's venv
+/// (untracked, so not in the worktree; `scripts/cmdeploy` sources it from there).
+fn add_worktree(checkout: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let _ = chatmail::git::git(
+            checkout,
+            &["worktree", "remove", "--force", &dir.to_string_lossy()],
+        );
+    }
+    chatmail::git::git(checkout, &["worktree", "prune"])?;
+    chatmail::git::git(
+        checkout,
+        &[
+            "worktree",
+            "add",
+            "--force",
+            "--detach",
+            &dir.to_string_lossy(),
+            "HEAD",
+        ],
+    )?;
+    std::os::unix::fs::symlink(checkout.join("venv"), dir.join("venv")).map_err(LabError::io(
+        format!("link the venv into {}", dir.display()),
+    ))
 }
 
 /// A TOML basic string.
