@@ -194,6 +194,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         program("DKIM chown", Sh, catalogue::dkim_chown()),
         program("systemctl disable", Sh, catalogue::systemctl_disable_mail()),
         program("systemctl enable", Sh, catalogue::systemctl_enable_mail()),
+        program(
+            "stop what the packages started on new",
+            Sh,
+            catalogue::stop_package_services(),
+        ),
         program("smtp probe", Sh, catalogue::smtp_probe(relay.old.ip4)),
         program(
             "smtp probe's bash -c",
