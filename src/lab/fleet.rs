@@ -509,31 +509,11 @@ impl Lab {
 /// Empties `dir` for a new lab: a stopped lab is replaced, a running one or a directory
 /// that is not a lab's is refused.
 fn clear_dir(dir: &Path) -> Result<()> {
-    if dir.join(STATE_FILE).exists() {
-        if let Ok(old) = LabState::load(dir) {
-            let running = old.agent.is_some_and(|r| r.alive())
-                || old.hosts.iter().any(|h| h.sshd.is_some_and(|r| r.alive()));
-            if running {
-                return Err(LabError::AlreadyRunning {
-                    dir: dir.to_path_buf(),
-                });
-            }
-        }
-        Lab::down(dir)?;
-        fs::remove_dir_all(dir).map_err(LabError::io(format!(
-            "remove the old lab {}",
-            dir.display()
-        )))?;
-    } else if dir.exists() {
-        let empty = fs::read_dir(dir)
-            .map_err(LabError::io(format!("list {}", dir.display())))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(LabError::NotALabDir {
-                dir: dir.to_path_buf(),
-            });
-        }
-    }
-    fs::create_dir_all(dir).map_err(LabError::io(format!("create {}", dir.display())))
+    let running = |dir: &Path| {
+        LabState::load(dir).is_ok_and(|old| {
+            old.agent.is_some_and(|r| r.alive())
+                || old.hosts.iter().any(|h| h.sshd.is_some_and(|r| r.alive()))
+        })
+    };
+    super::state::clear_lab_dir(dir, STATE_FILE, running, |d| Lab::down(d))
 }

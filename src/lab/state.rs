@@ -38,28 +38,73 @@ pub struct LabState {
 impl LabState {
     /// Reads `DIR/lab.json`.
     pub fn load(dir: &Path) -> Result<LabState> {
-        let path = dir.join(STATE_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LabError::NoLab {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(LabError::io(format!("read {}", path.display()))(e)),
-        };
-        serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+        load_record(dir, STATE_FILE)
     }
 
     /// Writes `DIR/lab.json` atomically (temp file, fsync, rename): a crash mid-write
     /// must not lose the PIDs `down` needs.
     pub fn save(&self) -> Result<()> {
-        let path = self.dir.join(STATE_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
-            path: path.clone(),
-            source,
-        })?;
-        crate::infra::atomic::write(&path, text.as_bytes())
-            .map_err(LabError::io(format!("write {}", path.display())))
+        save_record(&self.dir, STATE_FILE, self)
     }
+}
+
+/// Reads a lab's record `DIR/FILE` (JSON); a missing one is "no lab here".
+pub(crate) fn load_record<T: serde::de::DeserializeOwned>(dir: &Path, file: &str) -> Result<T> {
+    let path = dir.join(file);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LabError::NoLab {
+                dir: dir.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(LabError::io(format!("read {}", path.display()))(e)),
+    };
+    serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+}
+
+/// Writes a lab's record `DIR/FILE` atomically: a crash mid-write must not lose the
+/// PIDs `down` needs.
+pub(crate) fn save_record<T: serde::Serialize>(dir: &Path, file: &str, record: &T) -> Result<()> {
+    let path = dir.join(file);
+    let text = serde_json::to_string_pretty(record).map_err(|source| LabError::State {
+        path: path.clone(),
+        source,
+    })?;
+    crate::infra::atomic::write(&path, text.as_bytes())
+        .map_err(LabError::io(format!("write {}", path.display())))
+}
+
+/// Empties `dir` for a new lab whose record is `state_file`: a stopped lab there is
+/// taken `down` and replaced; a running one (`running`), or a directory that holds
+/// something else, is refused.
+pub(crate) fn clear_lab_dir<D>(
+    dir: &Path,
+    state_file: &str,
+    running: impl FnOnce(&Path) -> bool,
+    down: impl FnOnce(&Path) -> Result<D>,
+) -> Result<()> {
+    if dir.join(state_file).exists() {
+        if running(dir) {
+            return Err(LabError::AlreadyRunning {
+                dir: dir.to_path_buf(),
+            });
+        }
+        down(dir)?;
+        fs::remove_dir_all(dir).map_err(LabError::io(format!(
+            "remove the old lab {}",
+            dir.display()
+        )))?;
+    } else if dir.exists() {
+        let empty = fs::read_dir(dir)
+            .map_err(LabError::io(format!("list {}", dir.display())))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(LabError::NotALabDir {
+                dir: dir.to_path_buf(),
+            });
+        }
+    }
+    fs::create_dir_all(dir).map_err(LabError::io(format!("create {}", dir.display())))
 }

@@ -166,18 +166,11 @@ impl ChatmailLab {
 }
 
 fn save_state(dir: &Path, state: &ChatmailLabState) -> Result<()> {
-    let text = serde_json::to_string_pretty(state)
-        .map_err(|e| LabError::Options(format!("cannot record the lab: {e}")))?;
-    let path = dir.join(STATE_FILE);
-    fs::write(&path, text).map_err(LabError::io(format!("write {}", path.display())))
+    crate::lab::state::save_record(dir, STATE_FILE, state)
 }
 
 fn load_state(dir: &Path) -> Result<ChatmailLabState> {
-    let path = dir.join(STATE_FILE);
-    let text =
-        fs::read_to_string(&path).map_err(LabError::io(format!("read {}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| LabError::Options(format!("{} is not a lab record: {e}", path.display())))
+    crate::lab::state::load_record(dir, STATE_FILE)
 }
 
 /// DIR/cmdeploy-home for every host, with the host keys the containers' lab recorded

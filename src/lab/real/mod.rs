@@ -480,35 +480,14 @@ fn read_public_key(key: &Path) -> Result<String> {
 /// Empties `dir` for a new real lab: a stopped one is replaced, a running one or a
 /// directory that is not a real lab's is refused.
 fn clear_dir(dir: &Path) -> Result<()> {
-    if dir.join(STATE_FILE).exists() {
-        if let Ok(old) = RealLabState::load(dir) {
-            if old
-                .hosts
+    let running = |dir: &Path| {
+        RealLabState::load(dir).is_ok_and(|old| {
+            old.hosts
                 .iter()
                 .any(|h| h.nspawn.is_some_and(|r| r.alive()))
-            {
-                return Err(LabError::AlreadyRunning {
-                    dir: dir.to_path_buf(),
-                });
-            }
-        }
-        RealLab::down(dir)?;
-        fs::remove_dir_all(dir).map_err(LabError::io(format!(
-            "remove the old lab {}",
-            dir.display()
-        )))?;
-    } else if dir.exists() {
-        let empty = fs::read_dir(dir)
-            .map_err(LabError::io(format!("list {}", dir.display())))?
-            .next()
-            .is_none();
-        if !empty {
-            return Err(LabError::NotALabDir {
-                dir: dir.to_path_buf(),
-            });
-        }
-    }
-    fs::create_dir_all(dir).map_err(LabError::io(format!("create {}", dir.display())))
+        })
+    };
+    crate::lab::state::clear_lab_dir(dir, STATE_FILE, running, |d| RealLab::down(d))
 }
 
 /// Removes a host's directory (its layer: the rootfs copy-on-write), unless something

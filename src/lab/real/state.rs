@@ -3,11 +3,10 @@
 //! from any process (the one that ran `up` has long exited). Saved before each thing
 //! is created, so a crash mid-`up` leaves a record `down` can clean up after.
 
-use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use super::super::error::{LabError, Result};
+use super::super::error::Result;
 use super::super::process::ProcRecord;
 use super::net::RealNet;
 
@@ -84,28 +83,12 @@ impl RealHost {
 impl RealLabState {
     /// Reads `DIR/real-lab.json`.
     pub fn load(dir: &Path) -> Result<RealLabState> {
-        let path = dir.join(STATE_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(LabError::NoLab {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(LabError::io(format!("read {}", path.display()))(e)),
-        };
-        serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
+        crate::lab::state::load_record(dir, STATE_FILE)
     }
 
     /// Writes `DIR/real-lab.json` atomically: a crash mid-write must not lose the PIDs
     /// `down` needs.
     pub fn save(&self) -> Result<()> {
-        let path = self.dir.join(STATE_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|source| LabError::State {
-            path: path.clone(),
-            source,
-        })?;
-        crate::infra::atomic::write(&path, text.as_bytes())
-            .map_err(LabError::io(format!("write {}", path.display())))
+        crate::lab::state::save_record(&self.dir, STATE_FILE, self)
     }
 }
