@@ -139,18 +139,26 @@ impl ChatmailLab {
     /// Stops the agent and takes the containers down (see `RealLab::down`).
     pub fn down(dir: impl AsRef<Path>) -> Result<Vec<Stopped>> {
         let dir = dir.as_ref();
-        let mut stopped = Vec::new();
-        if let Ok(state) = load_state(dir) {
-            let agents: Vec<(ProcRecord, String)> = state
-                .agent
-                .into_iter()
-                .map(|a| (a, "ssh-agent".to_string()))
-                .collect();
-            stopped.extend(stop_all(&agents, Duration::from_secs(2))?);
-        }
-        if dir.join("real").join(super::STATE_FILE).exists() {
-            stopped.extend(RealLab::down(dir.join("real"))?);
-        }
+        // The containers go down even when the agent cannot be stopped: they are what
+        // holds the machine's namespaces, cgroups and NAT rules.
+        let agent = match load_state(dir) {
+            Ok(state) => {
+                let agents: Vec<(ProcRecord, String)> = state
+                    .agent
+                    .into_iter()
+                    .map(|a| (a, "ssh-agent".to_string()))
+                    .collect();
+                stop_all(&agents, Duration::from_secs(2))
+            }
+            Err(_) => Ok(Vec::new()),
+        };
+        let hosts = if dir.join("real").join(super::STATE_FILE).exists() {
+            RealLab::down(dir.join("real"))
+        } else {
+            Ok(Vec::new())
+        };
+        let mut stopped = hosts?;
+        stopped.extend(agent?);
         Ok(stopped)
     }
 
