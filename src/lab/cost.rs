@@ -9,8 +9,12 @@
 //! time (a run takes at least its wall time; more when the CPU is contended, as the real
 //! one does). Without the file (the default) it costs nothing extra, so tests stay fast.
 //!
-//! The estimates, and how they were derived from chatmail's deploy, are in
-//! docs/performance.md ("The cost of a cmdeploy run").
+//! The costs are measured: chatmail's real deploy (relay 1.9.0) run by cmfleet in the
+//! real-chatmail lab ([`CmdeployCost::LAB`], zero network latency), plus what a network
+//! adds, which the lab cannot show: pyinfra runs each operation as round trips over
+//! ssh, so a run across a network takes `operations x ROUND_TRIPS_PER_OPERATION x RTT`
+//! longer ([`CmdeployCost::across`]; [`CmdeployCost::REAL`] at 50 ms). The figures and
+//! how they were taken: docs/performance.md ("The cost of a cmdeploy run").
 //!
 //! [`Lab::set_cmdeploy_cost`]: super::Lab::set_cmdeploy_cost
 
@@ -69,21 +73,68 @@ pub struct CmdeployCost {
     pub activate: RunCost,
 }
 
-const fn cost(wall_s: u64, cpu_s: u64) -> RunCost {
+const fn cost(wall_ms: u64, cpu_ms: u64) -> RunCost {
     RunCost {
-        wall: Duration::from_secs(wall_s),
-        cpu: Duration::from_secs(cpu_s),
+        wall: Duration::from_millis(wall_ms),
+        cpu: Duration::from_millis(cpu_ms),
+    }
+}
+
+/// `c` with `kind`'s round trips at `rtt` added to its wall time.
+const fn with_rtt(kind: CmdeployKind, c: RunCost, rtt: Duration) -> RunCost {
+    let ms = kind.operations() as u64 * ROUND_TRIPS_PER_OPERATION as u64 * rtt.as_millis() as u64;
+    RunCost {
+        wall: Duration::from_millis(c.wall.as_millis() as u64 + ms),
+        cpu: c.cpu,
+    }
+}
+
+/// Round trips pyinfra makes per operation (its fact, the operation's command, the
+/// channel for each over paramiko): the assumption behind [`CmdeployCost::across`].
+pub const ROUND_TRIPS_PER_OPERATION: u32 = 3;
+
+/// The round-trip time [`CmdeployCost::REAL`] assumes: a controller in another
+/// datacenter from its relays.
+pub const WAN_RTT: Duration = Duration::from_millis(50);
+
+impl CmdeployKind {
+    /// pyinfra operations in a run of this kind (counted in the lab's deploy logs of
+    /// relay 1.9.0: a repeated full run has 126, an activate-only run 24).
+    pub const fn operations(self) -> u32 {
+        match self {
+            CmdeployKind::InstallConfigure => 110,
+            CmdeployKind::DisableMail | CmdeployKind::Full => 126,
+            CmdeployKind::Activate => 24,
+        }
     }
 }
 
 impl CmdeployCost {
-    /// Estimates of the real cmdeploy against a relay across a WAN (docs/performance.md).
-    pub const REAL: CmdeployCost = CmdeployCost {
-        install_configure: cost(300, 30),
-        disable_mail: cost(150, 33),
-        full: cost(150, 33),
-        activate: cost(45, 11),
+    /// Measured in the real-chatmail lab at zero latency (docs/performance.md, "The real
+    /// cmdeploy"): wall time of one run on its own, controller CPU of the cmdeploy
+    /// process tree.
+    pub const LAB: CmdeployCost = CmdeployCost {
+        install_configure: cost(68_000, 4_600),
+        disable_mail: cost(26_000, 5_000),
+        full: cost(27_000, 5_000),
+        activate: cost(8_500, 1_600),
     };
+
+    /// [`CmdeployCost::LAB`] with a network of round-trip time `rtt` between the
+    /// controller and the relay: every operation's round trips add wall time, not CPU.
+    pub const fn across(rtt: Duration) -> CmdeployCost {
+        let l = CmdeployCost::LAB;
+        CmdeployCost {
+            install_configure: with_rtt(CmdeployKind::InstallConfigure, l.install_configure, rtt),
+            disable_mail: with_rtt(CmdeployKind::DisableMail, l.disable_mail, rtt),
+            full: with_rtt(CmdeployKind::Full, l.full, rtt),
+            activate: with_rtt(CmdeployKind::Activate, l.activate, rtt),
+        }
+    }
+
+    /// The lab's measurements across a WAN ([`WAN_RTT`]): what the benchmark's
+    /// `--cmdeploy-model real` and `lab up --cmdeploy-cost real` use.
+    pub const REAL: CmdeployCost = CmdeployCost::across(WAN_RTT);
 
     pub fn of(&self, kind: CmdeployKind) -> RunCost {
         match kind {
@@ -146,13 +197,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_network_adds_its_round_trips_to_the_wall_time_only() {
+        let wan = CmdeployCost::across(Duration::from_millis(50));
+        // 24 operations x 3 round trips x 50 ms = 3.6 s more.
+        assert_eq!(wan.activate.wall, Duration::from_millis(8_500 + 3_600));
+        assert_eq!(wan.activate.cpu, CmdeployCost::LAB.activate.cpu);
+        assert_eq!(CmdeployCost::across(Duration::ZERO), CmdeployCost::LAB);
+        assert_eq!(CmdeployCost::REAL, wan);
+    }
+
+    #[test]
     fn the_file_lists_every_kind_scaled() {
-        let text = CmdeployCost::REAL.scaled(0.1).to_string();
-        assert!(
-            text.contains("\ninstall-configure 30.000 3.000\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nactivate 4.500 1.100\n"), "{text}");
+        let text = CmdeployCost::LAB.scaled(0.1).to_string();
+        assert!(text.contains("\ninstall-configure 6.800 0.460\n"), "{text}");
+        assert!(text.contains("\nactivate 0.850 0.160\n"), "{text}");
         assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 4);
     }
 }
