@@ -12,9 +12,9 @@ for pair in sshd:openssh-server rsync:rsync ssh-agent:openssh-client git:git pyt
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
 done
 # --real-chatmail: Debian 12 containers (systemd-nspawn, a rootfs by mmdebstrap, NAT by
-# nftables) and chatmail's venv (gcc, python3-dev, python3-venv).
+# nftables), chatmail's venv (gcc, python3-dev, python3-venv) and the lab's DNS (BIND).
 case " $* " in *" --real-chatmail "*)
-  for pair in systemd-nspawn:systemd-container mmdebstrap:mmdebstrap nft:nftables gcc:gcc /usr/bin/python3-config:python3-dev; do
+  for pair in named:bind9 tsig-keygen:bind9 dig:bind9-dnsutils systemd-nspawn:systemd-container mmdebstrap:mmdebstrap nft:nftables gcc:gcc /usr/bin/python3-config:python3-dev; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "$cmd" ] || need+=("$pkg")
   done

@@ -150,7 +150,7 @@ fn a_checkout_at_1_9_0_has_the_overlay_a_venv_binaries_an_ini_and_an_ssh_home() 
             .any(|b| b.path.ends_with("chatmail-turn-v0.3")),
         "1.9.0 downloads chatmail-turn v0.3"
     );
-    let env = real.env();
+    let env = real.env(None);
     assert!(env
         .iter()
         .any(|(k, v)| *k == ENV_BINARIES && Path::new(v) == real.binaries_dir));

@@ -3,20 +3,31 @@
 //! Python filtermail enforcing encryption), every NEW a fresh Debian 12 container, and
 //! cmfleet driving the real cmdeploy for steps 2, 3 and 6.
 //!
-//! State on OLD is made through the relays themselves: accounts by their first IMAP
-//! login (chatmail's doveauth), SecureJoin requests over SMTPS through postfix,
-//! filtermail, opendkim and dovecot (the one unencrypted mail filtermail passes), mail
-//! to the other relay held in OLD's deferred queue (OLD defers its smtp transport: the
-//! lab has no public DNS), and OLD's DKIM key from its own deploy. Between the pre-stage and the cutover more mail
-//! arrives. Relay 1 is cut over with cmdeploy's `--disable-mail`, relay 2 with
-//! `disable_old = "systemctl"`.
+//! The relays' names resolve through the lab's BIND (`lab.example`, with the records
+//! chatmail asks for, DKIM keys from OLD's own deploy), which step 5 updates with RFC
+//! 2136 and TSIG. State on OLD is made through the relays themselves: accounts by their
+//! first IMAP login (chatmail's doveauth), SecureJoin requests over SMTPS through
+//! postfix, filtermail, opendkim and dovecot (the one unencrypted mail filtermail
+//! passes), messages read and flagged over IMAP, mail to the other relay held in OLD's
+//! deferred queue (relay 1's OLD defers its smtp transport), and OLD's DKIM key. Between
+//! the pre-stage and the cutover more mail arrives and more is read. Relay 1 is cut
+//! over with cmdeploy's `--disable-mail`, relay 2 with `disable_old = "systemctl"`.
 //!
 //! Judged by: every unit active on OLD before the night is active on NEW after it;
 //! NEW holds OLD's DKIM key and its opendkim started after the key was copied (an
-//! activate-only run restarts nothing); each NEW serves its own website; an IMAP
-//! client sees on NEW exactly the mailbox it saw on OLD at the cutover; OLD's mail
-//! services stay stopped and its port 25 closed. Then relay 2 is rolled back: OLD
-//! serves again, with the mailboxes as they were, and NEW is stopped.
+//! activate-only run restarts nothing); mail sent from each NEW to another relay
+//! arrives, which chatmail's receiving opendkim allows only with a signature that
+//! verifies against the DKIM record published from OLD's key; the message OLD had
+//! deferred arrives exactly once; DNS serves NEW; each NEW serves its own website; an
+//! IMAP client sees on NEW exactly the mailbox (UIDs, flags) it saw on OLD at the
+//! cutover; OLD's mail services stay stopped and its port 25 closed. Then relay 2 is
+//! rolled back: DNS serves OLD again, OLD serves with the mailboxes as they were, and
+//! NEW is stopped.
+//!
+//! With `CMFLEET_REAL_GUIDE=1` the lab has one relay more, which the guide's own
+//! commands migrate (tests/common/real_guide.rs) with the same activity, right after
+//! cmfleet's pre-stage and cutover: the test prints both downtimes, and what an IMAP
+//! client finds on the guide's NEW.
 //!
 //! Minutes long (two full deploys of OLD, two of NEW); needs root, systemd-container,
 //! mmdebstrap, nftables, gcc, python3-dev and python3-venv (`./run-tests.sh` installs
@@ -31,6 +42,7 @@ use std::process::{Command, Stdio};
 use cmfleet::lab::real::chatmail::RelaySource;
 use cmfleet::lab::real::fleet::{ChatmailLab, ChatmailLabOptions};
 use common::real::{require_real_lab_machine, reserve};
+use common::real_guide::{Cmdeploy, GuideRelay};
 use common::run::cmfleet;
 
 /// Takes the lab down however the test ends.
@@ -85,6 +97,53 @@ fn account(n: usize, domain: &str) -> (String, String) {
         format!("lab{n:06}@{domain}"),
         format!("password-{n:06}-long"),
     )
+}
+
+/// What the lab's BIND serves for `domain`'s A record, asked directly.
+fn served_a(lab: &ChatmailLab, domain: &str) -> String {
+    let out = Command::new("dig")
+        .args(["+norec", "+short", "+time=2", "+tries=2"])
+        .arg(format!("@{}", lab.hosts.net().gateway()))
+        .args([domain, "A"])
+        .output()
+        .expect("run dig");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until the message `id` is in `user`'s INBOX on `host`, flushing the queues of
+/// `senders` meanwhile (a retry after a refused connection, or a resolver's cache of the
+/// old address, waits for the queue's next run otherwise). Fails if it is there twice.
+fn wait_for_mail(
+    lab: &ChatmailLab,
+    user: &(String, String, usize),
+    host: &str,
+    id: &str,
+    senders: &[String],
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let view = client(&["view", &user.0, host, &user.1]);
+        match view.matches(id).count() {
+            1 => return,
+            0 => {}
+            n => panic!("{}: {id} arrived {n} times: {view}", user.0),
+        }
+        if std::time::Instant::now() >= deadline {
+            let queues: Vec<String> = senders
+                .iter()
+                .map(|s| format!("{s}:\n{}", on(lab, s, "postqueue -p || true")))
+                .collect();
+            panic!(
+                "{}: {id} did not arrive on {host} in 180 s: {view}\nqueues:\n{}",
+                user.0,
+                queues.join("\n")
+            );
+        }
+        for s in senders {
+            on(lab, s, "postqueue -f");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
 }
 
 /// CPU seconds (user + system) of this process's waited-for children so far: cmfleet
@@ -161,7 +220,7 @@ fn assert_same_mailbox(who: &str, at_cutover: &str, on_new: &str) {
         old["uidvalidity"], new["uidvalidity"],
         "{who}: UIDVALIDITY changed"
     );
-    let messages = |v: &serde_json::Value| -> Vec<(u64, String)> {
+    let messages = |v: &serde_json::Value| -> Vec<(u64, String, String)> {
         v["messages"]
             .as_array()
             .into_iter()
@@ -170,19 +229,26 @@ fn assert_same_mailbox(who: &str, at_cutover: &str, on_new: &str) {
                 (
                     m["uid"].as_u64().unwrap_or(0),
                     m["message_id"].as_str().unwrap_or("").to_string(),
+                    m["flags"].to_string(),
                 )
             })
             .collect()
     };
     let (before, after) = (messages(&old), messages(&new));
     let uidnext = old["uidnext"].as_u64().unwrap_or(0);
-    let kept: Vec<&(u64, String)> = after.iter().filter(|(uid, _)| *uid < uidnext).collect();
+    let kept: Vec<&(u64, String, String)> =
+        after.iter().filter(|(uid, _, _)| *uid < uidnext).collect();
     assert_eq!(
         kept,
         before.iter().collect::<Vec<_>>(),
-        "{who}: the messages OLD had at the cutover differ on NEW\nOLD: {at_cutover}NEW: {on_new}"
+        "{who}: the messages OLD had at the cutover (UIDs, Message-IDs, flags) differ on NEW\nOLD: {at_cutover}NEW: {on_new}"
     );
-    let mut ids: Vec<&String> = after.iter().map(|(_, id)| id).collect();
+    let flagged = before.iter().filter(|m| m.2.contains("Flagged")).count();
+    assert!(
+        flagged > 0 || before.is_empty(),
+        "{who}: nothing was flagged on OLD: {at_cutover}"
+    );
+    let mut ids: Vec<&String> = after.iter().map(|(_, id, _)| id).collect();
     ids.sort();
     let all = ids.len();
     ids.dedup();
@@ -209,13 +275,15 @@ fn a_night_on_real_chatmail_relays() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2)
         .max(2);
+    let guide = std::env::var("CMFLEET_REAL_GUIDE").is_ok_and(|v| v == "1");
+    let total = relays + usize::from(guide);
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("lab");
     let reserved = reserve(&dir.join("real"));
     let _down = DownOnDrop(dir.clone());
     let lab = ChatmailLab::up(ChatmailLabOptions {
         dir: dir.clone(),
-        relays,
+        relays: total,
         net: reserved.net,
         relay: RelaySource::shared_default().expect("the shared relay bundle"),
     })
@@ -231,7 +299,7 @@ fn a_night_on_real_chatmail_relays() {
             .to_string()
     };
     // Accounts and mail through the relays themselves: two accounts per relay.
-    let users: Vec<(String, String, usize)> = (1..=2 * relays)
+    let users: Vec<(String, String, usize)> = (1..=2 * total)
         .map(|n| {
             let relay = 1 + (n - 1) / 2;
             let (a, p) = account(n, &lab.domains[relay - 1]);
@@ -241,23 +309,34 @@ fn a_night_on_real_chatmail_relays() {
     for (a, p, relay) in &users {
         client(&["login", a, &addr(*relay, "old"), p]);
     }
-    let send = |from: usize, to: usize, subject: &str| {
+    let send_via = |side: &str, from: usize, to: usize, subject: &str| -> String {
         let (a, p, relay) = &users[from];
-        client(&["send", a, &addr(*relay, "old"), p, &users[to].0, subject]);
+        let id = client(&["send", a, &addr(*relay, side), p, &users[to].0, subject]);
+        id.trim().to_string()
     };
-    for r in 0..relays {
+    let send = |from: usize, to: usize, subject: &str| send_via("old", from, to, subject);
+    let mark = |user: usize| {
+        let (a, p, relay) = &users[user];
+        client(&["mark", a, &addr(*relay, "old"), p]);
+    };
+    for r in 0..total {
         send(2 * r, 2 * r + 1, "before");
     }
-    // To the other relay, held in OLD's deferred queue: the lab has no public DNS (the
-    // name would bounce), so OLD defers its smtp transport for now, as Postfix does
-    // for a destination it cannot reach.
+    for r in 1..=total {
+        settle_queue(&lab, &addr(r, "old"), false);
+    }
+    for r in 0..total {
+        mark(2 * r + 1);
+    }
+    // To the other relay, held in OLD's deferred queue: relay 1's OLD defers its smtp
+    // transport, as Postfix does for a destination it cannot reach for a while.
     let old1 = addr(1, "old");
     on(
         &lab,
         &old1,
         "postconf -e defer_transports=smtp && postfix reload",
     );
-    send(0, 2, "deferred 1");
+    let deferred_id = send(0, 2, "deferred 1");
     settle_queue(&lab, &old1, true);
 
     let inventory = lab.inventory();
@@ -269,6 +348,25 @@ fn a_night_on_real_chatmail_relays() {
             &format!("mail_domain = \"{d}\"\ndisable_old = \"systemctl\"\n"),
         );
     }
+    // The guide's relay is the last one: not cmfleet's.
+    let guide_relay = guide.then(|| {
+        let d = &lab.domains[total - 1];
+        let start = text
+            .find(&format!("[[relay]]\nmail_domain = \"{d}\""))
+            .expect("the guide relay's block");
+        text.truncate(start);
+        let dns_dir = dir.join("dns");
+        GuideRelay {
+            lab_dir: &dir,
+            cmdeploy: Cmdeploy::from_inventory(&inventory),
+            ini: dir.join("relays").join(d).join("chatmail.ini"),
+            domain: d.clone(),
+            old: addr(total, "old"),
+            new: addr(total, "new"),
+            dns_server: lab.hosts.net().gateway().to_string(),
+            key_file: dns_dir.join("tsig.key"),
+        }
+    });
     std::fs::write(&inventory, text).expect("write inventory");
     let services_before: Vec<BTreeSet<String>> = (1..=relays)
         .map(|r| active_services(&lab, &addr(r, "old")))
@@ -287,13 +385,20 @@ fn a_night_on_real_chatmail_relays() {
         &inventory,
     );
     assert_eq!(code, Some(0), "pre-stage:\n{out}");
+    if let Some(g) = &guide_relay {
+        g.introduce();
+        eprintln!("the guide's pre-stage: {:.1?}", g.pre_stage());
+    }
 
     // Mail activity between the pre-stage and the cutover.
-    for r in 0..relays {
+    for r in 0..total {
         send(2 * r + 1, 2 * r, "between");
     }
-    for r in 1..=relays {
+    for r in 1..=total {
         settle_queue(&lab, &addr(r, "old"), r == 1);
+    }
+    for r in 0..total {
+        mark(2 * r);
     }
     let views_at_cutover: Vec<String> = users
         .iter()
@@ -306,6 +411,64 @@ fn a_night_on_real_chatmail_relays() {
         &inventory,
     );
     assert_eq!(code, Some(0), "cutover:\n{out}");
+    // Step 5 moved every name to NEW on the lab's BIND.
+    for r in 1..=relays {
+        assert_eq!(
+            served_a(&lab, &lab.domains[r - 1]),
+            addr(r, "new"),
+            "relay {r}: DNS after the cutover"
+        );
+    }
+    // OLD's deferred message left from NEW (NEW has no `defer_transports`), and
+    // arrived once.
+    let news: Vec<String> = (1..=relays).map(|r| addr(r, "new")).collect();
+    wait_for_mail(&lab, &users[2], &addr(2, "new"), &deferred_id, &news);
+    // Each NEW signs with OLD's key: chatmail's receiving opendkim (final.lua) rejects
+    // mail from another domain without a signature that verifies against the record
+    // published from OLD's key, so mail from NEW arriving at the other relay is the
+    // proof. Relay 1 sends to relay 2 and back.
+    let one_to_two = send_via("new", 0, 2, "from NEW 1");
+    let two_to_one = send_via("new", 2, 0, "from NEW 2");
+    wait_for_mail(&lab, &users[2], &addr(2, "new"), &one_to_two, &news);
+    wait_for_mail(&lab, &users[0], &addr(1, "new"), &two_to_one, &news);
+    // An IMAP client sees on NEW what it saw on OLD at the cutover: the same
+    // UIDVALIDITY, every message under its UID with its flags, nothing twice. Mail has
+    // arrived since, under UIDs from OLD's UIDNEXT on.
+    for (i, (a, p, r)) in users.iter().enumerate().filter(|(_, u)| u.2 <= relays) {
+        let on_new = client(&["view", a, &addr(*r, "new"), p]);
+        assert_same_mailbox(a, &views_at_cutover[i], &on_new);
+    }
+    // The guide's relay, now that cmfleet's are judged.
+    if let Some(g) = &guide_relay {
+        let down = g.cutover();
+        eprintln!("the guide's downtime (start of step 3 to end of step 6): {down:.1?}");
+        // What its users find (printed, not judged: the guide is not under test).
+        for (i, (a, p, _)) in users.iter().enumerate().filter(|(_, u)| u.2 == total) {
+            let out = Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/real_client.py"))
+                .args(["view", a, &g.new, p])
+                .output()
+                .expect("run the client");
+            let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let same = seen == views_at_cutover[i].trim();
+            eprintln!(
+                "the guide's NEW, {a}: {}",
+                if !out.status.success() {
+                    format!(
+                        "IMAP fails: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                    )
+                } else if same {
+                    "the same mailbox as on OLD at the cutover".to_string()
+                } else {
+                    format!("a different mailbox: {seen}")
+                }
+            );
+        }
+    }
 
     for r in 1..=relays {
         let (old, new) = (addr(r, "old"), addr(r, "new"));
@@ -354,14 +517,6 @@ fn a_night_on_real_chatmail_relays() {
         );
         assert!(!cmfleet::lab::port_accepts(old.parse().expect("addr"), 25));
     }
-    // An IMAP client sees on NEW what it saw on OLD at the cutover: the same
-    // UIDVALIDITY, every message under its UID, nothing twice. Mail may have arrived
-    // since (the queue moved with the relay: the message to the other relay bounces on
-    // NEW, which has no `defer_transports`), under UIDs from OLD's UIDNEXT on.
-    for (i, (a, p, r)) in users.iter().enumerate() {
-        let on_new = client(&["view", a, &addr(*r, "new"), p]);
-        assert_same_mailbox(a, &views_at_cutover[i], &on_new);
-    }
     // One rollback: relay 2 (cut over with systemctl) goes back to OLD, NEW's mail is
     // stopped by cmdeploy, and OLD's users find their mailboxes as they left them.
     let d2 = lab.domains[1].clone();
@@ -372,6 +527,7 @@ fn a_night_on_real_chatmail_relays() {
     );
     assert_eq!(code, Some(0), "rollback:\n{out}");
     let (old2, new2) = (addr(2, "old"), addr(2, "new"));
+    assert_eq!(served_a(&lab, &d2), old2, "DNS after the rollback");
     assert!(
         cmfleet::lab::port_accepts(old2.parse().expect("addr"), 25),
         "OLD serves again"

@@ -4,4 +4,5 @@
 pub mod bind;
 pub mod lab;
 pub mod real;
+pub mod real_guide;
 pub mod run;

@@ -29,6 +29,7 @@ mod wanted;
 
 use std::ffi::OsString;
 use std::fs;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,7 +39,8 @@ pub use checkout::BRANCH;
 pub use git::{LAB_EMAIL, LAB_NAME};
 pub use ini::write_relay_ini;
 pub use overlay::{
-    Overlay, COMMIT_SUBJECT, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED, OVERLAYS,
+    Overlay, COMMIT_SUBJECT, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_RESOLVER, ENV_SELF_SIGNED,
+    OVERLAYS,
 };
 pub use source::{shared_turn_bundle, ChatmailRelayArgs, RelaySource, DEFAULT_REF};
 pub use ssh_home::{render_known_hosts, render_ssh_config, write_cmdeploy_home, CmdeployHome};
@@ -90,17 +92,19 @@ impl RealChatmail {
     }
 
     /// The overlay's switches, all on, for every lab cmdeploy run (add
-    /// `CmdeployHome::env`, and `CMDEPLOY_STAGES` as cmfleet sets it).
-    pub fn env(&self) -> Vec<(&'static str, OsString)> {
+    /// `CmdeployHome::env`, and `CMDEPLOY_STAGES` as cmfleet sets it). `resolver`: the
+    /// lab's resolver, for opendkim (`None`: that switch stays off).
+    pub fn env(&self, resolver: Option<Ipv4Addr>) -> Vec<(&'static str, OsString)> {
         self.overlay
             .switches
             .iter()
-            .map(|&var| {
+            .filter_map(|&var| {
                 let value = match var {
                     ENV_BINARIES => self.binaries_dir.clone().into_os_string(),
+                    ENV_RESOLVER => OsString::from(resolver?.to_string()),
                     _ => OsString::from("1"),
                 };
-                (var, value)
+                Some((var, value))
             })
             .collect()
     }

@@ -46,7 +46,7 @@ pub struct HostFiles<'a> {
     pub lower: &'a Path,
     /// The line for root's authorized_keys (the lab key).
     pub authorized_key: &'a str,
-    /// The machine's nameservers, for resolv.conf and unbound's forwarder.
+    /// The nameservers for resolv.conf and unbound's forwarder.
     pub nameservers: &'a [Ipv4Addr],
 }
 
@@ -68,10 +68,10 @@ pub fn prepare(host: &RealHost, files: &HostFiles) -> Result<()> {
         &format!("{}\n", files.authorized_key.trim()),
         0o600,
     )?;
-    let mut resolv = String::from("# The machine's resolver, written by cmfleet's lab\n");
+    let mut resolv = String::from("# The lab's resolver, written by cmfleet's lab\n");
     let mut forward = String::from(
         "# Written by cmfleet's lab: unbound cannot recurse from here, so it forwards\n\
-         # every zone to the machine's resolver, which passes no DNSSEC records on:\n\
+         # every zone to the lab's resolver, which passes no DNSSEC records on:\n\
          # validation is off (it would fail every answer).\n\
          server:\n    module-config: \"iterator\"\n\
          forward-zone:\n    name: \".\"\n",

@@ -13,7 +13,7 @@
 //! `DIR/relays/DOMAIN/chatmail.ini`, `DIR/deploy/HOST.log` (each deploy's output),
 //! `DIR/real/` (the containers' lab) and `DIR/chatmail-lab.json` (what runs besides).
 //!
-//! Relay i's mail_domain is `_relayI.lab.test`: a leading `_` gives it a self-signed
+//! Relay i's mail_domain is `_relayI.lab.example`: a leading `_` gives it a self-signed
 //! certificate (nothing to ask Let's Encrypt). OLD of relay i is host 2i-1 of the real
 //! lab (198.18.X.2i), NEW is host 2i (198.18.X.2i+1).
 
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::chatmail::{self, CmdeployHome, PrepareOptions, RealChatmail, RelaySource};
-use super::{RealLab, RealLabOptions, RealNet};
+use super::{dns, RealLab, RealLabOptions, RealNet};
 use crate::lab::error::{LabError, Result};
 use crate::lab::process::{stop_all, ProcRecord, Stopped};
 
@@ -48,6 +48,9 @@ pub struct ChatmailLabOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChatmailLabState {
     agent: Option<ProcRecord>,
+    /// The lab's BIND (`dns`), once it runs.
+    #[serde(default)]
+    named: Option<ProcRecord>,
     domains: Vec<String>,
 }
 
@@ -72,7 +75,7 @@ pub struct ChatmailLab {
 
 /// The mail_domain of relay `i` (1-based).
 pub fn domain(i: usize) -> String {
-    format!("_relay{i}.lab.test")
+    format!("_relay{i}.{}", dns::ZONE)
 }
 
 impl ChatmailLab {
@@ -87,12 +90,16 @@ impl ChatmailLab {
         if !key.exists() {
             crate::lab::sshd::keygen_all(&[&key], "cmfleet-real-lab")?;
         }
+        // Before anything is built: the lab's DNS comes last, after minutes of deploys.
+        dns::preflight()?;
         let domains: Vec<String> = (1..=opts.relays).map(domain).collect();
         let names: Vec<String> = (1..=opts.relays)
             .flat_map(|i| [format!("relay{i}-old"), format!("relay{i}-new")])
             .collect();
         let started = Instant::now();
-        let hosts = RealLab::up(RealLabOptions::new(dir.join("real"), opts.net, names, &key))?;
+        let mut host_opts = RealLabOptions::new(dir.join("real"), opts.net, names, &key);
+        host_opts.resolver = Some(opts.net.gateway());
+        let hosts = RealLab::up(host_opts)?;
         let mut timings = ChatmailLabTimings {
             hosts: started.elapsed(),
             ..Default::default()
@@ -100,13 +107,15 @@ impl ChatmailLab {
         let up = (|| {
             let agent =
                 crate::lab::agent::start(&dir.join("agent.sock"), &dir.join("agent.log"), &key)?;
-            save_state(
-                &dir,
-                &ChatmailLabState {
-                    agent: Some(agent),
-                    domains: domains.clone(),
-                },
-            )?;
+            let mut state = ChatmailLabState {
+                agent: Some(agent),
+                named: None,
+                domains: domains.clone(),
+            };
+            save_state(&dir, &state)?;
+            let lab_dns = start_dns(&dir, &hosts, &domains)?;
+            state.named = Some(lab_dns.named);
+            save_state(&dir, &state)?;
             let started = Instant::now();
             let chatmail = chatmail::prepare(&dir, &PrepareOptions::new(opts.relay.clone())?)?;
             timings.chatmail = started.elapsed();
@@ -118,7 +127,8 @@ impl ChatmailLab {
                 .map_err(LabError::io("copy the lab's ssh_config"))?;
             raise_inotify_limits()?;
             timings.deploys = deploy_olds(&dir, &chatmail, &home, &hosts, &domains)?;
-            write_inventory(&dir, &chatmail, &home, &hosts, &domains)?;
+            publish_dkim(&lab_dns, &hosts, &domains)?;
+            write_inventory(&dir, &chatmail, &home, &hosts, &domains, &lab_dns)?;
             Ok(chatmail)
         })();
         match up {
@@ -136,7 +146,7 @@ impl ChatmailLab {
         }
     }
 
-    /// Stops the agent and takes the containers down (see `RealLab::down`).
+    /// Stops the agent and BIND and takes the containers down (see `RealLab::down`).
     pub fn down(dir: impl AsRef<Path>) -> Result<Vec<Stopped>> {
         let dir = dir.as_ref();
         // The containers go down even when the agent cannot be stopped: they are what
@@ -147,6 +157,7 @@ impl ChatmailLab {
                     .agent
                     .into_iter()
                     .map(|a| (a, "ssh-agent".to_string()))
+                    .chain(state.named.map(|n| (n, "named".to_string())))
                     .collect();
                 stop_all(&agents, Duration::from_secs(2))
             }
@@ -179,6 +190,61 @@ fn save_state(dir: &Path, state: &ChatmailLabState) -> Result<()> {
 
 fn load_state(dir: &Path) -> Result<ChatmailLabState> {
     crate::lab::state::load_record(dir, STATE_FILE)
+}
+
+/// Starts the lab's BIND with every relay's records, its name on OLD; DKIM comes once
+/// the deploys have made the keys (`publish_dkim`).
+fn start_dns(dir: &Path, hosts: &RealLab, domains: &[String]) -> Result<dns::LabDns> {
+    let mut relays = Vec::new();
+    for (i, d) in domains.iter().enumerate() {
+        relays.push(dns::RelayRecords {
+            domain: d.clone(),
+            addr: old_host(hosts, i)?.addr,
+            dkim: None,
+        });
+    }
+    let forwarders = super::net::nameservers(Path::new("/etc/resolv.conf"))?;
+    dns::start(dir, hosts.net(), &forwarders, &relays)
+}
+
+/// Publishes every relay's DKIM key, read from OLD, where OLD's own deploy made it.
+fn publish_dkim(lab_dns: &dns::LabDns, hosts: &RealLab, domains: &[String]) -> Result<()> {
+    let mut records = Vec::new();
+    for (i, d) in domains.iter().enumerate() {
+        let value = dkim_value(hosts, old_host(hosts, i)?)?;
+        records.push(dns::dkim_record(d, DKIM_SELECTOR, &value));
+    }
+    lab_dns.add(&records)
+}
+
+/// Relay `i`'s (0-based) OLD host.
+fn old_host(hosts: &RealLab, i: usize) -> Result<&super::RealHost> {
+    let name = format!("relay{}-old", i + 1);
+    hosts
+        .host(&name)
+        .ok_or_else(|| LabError::Options(format!("the lab has no host {name}")))
+}
+
+/// chatmail's DKIM selector (fixed in `opendkim/deployer.py`).
+const DKIM_SELECTOR: &str = "opendkim";
+
+/// The DKIM record's value for the key on `host`, made as chatmail's `remote/rdns.py`
+/// makes it.
+fn dkim_value(hosts: &RealLab, host: &super::RealHost) -> Result<String> {
+    let cmd = format!("openssl rsa -in /etc/dkimkeys/{DKIM_SELECTOR}.private -pubout 2>/dev/null");
+    let pem = crate::lab::process::run(&mut hosts.ssh(host, &cmd))?;
+    let key: String = pem
+        .lines()
+        .filter(|l| !l.starts_with('-'))
+        .collect::<Vec<_>>()
+        .concat();
+    if key.is_empty() {
+        return Err(LabError::Options(format!(
+            "{} has no DKIM key in /etc/dkimkeys/{DKIM_SELECTOR}.private after its deploy",
+            host.name
+        )));
+    }
+    Ok(format!("v=DKIM1;k=rsa;p={key};s=email;t=s"))
 }
 
 /// DIR/cmdeploy-home for every host, with the host keys the containers' lab recorded
@@ -221,11 +287,16 @@ fn raise_inotify_limits() -> Result<()> {
     Ok(())
 }
 
-/// The environment of every lab cmdeploy run: the overlay's switches and the ssh
-/// wrapper first in PATH (HOME comes from `cmdeploy_home`).
-fn cmdeploy_env(chatmail: &RealChatmail, home: &CmdeployHome) -> Vec<(String, String)> {
+/// The environment of every lab cmdeploy run: the overlay's switches (opendkim asks
+/// the lab's resolver on the bridge) and the ssh wrapper first in PATH (HOME comes
+/// from `cmdeploy_home`).
+fn cmdeploy_env(
+    chatmail: &RealChatmail,
+    home: &CmdeployHome,
+    hosts: &RealLab,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = chatmail
-        .env()
+        .env(Some(hosts.net().gateway()))
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string_lossy().into_owned()))
         .collect();
@@ -248,7 +319,7 @@ fn deploy_olds(
 ) -> Result<Vec<(String, Duration)>> {
     let logs = dir.join("deploy");
     fs::create_dir_all(&logs).map_err(LabError::io(format!("create {}", logs.display())))?;
-    let env = cmdeploy_env(chatmail, home);
+    let env = cmdeploy_env(chatmail, home, hosts);
     let jobs: Vec<(String, String, PathBuf)> = domains
         .iter()
         .enumerate()
@@ -395,6 +466,7 @@ fn write_inventory(
     home: &CmdeployHome,
     hosts: &RealLab,
     domains: &[String],
+    lab_dns: &dns::LabDns,
 ) -> Result<()> {
     use std::fmt::Write;
     let mut s = String::new();
@@ -412,7 +484,7 @@ fn write_inventory(
     );
     let _ = writeln!(s, "ssh_auth_sock = {}", q("agent.sock"));
     let _ = writeln!(s, "cmdeploy_home = {}", q(&home.home.to_string_lossy()));
-    let env: Vec<String> = cmdeploy_env(chatmail, home)
+    let env: Vec<String> = cmdeploy_env(chatmail, home, hosts)
         .iter()
         .map(|(k, v)| format!("{k} = {}", q(v)))
         .collect();
@@ -420,7 +492,18 @@ fn write_inventory(
     let _ = writeln!(s, "[defaults]");
     let _ = writeln!(s, "ssh_key = {}", q("id_ed25519"));
     let _ = writeln!(s, "skip_dns_check = true");
-    let _ = writeln!(s, "dns = {{ provider = \"none\" }}");
+    // Step 5 updates the lab's BIND as an operator's would update their provider's
+    // primary: RFC 2136, signed with the zone's TSIG key. The controller cannot
+    // resolve `ns1.lab.example` itself, hence `nameservers`.
+    let _ = writeln!(
+        s,
+        "dns = {{ provider = \"rfc2136\", server = {server}, zone = {zone}, tsig_key_file = {key}, ttl = {ttl}, nameservers = {{ {ns} = {server} }} }}",
+        server = q(&lab_dns.server.to_string()),
+        zone = q(dns::ZONE),
+        key = q(&lab_dns.key_file.to_string_lossy()),
+        ttl = dns::TTL,
+        ns = q(&format!("ns1.{}", dns::ZONE)),
+    );
     for (i, d) in domains.iter().enumerate() {
         let addr = |side: &str| {
             hosts

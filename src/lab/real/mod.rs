@@ -25,6 +25,7 @@
 mod cgroup;
 pub mod chatmail;
 mod container;
+pub mod dns;
 pub mod fleet;
 mod lock;
 mod net;
@@ -76,6 +77,10 @@ pub struct RealLabOptions {
     pub boot_timeout: Duration,
     /// The rootfs cache.
     pub cache: PathBuf,
+    /// The hosts' resolver (their resolv.conf, and unbound's forwarder once chatmail's
+    /// deploy installs it): `None` for the machine's own nameservers, or an address on
+    /// the bridge where the lab runs one (the chatmail lab's BIND, `dns`).
+    pub resolver: Option<std::net::Ipv4Addr>,
 }
 
 impl RealLabOptions {
@@ -93,6 +98,7 @@ impl RealLabOptions {
             key: key.into(),
             boot_timeout: BOOT_TIMEOUT,
             cache: PathBuf::from(CACHE_DIR),
+            resolver: None,
         }
     }
 }
@@ -221,7 +227,10 @@ impl RealLab {
         let net = self.state.net;
         let rootfs = rootfs::ensure(&opts.cache)?;
         self.state.rootfs = Some(rootfs.dir.clone());
-        let nameservers = net::nameservers(Path::new("/etc/resolv.conf"))?;
+        let nameservers = match opts.resolver {
+            Some(r) => vec![r],
+            None => net::nameservers(Path::new("/etc/resolv.conf"))?,
+        };
         self.state.owns_net = true;
         self.state.save()?;
         net.create(&dir.join("nat.nft"), &opts.cache)?;
@@ -512,7 +521,7 @@ fn remove_host_dir(h: &RealHost) -> Result<()> {
 }
 
 /// Finds `name` in PATH (the lab runs its programs by name).
-fn in_path(name: &str) -> bool {
+pub(super) fn in_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }

@@ -18,6 +18,10 @@ pub const ENV_BINARIES: &str = "CMFLEET_LAB_BINARIES";
 /// `CMFLEET_LAB_DEBIAN_DOVECOT=1`: Debian's dovecot through apt instead of chatmail's
 /// 2.3.21 .debs from download.delta.chat.
 pub const ENV_DEBIAN_DOVECOT: &str = "CMFLEET_LAB_DEBIAN_DOVECOT";
+/// `CMFLEET_LAB_RESOLVER=ADDR`: opendkim looks DKIM keys up through the resolver at
+/// ADDR (the lab's BIND) instead of from the root servers with DNSSEC, which the lab
+/// cannot reach and whose chain of trust `lab.example` is not in.
+pub const ENV_RESOLVER: &str = "CMFLEET_LAB_RESOLVER";
 /// `CMFLEET_LAB_SELF_SIGNED=1` (1.9.0 only; 1.10 and later do it for `_` domains):
 /// a self-signed certificate instead of Let's Encrypt, and TLS without verification
 /// to domains starting with `_`.
@@ -46,12 +50,19 @@ pub const OVERLAYS: &[Overlay] = &[
     Overlay {
         name: "chatmail-1.9.0-lab.patch",
         patch: include_str!("../../assets/chatmail-1.9.0-lab.patch"),
-        switches: &[ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED],
+        switches: &[
+            ENV_BINARIES,
+            ENV_DEBIAN_DOVECOT,
+            ENV_RESOLVER,
+            ENV_SELF_SIGNED,
+        ],
         files: &[
             "cmdeploy/src/cmdeploy/deployers.py",
             "cmdeploy/src/cmdeploy/dovecot/deployer.py",
             "cmdeploy/src/cmdeploy/lab.py",
             "cmdeploy/src/cmdeploy/mtail/deployer.py",
+            "cmdeploy/src/cmdeploy/opendkim/deployer.py",
+            "cmdeploy/src/cmdeploy/opendkim/opendkim.conf",
             "cmdeploy/src/cmdeploy/postfix/deployer.py",
             "cmdeploy/src/cmdeploy/postfix/main.cf.j2",
         ],
@@ -59,11 +70,13 @@ pub const OVERLAYS: &[Overlay] = &[
     Overlay {
         name: "chatmail-1.12.0-lab.patch",
         patch: include_str!("../../assets/chatmail-1.12.0-lab.patch"),
-        switches: &[ENV_BINARIES, ENV_DEBIAN_DOVECOT],
+        switches: &[ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_RESOLVER],
         files: &[
             "cmdeploy/src/cmdeploy/basedeploy.py",
             "cmdeploy/src/cmdeploy/dovecot/deployer.py",
             "cmdeploy/src/cmdeploy/lab.py",
+            "cmdeploy/src/cmdeploy/opendkim/deployer.py",
+            "cmdeploy/src/cmdeploy/opendkim/opendkim.conf",
         ],
     },
 ];
@@ -135,7 +148,12 @@ mod tests {
     #[test]
     fn each_overlay_reads_its_switches_and_no_other() {
         for o in OVERLAYS {
-            for var in [ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_SELF_SIGNED] {
+            for var in [
+                ENV_BINARIES,
+                ENV_DEBIAN_DOVECOT,
+                ENV_RESOLVER,
+                ENV_SELF_SIGNED,
+            ] {
                 assert_eq!(
                     o.patch.contains(var),
                     o.switches.contains(&var),
