@@ -1,14 +1,19 @@
 //! A migration night on real chatmail relays: every OLD a Debian 12 container that
-//! chatmail's own `cmdeploy run` deployed (tag 1.9.0 from the shared bundle, its
-//! Python filtermail enforcing encryption), every NEW a fresh Debian 12 container, and
+//! chatmail's own `cmdeploy run` deployed, every NEW a fresh Debian 12 container, and
 //! cmfleet driving the real cmdeploy for steps 2, 3 and 6.
+//!
+//! The relay version is the lab's default (tag 1.9.0 from the shared bundle, its Python
+//! filtermail enforcing encryption: no stand-in in the mail path), or
+//! `CMFLEET_CHATMAIL_REF` (1.12.0: the lab's pass-through filtermail, which enforces no
+//! encryption, stands in for the Rust one). `CMFLEET_REAL_RELAYS` (default 2) sets the
+//! number of relays, `CMFLEET_REAL_NET` pins the lab network (tests/common/real.rs).
 //!
 //! State on OLD is made through the relays themselves: accounts by their first IMAP
 //! login (chatmail's doveauth), SecureJoin requests over SMTPS through postfix,
 //! filtermail, opendkim and dovecot (the one unencrypted mail filtermail passes), mail
-//! to the other relay held in OLD's deferred queue (OLD defers its smtp transport: the
-//! lab has no public DNS), and OLD's DKIM key from its own deploy. Between the pre-stage and the cutover more mail
-//! arrives. Relay 1 is cut over with cmdeploy's `--disable-mail`, relay 2 with
+//! to the other relay held in OLD's deferred queue (OLD defers its transport to other
+//! domains: the lab has no public DNS), and OLD's DKIM key from its own deploy. Between
+//! the pre-stage and the cutover more mail arrives. Relay 1 is cut over with cmdeploy's `--disable-mail`, relay 2 with
 //! `disable_old = "systemctl"`.
 //!
 //! Judged by: every unit active on OLD before the night is active on NEW after it;
@@ -213,11 +218,21 @@ fn a_night_on_real_chatmail_relays() {
     let dir = tmp.path().join("lab");
     let reserved = reserve(&dir.join("real"));
     let _down = DownOnDrop(dir.clone());
+    let relay = match std::env::var("CMFLEET_CHATMAIL_REF") {
+        Ok(reference) => RelaySource::shared(&reference),
+        Err(_) => RelaySource::shared_default(),
+    }
+    .expect("the shared relay bundle");
+    eprintln!(
+        "chatmail relay {} on {}",
+        relay.reference,
+        reserved.net.cidr()
+    );
     let lab = ChatmailLab::up(ChatmailLabOptions {
         dir: dir.clone(),
         relays,
         net: reserved.net,
-        relay: RelaySource::shared_default().expect("the shared relay bundle"),
+        relay,
     })
     .unwrap_or_else(|e| panic!("lab up: {e}"));
     for (host, took) in &lab.timings.deploys {
@@ -249,13 +264,15 @@ fn a_night_on_real_chatmail_relays() {
         send(2 * r, 2 * r + 1, "before");
     }
     // To the other relay, held in OLD's deferred queue: the lab has no public DNS (the
-    // name would bounce), so OLD defers its smtp transport for now, as Postfix does
-    // for a destination it cannot reach.
+    // name would bounce), so OLD defers its transport to other domains for now, as
+    // Postfix does for a destination it cannot reach. That is default_transport's
+    // master.cf service: `smtp` up to 1.9.0, `lmtp-filtermail` (filtermail's
+    // transport mode, which delivers over SMTP itself) from 1.10 on.
     let old1 = addr(1, "old");
     on(
         &lab,
         &old1,
-        "postconf -e defer_transports=smtp && postfix reload",
+        "t=$(postconf -h default_transport) && postconf -e \"defer_transports=${t%%:*}\" && postfix reload",
     );
     send(0, 2, "deferred 1");
     settle_queue(&lab, &old1, true);
@@ -357,7 +374,8 @@ fn a_night_on_real_chatmail_relays() {
     // An IMAP client sees on NEW what it saw on OLD at the cutover: the same
     // UIDVALIDITY, every message under its UID, nothing twice. Mail may have arrived
     // since (the queue moved with the relay: the message to the other relay bounces on
-    // NEW, which has no `defer_transports`), under UIDs from OLD's UIDNEXT on.
+    // 1.9.0's NEW, which has no `defer_transports`, or stays deferred by 1.12.0's
+    // filtermail), under UIDs from OLD's UIDNEXT on.
     for (i, (a, p, r)) in users.iter().enumerate() {
         let on_new = client(&["view", a, &addr(*r, "new"), p]);
         assert_same_mailbox(a, &views_at_cutover[i], &on_new);
