@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 use cmfleet::lab::real::chatmail::{
     prepare, prepare_checkout, wanted, write_cmdeploy_home, write_relay_ini, PrepareOptions,
     RealChatmail, RelaySource, Wanted, DEFAULT_REF, ENV_BINARIES, ENV_DEBIAN_DOVECOT,
-    ENV_SELF_SIGNED, LAB_NAME,
+    ENV_FILTERMAIL, ENV_SELF_SIGNED, LAB_NAME,
 };
 use cmfleet::lab::LabError;
 
@@ -154,6 +154,9 @@ fn a_checkout_at_1_9_0_has_the_overlay_a_venv_binaries_an_ini_and_an_ssh_home() 
     assert!(env
         .iter()
         .any(|(k, v)| *k == ENV_BINARIES && Path::new(v) == real.binaries_dir));
+    // 1.9.0's filtermail is chatmail's own Python: no stand-in, no upstream switch.
+    assert_eq!(real.filtermail, None);
+    assert!(!env.iter().any(|(k, _)| *k == ENV_FILTERMAIL));
 
     // Without the switches, upstream's downloads run: the overlay only adds early
     // returns in front of them, and its helpers answer "not in the lab".
@@ -258,6 +261,8 @@ fn each_version_gets_the_overlay_that_applies_or_a_clear_error() {
     let lab = dir.path().join("a");
     let overlay = prepare_checkout(&lab, &source("1.12.0")).unwrap();
     assert_eq!(overlay.name, "chatmail-1.12.0-lab.patch");
+    // 1.12.0 downloads the Rust filtermail: the lab gives it its pass-through instead.
+    assert!(overlay.filtermail_standin);
     let checkout = lab.join("relay");
     assert_eq!(git(&checkout, &["status", "--porcelain"]), "");
     let changed = git(&checkout, &["diff", "--name-only", "HEAD^", "HEAD"]);

@@ -1,7 +1,12 @@
 //! A migration night on real chatmail relays: every OLD a Debian 12 container that
-//! chatmail's own `cmdeploy run` deployed (tag 1.9.0 from the shared bundle, its
-//! Python filtermail enforcing encryption), every NEW a fresh Debian 12 container, and
+//! chatmail's own `cmdeploy run` deployed, every NEW a fresh Debian 12 container, and
 //! cmfleet driving the real cmdeploy for steps 2, 3 and 6.
+//!
+//! The relay version is the lab's default (tag 1.9.0 from the shared bundle, its Python
+//! filtermail enforcing encryption: no stand-in in the mail path), or
+//! `CMFLEET_CHATMAIL_REF` (1.12.0: the lab's pass-through filtermail, which enforces no
+//! encryption, stands in for the Rust one). `CMFLEET_REAL_RELAYS` (default 2) sets the
+//! number of relays, `CMFLEET_REAL_NET` pins the lab network (tests/common/real.rs).
 //!
 //! The relays' names resolve through the lab's BIND (`lab.example`, with the records
 //! chatmail asks for, DKIM keys from OLD's own deploy), which step 5 updates with RFC
@@ -9,7 +14,7 @@
 //! first IMAP login (chatmail's doveauth), SecureJoin requests over SMTPS through
 //! postfix, filtermail, opendkim and dovecot (the one unencrypted mail filtermail
 //! passes), messages read and flagged over IMAP, mail to the other relay held in OLD's
-//! deferred queue (relay 1's OLD defers its smtp transport), and OLD's DKIM key. Between
+//! deferred queue (relay 1's OLD defers its transport to other domains), and OLD's DKIM key. Between
 //! the pre-stage and the cutover more mail arrives and more is read. Relay 1 is cut
 //! over with cmdeploy's `--disable-mail`, relay 2 with `disable_old = "systemctl"`.
 //!
@@ -281,11 +286,21 @@ fn a_night_on_real_chatmail_relays() {
     let dir = tmp.path().join("lab");
     let reserved = reserve(&dir.join("real"));
     let _down = DownOnDrop(dir.clone());
+    let relay = match std::env::var("CMFLEET_CHATMAIL_REF") {
+        Ok(reference) => RelaySource::shared(&reference),
+        Err(_) => RelaySource::shared_default(),
+    }
+    .expect("the shared relay bundle");
+    eprintln!(
+        "chatmail relay {} on {}",
+        relay.reference,
+        reserved.net.cidr()
+    );
     let lab = ChatmailLab::up(ChatmailLabOptions {
         dir: dir.clone(),
         relays: total,
         net: reserved.net,
-        relay: RelaySource::shared_default().expect("the shared relay bundle"),
+        relay,
     })
     .unwrap_or_else(|e| panic!("lab up: {e}"));
     for (host, took) in &lab.timings.deploys {
@@ -328,13 +343,16 @@ fn a_night_on_real_chatmail_relays() {
     for r in 0..total {
         mark(2 * r + 1);
     }
-    // To the other relay, held in OLD's deferred queue: relay 1's OLD defers its smtp
-    // transport, as Postfix does for a destination it cannot reach for a while.
+    // To the other relay, held in OLD's deferred queue: relay 1's OLD defers its
+    // transport to other domains, as Postfix does for a destination it cannot reach
+    // for a while. That is default_transport's master.cf service: `smtp` up to 1.9.0,
+    // `lmtp-filtermail` (filtermail's transport mode, which delivers over SMTP itself)
+    // from 1.10 on.
     let old1 = addr(1, "old");
     on(
         &lab,
         &old1,
-        "postconf -e defer_transports=smtp && postfix reload",
+        "t=$(postconf -h default_transport) && postconf -e \"defer_transports=${t%%:*}\" && postfix reload",
     );
     let deferred_id = send(0, 2, "deferred 1");
     settle_queue(&lab, &old1, true);

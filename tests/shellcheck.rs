@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 
 use cmfleet::host::{catalogue, inspect, proof, remote};
 use cmfleet::infra::shell::{join, quote};
-use cmfleet::model::inventory::{Inventory, Relay, TransferMode};
+use cmfleet::model::inventory::{Inventory, MailDomain, Relay, TransferMode};
 
 /// The shell dialect a program is read by.
 #[derive(Debug, Clone, Copy)]
@@ -179,7 +179,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
     let fleet = &inv.fleet;
     let mut p = vec![
         program("probe (every host)", Sh, inspect::probe_script()),
-        program("proof preflight on old", Sh, inspect::proof_old_script()),
+        program(
+            "proof preflight on old",
+            Sh,
+            inspect::proof_old_script(relay),
+        ),
         program("proof preflight on new", Sh, inspect::proof_new_script()),
         program(
             "old reaches new",
@@ -222,16 +226,18 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         ),
     ];
     for transfer in [TransferMode::Direct, TransferMode::Staged] {
-        p.push(program(
-            format!("ownership ({transfer:?})"),
-            Sh,
-            catalogue::fix_ownership(transfer),
-        ));
-        p.push(program(
-            format!("settle new ({transfer:?})"),
-            Sh,
-            proof::settle_new(transfer),
-        ));
+        for acme in [true, false] {
+            p.push(program(
+                format!("ownership ({transfer:?}, acme required: {acme})"),
+                Sh,
+                catalogue::fix_ownership(transfer, acme),
+            ));
+            p.push(program(
+                format!("settle new ({transfer:?}, acme required: {acme})"),
+                Sh,
+                proof::settle_new(transfer, acme),
+            ));
+        }
     }
     // The copies, each as it runs on OLD: inside the vouched push, itself inside the
     // wrapper that stops it with the channel; and each alone, as `sh -c` runs it there.
@@ -313,12 +319,38 @@ fn every_remote_and_controller_program_passes_shellcheck() {
     let mut programs = Vec::new();
     for transfer in [TransferMode::Direct, TransferMode::Staged] {
         let fleet = hostile(transfer);
-        for mut p in remote_programs(&fleet.inv.relays[0], &fleet.inv) {
-            p.name = format!("{transfer:?}: {}", p.name);
-            programs.push(p);
+        // The same relay with a self-signed certificate (a mail_domain starting with
+        // `_`): /var/lib/acme is moved when OLD has it, not required.
+        let mut self_signed = fleet.inv.relays[0].clone();
+        self_signed.mail_domain = MailDomain::Name("_c1.example.org".into());
+        for (relay, what) in [(&fleet.inv.relays[0], ""), (&self_signed, ", self-signed")] {
+            for mut p in remote_programs(relay, &fleet.inv) {
+                p.name = format!("{transfer:?}{what}: {}", p.name);
+                programs.push(p);
+            }
         }
     }
     assert_clean(&programs);
+}
+
+#[test]
+fn the_final_sync_requires_acme_only_of_relays_with_lets_encrypt() {
+    let fleet = hostile(TransferMode::Direct);
+    let acme = &fleet.inv.relays[0];
+    let mut self_signed = acme.clone();
+    self_signed.mail_domain = MailDomain::Name("_c1.example.org".into());
+    assert!(catalogue::acme_required(acme));
+    assert!(!catalogue::acme_required(&self_signed));
+    let required = "for p in /var/lib/acme /etc/dkimkeys /var/spool/postfix /home/vmail/mail;";
+    assert!(catalogue::final_sync(acme).contains(required));
+    let sync = catalogue::final_sync(&self_signed);
+    assert!(
+        sync.contains("for p in /etc/dkimkeys /var/spool/postfix /home/vmail/mail;")
+            && sync.contains("if [ -e /var/lib/acme ]; then set -- \"$@\" /var/lib/acme; fi;"),
+        "{sync}"
+    );
+    assert!(inspect::proof_old_script(acme).contains("for p in /var/lib/acme "));
+    assert!(!inspect::proof_old_script(&self_signed).contains("/var/lib/acme"));
 }
 
 /// The lab's scripts as they are in the tree (their shebang, or the shell that reads
@@ -357,7 +389,9 @@ fn the_lab_shell_assets_pass_shellcheck() {
             Some(d) => programs.push(program(format!("src/lab/assets/{name}"), d, text)),
             // Python, and chatmail's lab overlays (patches to Python code).
             None => assert!(
-                name.ends_with(".py") || name.ends_with(".patch"),
+                name.ends_with(".py")
+                    || name.ends_with(".patch")
+                    || text.starts_with("#!/usr/bin/python3\n"),
                 "src/lab/assets/{name}: which shell reads it? (add it to asset_dialect)"
             ),
         }

@@ -11,7 +11,9 @@ use crate::model::inventory::{Fleet, Host, Relay, TransferMode};
 /// The maildir tree, mirrored exactly at the final sync.
 pub const MAIL_DIR: &str = "/home/vmail/mail";
 /// State moved at the final sync besides the mailboxes (the guide's tar list).
-pub const STATE_DIRS: [&str; 3] = ["/var/lib/acme", "/etc/dkimkeys", "/var/spool/postfix"];
+pub const STATE_DIRS: [&str; 3] = [ACME_DIR, "/etc/dkimkeys", "/var/spool/postfix"];
+/// acmetool's certificates (Let's Encrypt), chatmail's default TLS.
+pub const ACME_DIR: &str = "/var/lib/acme";
 /// Moved when present: marks a relay that refuses new accounts.
 pub const OPTIONAL_FILES: [&str; 1] = ["/etc/chatmail-nocreate"];
 /// Legacy password database that must be gone before a move.
@@ -161,21 +163,48 @@ pub fn spool_runtime_filters() -> Vec<String> {
     out
 }
 
+/// Whether OLD must hold [`ACME_DIR`] for the final sync. chatmail gets certificates
+/// from Let's Encrypt there, except for a mail_domain starting with `_` or an IP
+/// address: those get a self-signed certificate, from relay 1.10 on at
+/// /etc/ssl/certs/mailserver.pem (no /var/lib/acme at all), which NEW's own step 2
+/// makes for the same names (nobody verifies such a relay's chain). For them the
+/// directory is moved when OLD has it (1.9.0 and the lab's overlay keep it there).
+pub fn acme_required(relay: &Relay) -> bool {
+    match &relay.mail_domain {
+        crate::model::inventory::MailDomain::Name(n) => !n.starts_with('_'),
+        crate::model::inventory::MailDomain::Ip(_) => false,
+    }
+}
+
+/// The state trees the final sync requires on OLD (see [`acme_required`]).
+pub fn required_state(relay: &Relay) -> Vec<&'static str> {
+    STATE_DIRS
+        .into_iter()
+        .filter(|d| *d != ACME_DIR || acme_required(relay))
+        .collect()
+}
+
+/// What the final sync moves when OLD has it.
+fn optional_state(relay: &Relay) -> Vec<&'static str> {
+    let mut out = OPTIONAL_FILES.to_vec();
+    if !acme_required(relay) {
+        out.insert(0, ACME_DIR);
+    }
+    out
+}
+
 /// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
 /// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
 /// a message renamed or expired since step 1 must not survive on NEW; the spool's
 /// runtime sockets excepted (see [`spool_runtime_filters`]).
 /// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
 pub fn final_sync(relay: &Relay) -> String {
-    let required = STATE_DIRS
-        .iter()
-        .chain([&MAIL_DIR])
-        .copied()
-        .collect::<Vec<_>>()
-        .join(" ");
+    let mut required = required_state(relay);
+    required.push(MAIL_DIR);
+    let required = required.join(" ");
     // One test per optional file, not a loop: a loop over one word reads as a
     // mistake (shellcheck's SC2043).
-    let optional: String = OPTIONAL_FILES
+    let optional: String = optional_state(relay)
         .iter()
         .map(|f| format!("if [ -e {f} ]; then set -- \"$@\" {f}; fi; "))
         .collect();
@@ -205,13 +234,18 @@ pub fn final_sync(relay: &Relay) -> String {
 /// set-permissions` restores them. It is not run after a direct copy: it has nothing
 /// to fix there and is the heaviest command of the downtime (~300 chown/chmod and
 /// ~50 postconf processes, 0.6 s of CPU per relay: docs/performance.md).
-pub fn fix_ownership(transfer: TransferMode) -> String {
+/// `acme`: [`acme_required`]; when not, /var/lib/acme is chowned only if it is there.
+pub fn fix_ownership(transfer: TransferMode, acme: bool) -> String {
     let spool = match transfer {
         TransferMode::Direct => "",
         TransferMode::Staged => "postfix set-permissions && ",
     };
+    let acme = match acme {
+        true => format!("chown root: -R {ACME_DIR}"),
+        false => format!("{{ [ ! -e {ACME_DIR} ] || chown root: -R {ACME_DIR}; }}"),
+    };
     format!(
-        "chown root: -R /var/lib/acme && {} && \
+        "{acme} && {} && \
          chown vmail: -R /home/vmail/mail && {spool}postsuper -s",
         dkim_chown()
     )
@@ -409,13 +443,22 @@ pub fn staging_dir(staging_root: &Path, relay: &Relay) -> PathBuf {
 /// `ssh` is the remote shell (reusing the host's master connection);
 /// `--numeric-ids` because the controller has no vmail or opendkim users —
 /// ownership is set on NEW afterwards anyway.
-fn staged_rsync(ssh: &str, sources: &[String], dest: &str, delete: bool) -> Vec<String> {
+fn staged_rsync(
+    ssh: &str,
+    sources: &[String],
+    dest: &str,
+    delete: bool,
+    missing_ok: bool,
+) -> Vec<String> {
     let mut argv: Vec<String> = ["rsync", "-aHR", "--numeric-ids", "--no-implied-dirs"]
         .iter()
         .map(|s| s.to_string())
         .collect();
     if delete {
         argv.push("--delete".into());
+    }
+    if missing_ok {
+        argv.push("--ignore-missing-args".into());
     }
     argv.extend(spool_runtime_filters());
     argv.extend(["--info=progress2", "-e", ssh].map(str::to_string));
@@ -447,18 +490,27 @@ pub fn staged_hops(
 ) -> StagedHops {
     let dir = staging_dir(staging_root, relay);
     let trees = sync_trees(last);
+    // A tree OLD need not have (acme, for a self-signed relay) may be missing.
+    let missing_ok = last && !acme_required(relay);
     let from_old: Vec<String> = trees
         .iter()
         .map(|p| format!("{}:{p}", relay.old.ssh))
         .collect();
     let relative: Vec<String> = trees.iter().map(|p| format!(".{p}")).collect();
     StagedHops {
-        pull: staged_rsync(old_ssh, &from_old, &format!("{}/", dir.display()), true),
+        pull: staged_rsync(
+            old_ssh,
+            &from_old,
+            &format!("{}/", dir.display()),
+            true,
+            missing_ok,
+        ),
         push: staged_rsync(
             new_ssh,
             &relative,
             &format!("{}:/", relay.new.ssh),
             last || mirror_new,
+            missing_ok,
         ),
         dir,
     }

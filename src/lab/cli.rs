@@ -221,6 +221,13 @@ fn up_real_chatmail(
         chatmail.chatmail_ref,
         t.chatmail.as_secs_f64()
     );
+    match &lab.chatmail.filtermail {
+        Some(path) => println!(
+            "  filtermail {} (a pass-through stand-in: no encryption enforced)",
+            path.display()
+        ),
+        None => println!("  filtermail chatmail's own (every part of the mail path is real)"),
+    }
     for (host, took) in &t.deploys {
         println!(
             "  deployed   {host}: cmdeploy run in {:.1}s",

@@ -147,7 +147,7 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
                 Site::New,
                 format!(
                     "{}   # then the listing below, which must match old's",
-                    catalogue::fix_ownership(r.settings.transfer)
+                    catalogue::fix_ownership(r.settings.transfer, catalogue::acme_required(r))
                 ),
             ));
             a.push(act(Site::Old, proof::listing()));

@@ -32,9 +32,18 @@ pub struct Reserved {
     _lock: Flock<File>,
 }
 
+/// `CMFLEET_REAL_NET=X` pins the network to 198.18.X (still under its lock, so two
+/// test processes never share it): for a run beside others that may hold 200-254 with
+/// another copy of this file.
 pub fn reserve(lab_dir: &Path) -> Reserved {
     std::fs::create_dir_all(RANGES_DIR).expect("create the test range lock dir");
-    for x in 200..=254u8 {
+    let nets: Vec<u8> = match std::env::var("CMFLEET_REAL_NET") {
+        Ok(x) => vec![x
+            .parse()
+            .unwrap_or_else(|_| panic!("CMFLEET_REAL_NET={x:?} is not a number 0-255"))],
+        Err(_) => (200..=254u8).collect(),
+    };
+    for x in nets {
         let path = Path::new(RANGES_DIR).join(format!("real-{x}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -66,5 +75,5 @@ pub fn reserve(lab_dir: &Path) -> Reserved {
             _lock: lock,
         };
     }
-    panic!("every test lab network 198.18.200-254 is in use");
+    panic!("every test lab network (198.18.200-254, or CMFLEET_REAL_NET's) is in use");
 }

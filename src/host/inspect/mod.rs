@@ -102,7 +102,7 @@ pub async fn cutover_preflight(
     let mut findings = vec![f_old, f_new];
     if let (Some(old), Some(new)) = (old, new) {
         let (o, n, disk) = tokio::join!(
-            proof::old_finding(ssh, &old, sink),
+            proof::old_finding(ssh, relay, &old, sink),
             proof::new_finding(ssh, &new, sink),
             relay::disk_at_cutover(ssh, &old, &new, sink)
         );

@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 
 use super::report::Finding;
-use crate::host::catalogue::{MAIL_DIR, STATE_DIRS};
+use crate::host::catalogue::{required_state, MAIL_DIR, STATE_DIRS};
 use crate::host::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
+use crate::model::inventory::Relay;
 use crate::model::step::ErrorKind;
 
 /// Examples named in a finding.
@@ -22,8 +23,9 @@ pub const CHECK_OLD: &str = "proof old";
 pub const CHECK_NEW: &str = "proof new";
 
 /// On OLD: `key=value` lines (in example names, newlines and tabs read `?`).
-pub fn old_script() -> String {
-    let state = STATE_DIRS.join(" ");
+/// `missing=` names a tree the final sync requires of `relay` (`required_state`).
+pub fn old_script(relay: &Relay) -> String {
+    let state = required_state(relay).join(" ");
     format!(
         r#"t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT
 for p in {state} {MAIL_DIR}; do [ -e "$p" ] || echo "missing=$p"; done
@@ -71,7 +73,7 @@ fn findings(f: &OldFacts) -> Finding {
         return Finding::fail(
             CHECK_OLD,
             format!(
-                "the final sync moves {} but OLD has no {}",
+                "the final sync moves {}, {MAIL_DIR} but OLD has no {}",
                 STATE_DIRS.join(", "),
                 f.missing.join(", ")
             ),
@@ -108,8 +110,8 @@ fn findings(f: &OldFacts) -> Finding {
 }
 
 /// The finding on OLD (a failure to run the script is one too).
-pub async fn old_finding(ssh: &SshPool, old: &HostConn, sink: &LineSink) -> Finding {
-    run_finding(ssh, old, &old_script(), CHECK_OLD, sink, |out| {
+pub async fn old_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &LineSink) -> Finding {
+    run_finding(ssh, old, &old_script(relay), CHECK_OLD, sink, |out| {
         findings(&parse(&out))
     })
     .await

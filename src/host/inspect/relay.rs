@@ -493,7 +493,7 @@ pub async fn inspect(
         }
     }
     if let Some(o) = &old {
-        out.push(super::proof::old_finding(ssh, o, sink).await);
+        out.push(super::proof::old_finding(ssh, relay, o, sink).await);
     }
     if let Some(Ok(f)) = &facts_old {
         out.push(if f.passdb {

@@ -86,10 +86,11 @@ printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
 
 /// On NEW after the final sync, in one command: the ownership repair, then the
 /// listing (taken while OLD's is, the shortest path through the downtime).
-pub fn settle_new(transfer: TransferMode) -> String {
+/// `acme`: whether /var/lib/acme must be there (`catalogue::acme_required`).
+pub fn settle_new(transfer: TransferMode, acme: bool) -> String {
     format!(
         "{} || exit $?\n{}",
-        crate::host::catalogue::fix_ownership(transfer),
+        crate::host::catalogue::fix_ownership(transfer, acme),
         listing()
     )
 }

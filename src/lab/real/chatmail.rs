@@ -9,7 +9,10 @@
 //!   environment variables (`overlay`; docs/how-it-works.md lists each change);
 //! - `relay/venv/`: the checkout's own venv with chatmaild and cmdeploy (`venv`);
 //! - `chatmail-binaries/`: links to chatmail-turn, iroh-relay and mtail in the
-//!   machine's cache, /var/cache/cmfleet-lab/bin/, built there once (`binaries`).
+//!   machine's cache, /var/cache/cmfleet-lab/bin/, built there once (`binaries`);
+//! - `filtermail-passthrough`, for a version that downloads the Rust filtermail (1.10
+//!   and later): the lab's pass-through stand-in, which enforces no encryption, uploaded
+//!   by upstream's own `CHATMAIL_FILTERMAIL_BINARY` (in `RealChatmail::env`).
 //!
 //! Per relay, `write_relay_ini` writes `relays/DOMAIN/chatmail.ini` with `cmdeploy
 //! init`; `write_cmdeploy_home` writes `cmdeploy-home/` (ssh config, known hosts and
@@ -30,7 +33,7 @@ mod wanted;
 use std::ffi::OsString;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,8 +42,8 @@ pub use checkout::BRANCH;
 pub use git::{LAB_EMAIL, LAB_NAME};
 pub use ini::write_relay_ini;
 pub use overlay::{
-    Overlay, COMMIT_SUBJECT, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_RESOLVER, ENV_SELF_SIGNED,
-    OVERLAYS,
+    Overlay, COMMIT_SUBJECT, ENV_BINARIES, ENV_DEBIAN_DOVECOT, ENV_FILTERMAIL, ENV_RESOLVER,
+    ENV_SELF_SIGNED, FILTERMAIL_STANDIN, FILTERMAIL_STANDIN_NAME, OVERLAYS,
 };
 pub use source::{shared_turn_bundle, ChatmailRelayArgs, RelaySource, DEFAULT_REF};
 pub use ssh_home::{render_known_hosts, render_ssh_config, write_cmdeploy_home, CmdeployHome};
@@ -83,6 +86,10 @@ pub struct RealChatmail {
     pub binaries: Vec<Binary>,
     /// How long this call took to make the venv (`None`: it was there).
     pub venv_built_in: Option<Duration>,
+    /// DIR/filtermail-passthrough, for a version that downloads the Rust filtermail:
+    /// what `CHATMAIL_FILTERMAIL_BINARY` points at (a pass-through: no encryption is
+    /// enforced on such a lab relay).
+    pub filtermail: Option<PathBuf>,
 }
 
 impl RealChatmail {
@@ -91,22 +98,24 @@ impl RealChatmail {
         self.checkout.join("scripts/cmdeploy")
     }
 
-    /// The overlay's switches, all on, for every lab cmdeploy run (add
+    /// The overlay's switches, all on, and upstream's `CHATMAIL_FILTERMAIL_BINARY` for
+    /// a version with the Rust filtermail, for every lab cmdeploy run (add
     /// `CmdeployHome::env`, and `CMDEPLOY_STAGES` as cmfleet sets it). `resolver`: the
     /// lab's resolver, for opendkim (`None`: that switch stays off).
     pub fn env(&self, resolver: Option<Ipv4Addr>) -> Vec<(&'static str, OsString)> {
-        self.overlay
-            .switches
+        let switches = self.overlay.switches.iter().filter_map(move |&var| {
+            let value = match var {
+                ENV_BINARIES => self.binaries_dir.clone().into_os_string(),
+                ENV_RESOLVER => OsString::from(resolver?.to_string()),
+                _ => OsString::from("1"),
+            };
+            Some((var, value))
+        });
+        let filtermail = self
+            .filtermail
             .iter()
-            .filter_map(|&var| {
-                let value = match var {
-                    ENV_BINARIES => self.binaries_dir.clone().into_os_string(),
-                    ENV_RESOLVER => OsString::from(resolver?.to_string()),
-                    _ => OsString::from("1"),
-                };
-                Some((var, value))
-            })
-            .collect()
+            .map(|path| (ENV_FILTERMAIL, path.clone().into_os_string()));
+        switches.chain(filtermail).collect()
     }
 }
 
@@ -120,13 +129,28 @@ pub fn prepare(lab_dir: &Path, opts: &PrepareOptions) -> Result<RealChatmail> {
     let binaries_dir = lab_dir.join("chatmail-binaries");
     link_binaries(&binaries_dir, &binaries)?;
     let venv_built_in = venv::ensure(&checkout)?;
+    let filtermail = match overlay.filtermail_standin {
+        true => Some(write_filtermail_standin(lab_dir)?),
+        false => None,
+    };
     Ok(RealChatmail {
         checkout,
         overlay,
         binaries_dir,
         binaries,
         venv_built_in,
+        filtermail,
     })
+}
+
+/// DIR/filtermail-passthrough, mode 755 (the deploy uploads it with the same mode).
+fn write_filtermail_standin(lab_dir: &Path) -> Result<PathBuf> {
+    let path = lab_dir.join(FILTERMAIL_STANDIN_NAME);
+    crate::infra::atomic::write(&path, FILTERMAIL_STANDIN.as_bytes())
+        .map_err(LabError::io(format!("write {}", path.display())))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+        .map_err(LabError::io(format!("make {} executable", path.display())))?;
+    Ok(path)
 }
 
 /// Only the checkout, DIR/relay, with its overlay (no binaries, no venv): which

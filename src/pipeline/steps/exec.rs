@@ -696,7 +696,10 @@ impl Executor {
     async fn prove(&self, relay: &Relay, sink: &LineSink) -> Result<proof::Differences, StepError> {
         let old = self.connect(relay, &relay.old).await?;
         let new = self.connect(relay, &relay.new).await?;
-        let (on_old, on_new) = (proof::listing(), proof::settle_new(relay.settings.transfer));
+        let (on_old, on_new) = (
+            proof::listing(),
+            proof::settle_new(relay.settings.transfer, catalogue::acme_required(relay)),
+        );
         let (old_tx, old_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let records = |to| Stdout::Records { to, end: 0 };

@@ -29,8 +29,30 @@ pub fn write_relay_ini(lab_dir: &Path, checkout: &Path, domain: &str) -> Result<
         .arg("--config")
         .arg(&tmp)
         .arg(domain))?;
+    let text = fs::read_to_string(&tmp).map_err(LabError::io(format!("read {}", tmp.display())))?;
+    if let Some(lab) = lab_limits(&text) {
+        fs::write(&tmp, lab).map_err(LabError::io(format!("write {}", tmp.display())))?;
+    }
     fs::rename(&tmp, &ini).map_err(LabError::io(format!("rename {}", tmp.display())))?;
     Ok(ini)
+}
+
+/// The line of chatmail's ini template (1.12.0) that refuses new accounts above a
+/// 1-minute load average of 5 (doveauth: "registration rejected: load avg").
+const MAX_LOAD_DEFAULT: &str = "#max_load_1m = 5\n";
+
+/// The ini with the load limit lifted, if its template has one. A container's load
+/// average is the machine's: on a lab machine busy with other work, a relay would
+/// refuse every new account. The limit stays a relay setting; only the lab's value
+/// differs.
+fn lab_limits(text: &str) -> Option<String> {
+    text.contains(MAX_LOAD_DEFAULT).then(|| {
+        text.replacen(
+            MAX_LOAD_DEFAULT,
+            "# cmfleet lab: the containers share the machine's load average.\nmax_load_1m = 1000\n",
+            1,
+        )
+    })
 }
 
 /// A lab mail_domain: starts with `_` (self-signed TLS), and is a plain DNS name of
@@ -53,6 +75,14 @@ fn check_domain(domain: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_limit_is_lifted_where_the_template_has_one() {
+        let lab = lab_limits("[params]\n#max_load_1m = 5\n#x = 1\n").unwrap();
+        assert!(lab.contains("\nmax_load_1m = 1000\n"), "{lab}");
+        assert!(lab.ends_with("#x = 1\n"), "{lab}");
+        assert_eq!(lab_limits("[params]\nmail_domain = _a.b\n"), None);
+    }
 
     #[test]
     fn lab_domains_start_with_underscore_and_cannot_leave_the_relays_dir() {

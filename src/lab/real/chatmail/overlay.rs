@@ -27,6 +27,10 @@ pub const ENV_RESOLVER: &str = "CMFLEET_LAB_RESOLVER";
 /// to domains starting with `_`.
 pub const ENV_SELF_SIGNED: &str = "CMFLEET_LAB_SELF_SIGNED";
 
+/// `CHATMAIL_FILTERMAIL_BINARY=PATH` (upstream's own switch, 1.10 and later): upload
+/// PATH as /usr/local/bin/filtermail instead of downloading the Rust filtermail.
+pub const ENV_FILTERMAIL: &str = "CHATMAIL_FILTERMAIL_BINARY";
+
 /// The subject line of every overlay commit (how a checkout is recognised as the lab's).
 pub const COMMIT_SUBJECT: &str = "cmfleet lab overlay";
 
@@ -41,6 +45,9 @@ pub struct Overlay {
     pub switches: &'static [&'static str],
     /// The files it changes or adds, relative to the checkout.
     pub files: &'static [&'static str],
+    /// Whether the versions it fits download the Rust filtermail (1.10 and later), so
+    /// the lab sets `ENV_FILTERMAIL` to its pass-through stand-in (`FILTERMAIL_STANDIN`).
+    pub filtermail_standin: bool,
 }
 
 /// Tried in this order; the first whose `git apply --check` passes is applied. 1.9.0's
@@ -66,6 +73,7 @@ pub const OVERLAYS: &[Overlay] = &[
             "cmdeploy/src/cmdeploy/postfix/deployer.py",
             "cmdeploy/src/cmdeploy/postfix/main.cf.j2",
         ],
+        filtermail_standin: false,
     },
     Overlay {
         name: "chatmail-1.12.0-lab.patch",
@@ -78,8 +86,16 @@ pub const OVERLAYS: &[Overlay] = &[
             "cmdeploy/src/cmdeploy/opendkim/deployer.py",
             "cmdeploy/src/cmdeploy/opendkim/opendkim.conf",
         ],
+        filtermail_standin: true,
     },
 ];
+
+/// The pass-through filtermail a 1.10-and-later lab relay runs (it enforces no
+/// encryption; its header says what each mode does).
+pub const FILTERMAIL_STANDIN: &str = include_str!("../../assets/filtermail-passthrough");
+
+/// Its file name in the lab directory (and in src/lab/assets/).
+pub const FILTERMAIL_STANDIN_NAME: &str = "filtermail-passthrough";
 
 /// Applies the first overlay that fits the checkout at `dir` and commits it as the
 /// lab (one commit, so `git status` stays clean and cmdeploy's version upload, which

@@ -66,9 +66,14 @@ impl RelaySource {
 
     /// The shared relay bundle at `DEFAULT_REF`.
     pub fn shared_default() -> Result<RelaySource> {
+        RelaySource::shared(DEFAULT_REF)
+    }
+
+    /// The shared relay bundle at `reference`.
+    pub fn shared(reference: &str) -> Result<RelaySource> {
         RelaySource::new(
             shared_file("relay.bundle", "the chatmail relay bundle")?,
-            DEFAULT_REF,
+            reference,
         )
     }
 }
