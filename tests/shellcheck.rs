@@ -191,6 +191,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         program("mail KiB on old", Sh, catalogue::used_kib()),
         program("free KiB on new", Sh, catalogue::free_and_used_kib()),
         program("record the DKIM owner", Sh, catalogue::record_dkim_owner()),
+        program(
+            "before the final sync on new",
+            Sh,
+            catalogue::before_final_sync(),
+        ),
         program("DKIM chown", Sh, catalogue::dkim_chown()),
         program("systemctl disable", Sh, catalogue::systemctl_disable_mail()),
         program("systemctl enable", Sh, catalogue::systemctl_enable_mail()),
@@ -246,7 +251,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             "initial sync mirrored",
             catalogue::initial_sync(relay, true),
         ),
-        ("final sync", catalogue::final_sync(relay)),
+        (
+            "final sync",
+            catalogue::final_sync(relay, Some((5000, 5000))),
+        ),
+        ("final sync (plan)", catalogue::final_sync(relay, None)),
     ];
     for (name, copy) in copies {
         let pushed = format!(

@@ -161,37 +161,77 @@ pub fn spool_runtime_filters() -> Vec<String> {
     out
 }
 
-/// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
-/// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
-/// a message renamed or expired since step 1 must not survive on NEW; the spool's
-/// runtime sockets excepted (see [`spool_runtime_filters`]).
-/// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
-pub fn final_sync(relay: &Relay) -> String {
+/// Step 4 on OLD: two rsyncs at once, one connection each. OLD is frozen and
+/// authoritative now, so NEW mirrors it exactly: a message renamed or expired since
+/// step 1 must not survive on NEW; the spool's runtime sockets excepted (see
+/// [`spool_runtime_filters`]). `--no-implied-dirs` keeps rsync off `/etc` and `/var`
+/// themselves.
+///
+/// - The state (acme, dkimkeys, the Postfix spool, the optional files): small; its
+///   owners are set afterwards ([`fix_ownership`]).
+/// - The mailboxes, with `--chown` to NEW's vmail (`vmail`, its `uid:gid` as NEW
+///   said right before, [`before_final_sync`]; `None` for the plan). rsync sets the
+///   owner of every entry it sends, transferred or skipped as up to date (an
+///   unchanged file of another owner gets its owner fixed, itemized `.f....og...`),
+///   and `--delete` removes the rest: every entry under /home/vmail/mail on NEW
+///   ends up owned as `chown -R vmail:` would leave it, without a walk of its own
+///   inside the downtime. The proof checks every owner anyway.
+///
+/// The script's status is the mailboxes' rsync's, else the state's.
+pub fn final_sync(relay: &Relay, vmail: Option<(u32, u32)>) -> String {
     let required = STATE_DIRS
         .iter()
         .chain([&MAIL_DIR])
         .copied()
         .collect::<Vec<_>>()
         .join(" ");
+    let state = STATE_DIRS.join(" ");
     // One test per optional file, not a loop: a loop over one word reads as a
     // mistake (shellcheck's SC2043).
     let optional: String = OPTIONAL_FILES
         .iter()
         .map(|f| format!("if [ -e {f} ]; then set -- \"$@\" {f}; fi; "))
         .collect();
+    let state_sync = format!(
+        "rsync -aHR --delete --no-implied-dirs {} -e {} \"$@\" {}",
+        join(&spool_runtime_filters()),
+        quote(&inner_ssh(relay)),
+        quote(&format!("{}:/", relay.new.ssh)),
+    );
+    let mail_sync = rsync_push(
+        relay,
+        &format!(
+            "-aHR --delete --no-implied-dirs {}",
+            quote(&match vmail {
+                Some((u, g)) => format!("--chown={u}:{g}"),
+                None => "--chown=VMAIL_UID:VMAIL_GID".to_string(),
+            })
+        ),
+        MAIL_DIR,
+        "/",
+    );
     format!(
         "for p in {required}; do [ -e \"$p\" ] || {{ echo \"missing $p on old host\" >&2; exit 3; }}; done; \
-         set -- {required}; {optional}{}",
-        rsync_push(
-            relay,
-            &format!(
-                "-aHR --delete --no-implied-dirs {}",
-                join(&spool_runtime_filters())
-            ),
-            "\"$@\"",
-            "/"
-        )
+         set -- {state}; {optional}\
+         {state_sync} & s=$!; \
+         {mail_sync}; m=$?; wait $s; st=$?; \
+         if [ $m -ne 0 ]; then exit $m; fi; exit $st"
     )
+}
+
+/// On NEW before the final sync: record /etc/dkimkeys' owner ([`record_dkim_owner`]),
+/// then say vmail's `uid:gid`, which the mailboxes' copy gives every entry.
+pub fn before_final_sync() -> String {
+    format!(
+        "{}\nif u=$(id -u vmail) && g=$(id -g vmail); then echo \"$u:$g\"; else echo 'no vmail user on the new host (step 2 creates it)' >&2; exit 3; fi",
+        record_dkim_owner()
+    )
+}
+
+/// A `uid:gid` pair (what [`before_final_sync`] says), `None` if `s` is not one.
+pub fn parse_uid_gid(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
 }
 
 /// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
@@ -205,14 +245,16 @@ pub fn final_sync(relay: &Relay) -> String {
 /// set-permissions` restores them. It is not run after a direct copy: it has nothing
 /// to fix there and is the heaviest command of the downtime (~300 chown/chmod and
 /// ~50 postconf processes, 0.6 s of CPU per relay: docs/performance.md).
+///
+/// The mailboxes: a direct copy set their owner as it went ([`final_sync`]'s
+/// `--chown`); a staged one carries OLD's numbers, so there `chown -R` walks them.
 pub fn fix_ownership(transfer: TransferMode) -> String {
-    let spool = match transfer {
+    let rest = match transfer {
         TransferMode::Direct => "",
-        TransferMode::Staged => "postfix set-permissions && ",
+        TransferMode::Staged => "chown vmail: -R /home/vmail/mail && postfix set-permissions && ",
     };
     format!(
-        "chown root: -R /var/lib/acme && {} && \
-         chown vmail: -R /home/vmail/mail && {spool}postsuper -s",
+        "chown root: -R /var/lib/acme && {} && {rest}postsuper -s",
         dkim_chown()
     )
 }

@@ -31,6 +31,10 @@ pub struct Differences {
     pub entries: u64,
     /// OLD's uidlists and NEW's queue, as they were compared.
     pub cutover: Cutover,
+    /// When each host's listing began to arrive: the host had walked, sorted and
+    /// digested its trees by then (for the log's times of step 4's parts).
+    pub old_ready: Option<tokio::time::Instant>,
+    pub new_ready: Option<tokio::time::Instant>,
 }
 
 impl Differences {
@@ -180,9 +184,17 @@ pub async fn compare(
     old: Receiver<Vec<u8>>,
     new: Receiver<Vec<u8>>,
 ) -> Result<Differences, Incomplete> {
-    let (old, new) = tokio::join!(Listing::open("old", old), Listing::open("new", new));
+    let opened = |side, rx| async move {
+        let listing = Listing::open(side, rx).await;
+        (listing, tokio::time::Instant::now())
+    };
+    let ((old, old_ready), (new, new_ready)) = tokio::join!(opened("old", old), opened("new", new));
     let ((mut old, _), (mut new, owners)) = (old?, new?);
-    let mut d = Differences::default();
+    let mut d = Differences {
+        old_ready: Some(old_ready),
+        new_ready: Some(new_ready),
+        ..Differences::default()
+    };
     let (mut x, mut y) = next_both(&mut old, &mut new).await?;
     loop {
         let order = match (&x, &y) {
