@@ -215,11 +215,7 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             Sh,
             catalogue::install_known_host(KNOWN_HOSTS),
         ),
-        program(
-            "message uids (verify)",
-            Sh,
-            cmfleet::commands::verify::message_uids_script(),
-        ),
+        program("verify listing", Sh, proof::verify_listing()),
         program(
             "queue check (verify)",
             Sh,

@@ -13,7 +13,7 @@ mod read;
 
 pub use compare::{compare, Differences};
 pub use cutover::{cutover_path, Cutover, CutoverError, Queued, Uids};
-pub use listing::{listing, settle_new, QUEUES, SPOOL};
+pub use listing::{listing, settle_new, verify_listing, QUEUES, SPOOL};
 pub use read::{Incomplete, Listing, Owners, Record};
 
 #[cfg(test)]
