@@ -100,10 +100,11 @@ fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(16);
         let records = |to| Stdout::Records { to, end: 0 };
         let plain = CommandKind::Plain;
+        let mut discard = proof::Discard;
         let (a, b, d) = tokio::join!(
             ssh.run(&old, &script, false, plain, &sink, records(old_tx)),
             ssh.run(&new, &script, false, plain, &sink, records(new_tx)),
-            proof::compare(old_rx, new_rx)
+            proof::compare(old_rx, new_rx, &mut discard)
         );
         a.expect("listing on old");
         b.expect("listing on new");

@@ -7,13 +7,13 @@
 //! - The Postfix queue NEW took over from OLD drains from NEW: each message is still
 //!   queued on NEW, or NEW's mail log says it was delivered (or bounced).
 //!
-//! The reference is step 4's cutover record (`proof::Cutover`); without one,
+//! The reference is step 4's cutover record (`proof::Reader`); without one,
 //! OLD's uidlists as read now (OLD is frozen since step 3) and no queue check.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::host::inspect::{quiet_sink, Finding};
-use crate::host::proof::{Cutover, Uids, QUEUES, SPOOL};
+use crate::host::proof::{Queued, Uids, QUEUES, SPOOL};
 use crate::host::remote::{CommandKind, HostConn, SshPool, Stdout};
 use crate::model::inventory::Relay;
 
@@ -198,16 +198,16 @@ pub(super) async fn queue_finding(
     ssh: &SshPool,
     relay: &Relay,
     new: &HostConn,
-    cutover: Option<&Cutover>,
+    queue: Option<&[Queued]>,
 ) -> Finding {
     const CHECK: &str = "queue";
-    let Some(cutover) = cutover else {
+    let Some(queue) = queue else {
         return Finding::warn(
             CHECK,
             "not checked: no cutover record from step 4 in this state_dir (an older cmfleet, or another controller ran it)",
         );
     };
-    let ids: Vec<String> = cutover.queue.iter().map(|q| q.id.clone()).collect();
+    let ids: Vec<String> = queue.iter().map(|q| q.id.clone()).collect();
     if ids.is_empty() {
         return Finding::pass(CHECK, "OLD's queue was empty at the cutover");
     }
@@ -277,10 +277,7 @@ mod tests {
     use super::*;
 
     fn uids(v: &str, n: &str) -> Uids {
-        Uids {
-            uidvalidity: v.into(),
-            uidnext: n.into(),
-        }
+        Uids::new(v, n)
     }
 
     #[test]

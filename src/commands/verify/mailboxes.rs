@@ -13,14 +13,13 @@
 //! gave them.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use tokio::sync::mpsc::Receiver;
 
 use super::clients::{self, SHOWN};
 use crate::host::inspect::{quiet_sink, ssh_host, Finding};
-use crate::host::proof::{self, Cutover, Incomplete, Listing, Owners, Record, Uids};
+use crate::host::proof::{self, Incomplete, Listing, Owners, Queued, Record, Uids};
 use crate::host::remote::{CommandKind, Stdout};
 use crate::model::inventory::Relay;
 
@@ -49,8 +48,8 @@ pub(super) async fn findings(
         f.reason = format!("cannot compare: {}", f.reason);
         return vec![f];
     };
-    let cutover = match Cutover::load(state_dir, &relay.name) {
-        Ok(c) => c,
+    let mut reference = match proof::Reader::open(state_dir, &relay.name) {
+        Ok(r) => r.map(Reference::new),
         Err(e) => return vec![Finding::fail("client view", e.to_string())],
     };
     let sink = quiet_sink(relay);
@@ -59,11 +58,10 @@ pub(super) async fn findings(
     let (new_tx, new_rx) = tokio::sync::mpsc::channel(RECORDS_IN_FLIGHT);
     let records = |to| Stdout::Records { to, end: 0 };
     let plain = CommandKind::Plain;
-    let reference = cutover.as_ref().map(|c| &c.mailboxes);
     let (a, b, merged) = tokio::join!(
         ssh.run(&old, &script, false, plain, &sink, records(old_tx)),
         ssh.run(&new, &script, false, plain, &sink, records(new_tx)),
-        Box::pin(merge(old_rx, new_rx, reference)),
+        Box::pin(merge(old_rx, new_rx, reference.as_mut())),
     );
     let listed = a
         .map_err(|e| e.message)
@@ -76,7 +74,7 @@ pub(super) async fn findings(
             return vec![Finding::fail(CHECK, reason)];
         }
     };
-    let source = match &cutover {
+    let source = match &reference {
         Some(_) => "step 4's cutover record",
         None => "OLD's uidlists now",
     };
@@ -84,17 +82,62 @@ pub(super) async fn findings(
     let renumbered = verdict.uids.renumbered;
     problems.extend(renumbered.shown);
     total += renumbered.total;
-    vec![
-        mail_finding(&verdict.mail),
-        clients::uids_finding(
+    let client_view = match reference.as_mut().and_then(|r| r.error.take()) {
+        Some(e) => Finding::fail("client view", e.to_string()),
+        None => clients::uids_finding(
             verdict.uids.mailboxes,
             verdict.uids.advanced,
             source,
             &problems,
             total,
         ),
-        clients::queue_finding(ssh, relay, &new, cutover.as_ref()).await,
+    };
+    let queue = reference.as_ref().map(|r| r.queue.as_slice());
+    vec![
+        mail_finding(&verdict.mail),
+        client_view,
+        clients::queue_finding(ssh, relay, &new, queue).await,
     ]
+}
+
+/// Step 4's cutover record as the merge reads it: the mailboxes in the listing's
+/// order, one ahead at most; the queue IDs (a queue's worth) collected on the way.
+pub struct Reference {
+    reader: proof::Reader,
+    ahead: Option<proof::Mailbox>,
+    /// OLD's queue as NEW took it over.
+    pub queue: Vec<Queued>,
+    /// Why the record could not be read to its end, if it could not.
+    pub error: Option<proof::CutoverError>,
+}
+
+impl Reference {
+    pub fn new(reader: proof::Reader) -> Reference {
+        Reference {
+            reader,
+            ahead: None,
+            queue: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn peek(&mut self) -> Option<&proof::Mailbox> {
+        while self.ahead.is_none() && self.error.is_none() {
+            match self.reader.next_entry() {
+                Ok(Some(proof::Entry::Mailbox(m))) => self.ahead = Some(m),
+                Ok(Some(proof::Entry::Queued(q))) => self.queue.push(q),
+                Ok(Some(proof::Entry::Version(_))) => {}
+                Ok(None) => break,
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self.ahead.as_ref()
+    }
+
+    fn pop(&mut self) -> Option<proof::Mailbox> {
+        self.peek();
+        self.ahead.take()
+    }
 }
 
 fn mail_finding(d: &MailboxDiff) -> Finding {
@@ -204,12 +247,12 @@ impl Groups {
 }
 
 /// Merges OLD's and NEW's `verify` listings as they arrive. `reference`: the
-/// mailboxes' UIDVALIDITY and UIDNEXT at the cutover (step 4's record); without it,
-/// OLD's uidlists now. An incomplete listing is an error, never a verdict.
+/// mailboxes' UIDVALIDITY and UIDNEXT at the cutover (step 4's record, read along);
+/// without it, OLD's uidlists now. An incomplete listing is an error, never a verdict.
 pub async fn merge(
     old: Receiver<Vec<u8>>,
     new: Receiver<Vec<u8>>,
-    reference: Option<&BTreeMap<String, Uids>>,
+    reference: Option<&mut Reference>,
 ) -> Result<Verdict, Incomplete> {
     let (old, new) = tokio::join!(Listing::open("old", old), Listing::open("new", new));
     let ((old, _), (new, owners)) = (old?, new?);
@@ -226,7 +269,6 @@ pub async fn merge(
     let mut m = Merge {
         owners,
         reference,
-        seen: BTreeSet::new(),
         run: None,
         v: Verdict::default(),
         missing: Named::default(),
@@ -270,9 +312,7 @@ pub async fn merge(
 struct Merge<'a> {
     /// NEW's header: who must own what there.
     owners: Owners,
-    reference: Option<&'a BTreeMap<String, Uids>>,
-    /// Uidlists of the reference NEW has (one entry per mailbox, not per file).
-    seen: BTreeSet<String>,
+    reference: Option<&'a mut Reference>,
     /// The mailbox directory of the messages being counted, how many and an example.
     run: Option<(String, usize, String)>,
     v: Verdict,
@@ -413,34 +453,47 @@ impl Merge<'_> {
         }
     }
 
-    /// One uidlist: NEW's against the reference's (the record's, or OLD's now).
+    /// One uidlist (`path`, for people): NEW's against the reference's (the
+    /// record's, read up to it; or OLD's now).
     fn uidlist(&mut self, path: &str, old: Option<&Record>, new: Option<&Record>) {
         let uids = |r: &Record| Uids {
             uidvalidity: text(&r.fields[1]),
             uidnext: text(&r.fields[2]),
         };
         let now = new.map(uids);
-        let reference = match self.reference {
-            Some(map) => {
-                let Some(r) = map.get(path) else { return };
-                self.seen.insert(path.to_string());
-                r.clone()
+        let Some(reference) = self.reference.as_deref_mut() else {
+            if let Some(r) = old {
+                if let Some(p) = self.v.uids.one(path, &uids(r), now.as_ref()) {
+                    self.v.uids.problems.push(|| p);
+                }
             }
-            None => match old {
-                Some(r) => uids(r),
-                None => return,
-            },
+            return;
         };
-        if let Some(p) = self.v.uids.one(path, &reference, now.as_ref()) {
-            self.v.uids.problems.push(|| p);
+        let Some(key) = old.or(new).map(|r| r.path.clone()) else {
+            return;
+        };
+        // The record's mailboxes before this one have no uidlist on NEW.
+        while reference.peek().is_some_and(|m| m.key() < key) {
+            if let Some(m) = reference.pop() {
+                if let Some(p) = self.v.uids.one(&m.path, &m.uids(), None) {
+                    self.v.uids.problems.push(|| p);
+                }
+            }
+        }
+        if reference.peek().is_some_and(|m| m.key() == key) {
+            if let Some(m) = reference.pop() {
+                if let Some(p) = self.v.uids.one(&m.path, &m.uids(), now.as_ref()) {
+                    self.v.uids.problems.push(|| p);
+                }
+            }
         }
     }
 
     fn finish(mut self) -> Verdict {
         self.end_run();
-        if let Some(map) = self.reference {
-            for (path, r) in map.iter().filter(|(p, _)| !self.seen.contains(*p)) {
-                if let Some(p) = self.v.uids.one(path, r, None) {
+        if let Some(reference) = self.reference.as_deref_mut() {
+            while let Some(m) = reference.pop() {
+                if let Some(p) = self.v.uids.one(&m.path, &m.uids(), None) {
                     self.v.uids.problems.push(|| p);
                 }
             }
@@ -612,5 +665,53 @@ mod tests {
             none.mail.problems
         );
         assert!(none.mail.problems[0].ends_with(", ... (4995 more)"));
+    }
+
+    /// Step 4's record is read along with NEW's uidlists: a mailbox NEW lacks, one
+    /// with another UIDVALIDITY and one past NEW's last are named; the queue on the
+    /// way is kept for the queue check; OLD's uidlists now do not count.
+    #[tokio::test]
+    async fn the_cutover_record_is_read_along_with_news_uidlists() {
+        use crate::host::proof::Keep;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = proof::Writer::create(dir.path(), "r").expect("create");
+        let uids = |v: &str| Uids {
+            uidvalidity: v.into(),
+            uidnext: "5".into(),
+        };
+        w.queued(Queued {
+            queue: "deferred".into(),
+            id: "Q1".into(),
+        });
+        for (p, v) in [("d/a", "1"), ("d/b", "1"), ("d/c", "1"), ("d/e", "1")] {
+            w.mailbox(format!("{p}/dovecot-uidlist").as_bytes(), uids(v));
+        }
+        w.commit().expect("commit");
+        let reader = proof::Reader::open(dir.path(), "r")
+            .expect("open")
+            .expect("record");
+        let mut reference = Reference::new(reader);
+        let old = "U\t-\t9\t9\t-\td/a/dovecot-uidlist\n";
+        let new = "U\t-\t1\t5\t-\td/a/dovecot-uidlist\n\
+                   U\t-\t2\t5\t-\td/c/dovecot-uidlist\n\
+                   U\t-\t1\t5\t-\td/d/dovecot-uidlist\n";
+        let v = merge(
+            listing(old, OWNERS),
+            listing(new, OWNERS),
+            Some(&mut reference),
+        )
+        .await
+        .expect("complete listings");
+        assert_eq!(
+            v.uids.problems.shown,
+            [
+                "b/INBOX: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)",
+                "c/INBOX: UIDVALIDITY 2 on NEW, 1 on OLD",
+                "e/INBOX: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)",
+            ]
+        );
+        assert_eq!(v.uids.mailboxes, 4);
+        assert_eq!(reference.queue.len(), 1);
+        assert!(reference.error.is_none());
     }
 }

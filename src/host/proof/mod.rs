@@ -12,7 +12,10 @@ mod listing;
 mod read;
 
 pub use compare::{compare, Differences};
-pub use cutover::{cutover_path, Cutover, CutoverError, Queued, Uids};
+pub use cutover::{
+    cutover_path, Cutover, CutoverError, Discard, Entry, Keep, Mailbox, Queued, Reader, Uids,
+    Writer,
+};
 pub use listing::{listing, settle_new, verify_listing, QUEUES, SPOOL};
 pub use read::{Incomplete, Listing, Owners, Record};
 

@@ -665,12 +665,29 @@ impl Executor {
             ))
         })?;
         for pass in 1..=2 {
-            let differences = self.sync_and_prove(relay, vmail, sink).await?;
+            // The cutover record is written as the proof goes; it replaces the
+            // relay's record only once the proof passed.
+            let mut record = match proof::Writer::create(&self.fleet.state_dir, &relay.name) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    sink.log(&format!("warning: {e} (verify will read the old host)"));
+                    None
+                }
+            };
+            let differences = match &mut record {
+                Some(w) => self.sync_and_prove(relay, vmail, w, sink).await?,
+                None => {
+                    self.sync_and_prove(relay, vmail, &mut proof::Discard, sink)
+                        .await?
+                }
+            };
             if differences.is_empty() {
                 if relay.settings.transfer == TransferMode::Staged {
                     self.release_staging(relay);
                 }
-                self.record_cutover(relay, &differences.cutover, sink);
+                if let Some(w) = record {
+                    record_cutover(w, sink);
+                }
                 return Ok(None);
             }
             let total = differences.total();
@@ -691,19 +708,6 @@ impl Executor {
         Err(StepError::permanent("unreachable: the proof loop ended"))
     }
 
-    /// Keeps what OLD served for `verify`. Not worth failing the step over (this is
-    /// inside the downtime, and the copy is proven): `verify` then reads OLD itself.
-    fn record_cutover(&self, relay: &Relay, cutover: &proof::Cutover, sink: &LineSink) {
-        match cutover.save(&self.fleet.state_dir, &relay.name) {
-            Ok(()) => sink.log(&format!(
-                "proof: recorded {} mailbox(es) and {} queued message(s) for verify",
-                cutover.mailboxes.len(),
-                cutover.queue.len()
-            )),
-            Err(e) => sink.log(&format!("warning: {e} (verify will read the old host)")),
-        }
-    }
-
     /// The final mirror and the proof, on the shortest path through the downtime:
     /// OLD's listing runs while the copy does (OLD is frozen since step 3; the listing
     /// sorts into a file on OLD before it sends anything, and then waits for the
@@ -715,6 +719,7 @@ impl Executor {
         &self,
         relay: &Relay,
         vmail: (u32, u32),
+        keep: &mut (dyn proof::Keep + Send),
         sink: &LineSink,
     ) -> Result<proof::Differences, StepError> {
         let started = tokio::time::Instant::now();
@@ -744,7 +749,7 @@ impl Executor {
         });
         // A failed copy ends the step at once: the listings are dropped with it.
         let both = async { tokio::try_join!(old_side, new_side) };
-        let (ran, compared) = tokio::join!(both, Box::pin(proof::compare(old_rx, new_rx)));
+        let (ran, compared) = tokio::join!(both, Box::pin(proof::compare(old_rx, new_rx, keep)));
         ran?;
         let differences = compared.map_err(|e| StepError {
             kind: ErrorKind::Transient,
@@ -884,6 +889,18 @@ impl Executor {
 
 /// How long OLD's listeners may take to close after their units stopped.
 const PORT_SETTLE: Duration = Duration::from_secs(5);
+
+/// Keeps what OLD served for `verify`. Not worth failing the step over (this is
+/// inside the downtime, and the copy is proven): `verify` then reads OLD itself.
+fn record_cutover(record: proof::Writer, sink: &LineSink) {
+    let (mailboxes, queued) = (record.mailboxes, record.queued);
+    match record.commit() {
+        Ok(()) => sink.log(&format!(
+            "proof: recorded {mailboxes} mailbox(es) and {queued} queued message(s) for verify"
+        )),
+        Err(e) => sink.log(&format!("warning: {e} (verify will read the old host)")),
+    }
+}
 
 /// What the controller sees at `host`'s port 25: a refusal is the only "closed"; a
 /// connect that hangs may be a firewall and says nothing.
