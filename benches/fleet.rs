@@ -5,8 +5,8 @@
 //!
 //! ```sh
 //! cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N]
-//!     [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny]
-//!     [--throughput] [--size-mib 500] [--tp-subnet 127.79.2]
+//!     [--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny|big]
+//!     [--cold] [--throughput] [--size-mib 500] [--tp-subnet 127.79.2]
 //!     [--scale] [--no-fleet] [--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1]
 //! ```
 //!
@@ -14,7 +14,10 @@
 //! trees, empty NEW trees, fresh stand-in state), runs its pre-stage phase (steps 1-2),
 //! then the benchmark applies the same mail activity to every OLD host (flag renames,
 //! seen messages, new messages, deletions), then the contender runs its cutover phase
-//! (steps 3-6). Wall and CPU cover the two phases, not the activity. cmfleet runs the
+//! (steps 3-6). Wall and CPU cover the two phases, not the activity. `--data big` is
+//! one relay of 20,000 accounts (560,017 files) with a busy day's activity instead
+//! ([`busy_day`]); `--cold` drops the page cache right before every contender's
+//! step 3. cmfleet runs the
 //! split as operators do (`migrate --until-step 2`, then `migrate`); the peers' files
 //! (benches/peers/) run the guide's commands verbatim, split by phase. See
 //! docs/performance.md for what is measured and how.
@@ -57,6 +60,21 @@ const ACTIVITY: Activity = Activity {
     message_size: 4096,
     seed: 7,
 };
+
+/// The mail activity a busy day brings to a relay of `data` (issue 27): a flag renamed
+/// on every 17th message, a third of new/ moved to cur/ (every fifth message is in
+/// new/), one message in 400 expunged, a few deliveries.
+fn busy_day(data: &DataOptions) -> Activity {
+    let messages = data.users * data.messages;
+    Activity {
+        new_messages: 100,
+        seen: messages / 5 / 3,
+        flag_changes: messages / 17,
+        deletions: messages / 400,
+        message_size: data.message_size,
+        seed: 7,
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Contender {
@@ -120,6 +138,10 @@ struct Opts {
     cmdeploy_model: String,
     /// `--by-command`: the machine's CPU per command name and phase (process accounting).
     by_command: bool,
+    /// The activity between the phases.
+    activity: Activity,
+    /// `--cold`: drop the page cache right before step 3 (the cut phase).
+    cold: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -140,7 +162,10 @@ fn parse_args() -> Result<Opts> {
         cmdeploy_cost: None,
         cmdeploy_model: "fast (the stand-in's own cost)".into(),
         by_command: false,
+        activity: ACTIVITY,
+        cold: false,
     };
+    let mut relays_given = false;
     let mut model = "fast".to_string();
     let mut model_scale: f64 = 0.1;
     let mut args = std::env::args().skip(1);
@@ -149,7 +174,11 @@ fn parse_args() -> Result<Opts> {
         match a.as_str() {
             // cargo bench passes --bench to harness = false targets.
             "--bench" => {}
-            "--relays" => o.relays = val()?.parse()?,
+            "--relays" => {
+                o.relays = val()?.parse()?;
+                relays_given = true;
+            }
+            "--cold" => o.cold = true,
             "--rounds" => o.rounds = val()?.parse()?,
             "--parallel" => o.parallel = val()?.parse()?,
             "--only" => {
@@ -174,8 +203,17 @@ fn parse_args() -> Result<Opts> {
                         message_size: 256,
                         seed: 1,
                     },
-                    _ => bail!("--data default|few-large|many-tiny"),
+                    "big" => DataOptions {
+                        users: 20_000,
+                        messages: 20,
+                        message_size: 2048,
+                        seed: 1,
+                    },
+                    _ => bail!("--data default|few-large|many-tiny|big"),
                 };
+                if v == "big" {
+                    o.activity = busy_day(&o.data);
+                }
                 o.data_name = v;
             }
             "--scale" => o.scale = true,
@@ -202,6 +240,9 @@ fn parse_args() -> Result<Opts> {
             }
             _ => bail!("unknown argument {a}\n{HELP}"),
         }
+    }
+    if o.data_name == "big" && !relays_given {
+        o.relays = 1;
     }
     if o.parallel == 0 {
         o.parallel = o.relays;
@@ -230,7 +271,7 @@ fn parse_args() -> Result<Opts> {
 }
 
 const HELP: &str = "cargo bench --bench fleet -- [--relays 20] [--rounds 3] [--parallel N (default: relays)] \
-[--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny] \
+[--only cmfleet,shell,ansible[,cmfleet-defaults]] [--data default|few-large|many-tiny|big] [--cold] \
 [--throughput [--size-mib 500] [--tp-subnet 127.79.2]] [--scale] [--no-fleet] \
 [--dir /dev/shm/cmfleet-bench] [--subnet 127.79.1] [--cmdeploy-model fast|real [--cmdeploy-scale 0.1]] \
 [--night N] [--by-command]
@@ -243,6 +284,11 @@ clock), reporting the makespan against its lower bound and the downtime distribu
 --throughput: one relay with --size-mib MiB of random mail; the raw pipe (ssh -A OLD \"tar c | ssh NEW tar x\"), \
 cmfleet direct and cmfleet staged step 1, alternating for --rounds rounds, each with the default cipher and \
 aes128-gcm; lab in DIR-tp on --tp-subnet. --no-fleet skips the fleet benchmark.
+--data big: one relay (unless --relays) of 20,000 accounts x 20 messages of 2 KiB (560,017 files), with a busy \
+day's activity between the phases; the report adds step 4's parts, the relay's log size and `cmfleet verify`'s \
+wall, CPU and peak RSS.
+--cold: sync and drop the page cache (echo 3 > /proc/sys/vm/drop_caches) right before every contender's step 3; \
+put --dir on a disk, not tmpfs, for it to mean anything.
 --by-command: BSD process accounting (accton, dump-acct: Debian's acct) during each phase, and the CPU of \
 every command name on the machine (controller and lab hosts) printed per phase: where the wall time goes.";
 
@@ -482,11 +528,20 @@ fn fresh_lab(o: &Opts) -> Result<Lab> {
     Ok(lab)
 }
 
-fn apply_activity(lab: &Lab) -> Result<()> {
+fn apply_activity(lab: &Lab, activity: &Activity) -> Result<()> {
     for r in lab.relays() {
-        lab.simulate_activity(r.index, &ACTIVITY)?;
+        lab.simulate_activity(r.index, activity)?;
     }
     Ok(())
+}
+
+/// `--cold`: every contender's step 3 starts with nothing of the hosts' trees cached.
+fn drop_caches() -> Result<()> {
+    let st = Command::new("sync").status()?;
+    if !st.success() {
+        bail!("sync failed");
+    }
+    fs::write("/proc/sys/vm/drop_caches", "3").context("echo 3 > /proc/sys/vm/drop_caches")
 }
 
 /// One copy of the checkout per relay (scripts, www, chatmaild; the venv linked, as
@@ -671,6 +726,104 @@ struct RunResult {
     machine_cpu: [f64; 2],
     /// Non-zero exits, "PHASE exit CODE".
     codes: Vec<String>,
+    /// Step 4's parts, the first relay's (seconds from the step's start).
+    step4: Option<Step4>,
+    /// Bytes of cmfleet's relay logs (all relays).
+    log_bytes: u64,
+    /// `cmfleet verify` after the migration: wall s, CPU s, peak RSS KiB.
+    verify_run: Option<(f64, f64, u64)>,
+}
+
+/// Step 4 of one relay, in seconds from its start.
+#[derive(Debug, Default, Clone, Copy)]
+struct Step4 {
+    total: f64,
+    /// The copies ended (cmfleet: the final sync; shell: tar and rsync).
+    copied: f64,
+    /// cmfleet: OLD's listing sorted and sending (it runs with the copy).
+    old_listed: Option<f64>,
+    /// cmfleet: NEW settled and listed; shell: its chown done.
+    new_settled: f64,
+}
+
+impl Step4 {
+    fn line(&self) -> String {
+        let old = self.old_listed.map_or(String::new(), |t| {
+            format!(", OLD's listing ready at {t:.1} s")
+        });
+        format!(
+            "step 4 {:.1} s: copy {:.1} s{old}, then NEW's settle and listing (shell: chown) {:.1} s, compare to the end {:.1} s",
+            self.total,
+            self.copied,
+            self.new_settled - self.copied,
+            self.total - self.new_settled
+        )
+    }
+}
+
+/// cmfleet's step 4 of the first relay with a "step 4 times" line in its log (the
+/// last such line: the pass that ended the step), and the logs' total size.
+fn cmfleet_step4(lab: &Lab) -> (Option<Step4>, u64) {
+    let logs = lab.dir().join(".cmfleet/logs");
+    let mut bytes = 0;
+    let mut found = None;
+    let mut paths: Vec<PathBuf> = fs::read_dir(&logs)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    for p in paths {
+        bytes += fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        let Some(line) = text.lines().rev().find(|l| l.starts_with("step 4 times:")) else {
+            continue;
+        };
+        // "step 4 times: copy done at 9.1 s, old's listing at 4.0 s, new's settle and
+        // listing at 12.3 s, compared at 12.6 s"
+        let secs: Vec<Option<f64>> = line
+            .split(" at ")
+            .skip(1)
+            .map(|w| w.split(' ').next().and_then(|n| n.parse().ok()))
+            .collect();
+        if found.is_none() {
+            if let [Some(copied), old, Some(new), Some(total)] = secs[..] {
+                found = Some(Step4 {
+                    total,
+                    copied,
+                    old_listed: old,
+                    new_settled: new,
+                });
+            }
+        }
+    }
+    (found, bytes)
+}
+
+/// The shell's step 4 of its first relay (relay.sh's peers/step4.txt).
+fn shell_step4(lab: &Lab) -> Option<Step4> {
+    let t = fs::read_to_string(lab.dir().join("peers/step4.txt")).ok()?;
+    let f: Vec<f64> = t
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let [a, b, c] = f[..] else { return None };
+    Some(Step4 {
+        total: (c - a) / 1000.0,
+        copied: (b - a) / 1000.0,
+        old_listed: None,
+        new_settled: (c - a) / 1000.0,
+    })
+}
+
+/// `cmfleet verify` of the migrated lab: wall, CPU (its process tree) and peak RSS.
+fn measure_verify(lab: &Lab, logs: &Path, round: usize) -> Result<(f64, f64, u64)> {
+    let mut cmd = Command::new(CMFLEET);
+    cmd.arg("verify").arg("-i").arg(lab.inventory());
+    let cpu0 = children_cpu();
+    let run = run_measured(&mut cmd, &logs.join(format!("{round}-cmfleet-verify.log")))?;
+    Ok((run.wall, children_cpu() - cpu0, run.hwm_kib))
 }
 
 impl RunResult {
@@ -938,7 +1091,10 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     let phase_count = phases.len();
     for (i, mut ph) in phases.into_iter().enumerate() {
         if i == 1 {
-            apply_activity(&lab)?;
+            apply_activity(&lab, &o.activity)?;
+            if o.cold {
+                drop_caches()?;
+            }
         }
         let seen = handshakes(&lab);
         let cpu0 = children_cpu();
@@ -1002,6 +1158,10 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         | Contender::CmfleetDaysApart
         | Contender::CmfleetSystemctl => {
             (res.downtimes, res.busy) = cmfleet_journal(&lab).unwrap_or_default();
+            (res.step4, res.log_bytes) = cmfleet_step4(&lab);
+            if c == Contender::Cmfleet {
+                res.verify_run = Some(measure_verify(&lab, &logs, round)?);
+            }
         }
         Contender::Shell => {
             let t = fs::read_to_string(lab.dir().join("peers/downtime.txt")).unwrap_or_default();
@@ -1016,6 +1176,7 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
                     (f.len() == 2).then(|| (f[1] - f[0]) as f64 / 1000.0)
                 })
                 .collect();
+            res.step4 = shell_step4(&lab);
         }
         Contender::Ansible => {}
     }
@@ -1053,6 +1214,17 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
     );
     if let Some(e) = &res.verify.example {
         eprintln!("      e.g. {e}");
+    }
+    if let Some(s4) = &res.step4 {
+        eprintln!("  [{round}] {:<16} {}", c.name(), s4.line());
+    }
+    if let Some((wall, cpu, hwm)) = res.verify_run {
+        eprintln!(
+            "  [{round}] {:<16} verify: wall {wall:.1} s, CPU {cpu:.1} s, peak RSS {:.1} MiB; relay logs {:.2} MB",
+            c.name(),
+            hwm as f64 / 1024.0,
+            res.log_bytes as f64 / 1e6
+        );
     }
     if std::env::var_os("BENCH_KEEP").is_none() {
         Lab::down(lab.dir())?;
@@ -1143,14 +1315,25 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## fleet: {} relays, parallelism {}, {} rounds, data {} ({}x{}x{} B per relay)\n",
+        "\n## fleet: {} relays, parallelism {}, {} rounds, data {} ({}x{}x{} B per relay){}\n",
         o.relays,
         o.parallel,
         o.rounds,
         o.data_name,
         o.data.users,
         o.data.messages,
-        o.data.message_size
+        o.data.message_size,
+        if o.cold {
+            ", cold (page cache dropped before step 3)"
+        } else {
+            ", warm"
+        }
+    );
+    let a = &o.activity;
+    let _ = writeln!(
+        out,
+        "activity between the phases, per relay: {} flag changes, {} new/ -> cur/, {} deletions, {} deliveries\n",
+        a.flag_changes, a.seen, a.deletions, a.new_messages
     );
     let _ = writeln!(out, "cmdeploy cost model: {}\n", o.cmdeploy_model);
     let _ = writeln!(
@@ -1273,6 +1456,60 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
                 c.name(),
                 cm / m,
                 cx / x
+            );
+        }
+    }
+    let parts: Vec<(Contender, Vec<Step4>)> = only
+        .iter()
+        .filter_map(|c| {
+            let rs = results.get(c)?;
+            let v: Vec<Step4> = rs
+                .iter()
+                .filter(|r| r.completed())
+                .filter_map(|r| r.step4)
+                .collect();
+            (!v.is_empty()).then_some((*c, v))
+        })
+        .collect();
+    if !parts.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nstep 4's parts (first relay, median over rounds, seconds from the step's start):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| contender | step 4 | copy | OLD's listing ready | NEW's settle + listing (shell: chown) | compare to the end | step 4 / its copy |\n|---|---|---|---|---|---|---|"
+        );
+        for (c, v) in &parts {
+            let m = |g: fn(&Step4) -> f64| stats(&v.iter().map(g).collect::<Vec<_>>()).0;
+            let old: Vec<f64> = v.iter().filter_map(|s| s.old_listed).collect();
+            let old = if old.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.1}", stats(&old).0)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {old} | {:.1} | {:.1} | {:.2} |",
+                c.name(),
+                m(|s| s.total),
+                m(|s| s.copied),
+                m(|s| s.new_settled - s.copied),
+                m(|s| s.total - s.new_settled),
+                m(|s| s.total / s.copied),
+            );
+        }
+    }
+    if let Some(rs) = cm {
+        let v: Vec<(f64, f64, u64)> = rs.iter().filter_map(|r| r.verify_run).collect();
+        if !v.is_empty() {
+            let (w, _, _) = stats(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+            let (c, _, _) = stats(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+            let rss = v.iter().map(|x| x.2).max().unwrap_or(0) as f64 / 1024.0;
+            let logs = rs.iter().map(|r| r.log_bytes).max().unwrap_or(0) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "\ncmfleet verify after the migration: wall {w:.1} s, CPU {c:.1} s (median), peak RSS {rss:.1} MiB (max); relay logs {logs:.2} MB (max)"
             );
         }
     }

@@ -100,10 +100,11 @@ fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(16);
         let records = |to| Stdout::Records { to, end: 0 };
         let plain = CommandKind::Plain;
+        let mut discard = proof::Discard;
         let (a, b, d) = tokio::join!(
             ssh.run(&old, &script, false, plain, &sink, records(old_tx)),
             ssh.run(&new, &script, false, plain, &sink, records(new_tx)),
-            proof::compare(old_rx, new_rx)
+            proof::compare(old_rx, new_rx, &mut discard)
         );
         a.expect("listing on old");
         b.expect("listing on new");
@@ -174,20 +175,25 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A `find` that fails on the host (the lab's hosts find /usr/local/sbin first):
-/// it lists half, complains and exits 1 when the host has a fault file.
-fn install_failing_find(lab: &TestLab) {
+/// The lab hosts' `find` (they find /usr/local/sbin first): `script` (sh), which
+/// ends by running the real one.
+fn install_find(lab: &TestLab, script: &str) {
     let wrapper = lab.dir().join("bin/find");
-    std::fs::write(
-        &wrapper,
-        "#!/bin/sh\nif [ -e /var/lib/chatmail-lab/fault-find ]; then\n  /usr/bin/find \"$@\" | head -c 2000\n  echo 'find: ‘./x’: Input/output error' >&2; exit 1\nfi\nexec /usr/bin/find \"$@\"\n",
-    )
-    .expect("write find wrapper");
+    std::fs::write(&wrapper, format!("#!/bin/sh\n{script}")).expect("write find wrapper");
     std::fs::set_permissions(
         &wrapper,
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .expect("chmod");
+}
+
+/// A `find` that fails on the host: it lists half, complains and exits 1 when the
+/// host has a fault file.
+fn install_failing_find(lab: &TestLab) {
+    install_find(
+        lab,
+        "if [ -e /var/lib/chatmail-lab/fault-find ]; then\n  /usr/bin/find \"$@\" | head -c 2000\n  echo 'find: ‘./x’: Input/output error' >&2; exit 1\nfi\nexec /usr/bin/find \"$@\"\n",
+    );
 }
 
 /// A listing that fails on OLD: before step 3 the cutover is refused while OLD
@@ -248,4 +254,66 @@ fn a_failing_find_refuses_the_cutover_or_fails_step_4_never_passes() {
         matches!(e, cmfleet::model::events::Event::StepStarted { relay, step: Step::Dns, .. } if relay == "relay2.lab.test")
     });
     assert!(!dns_started, "DNS is never touched");
+}
+
+/// A `find` that counts its walks of the mailboxes (the listing runs `find .` in
+/// /home/vmail/mail) in the host's /var/lib/chatmail-lab/mail-walks.
+fn install_counting_find(lab: &TestLab) {
+    install_find(
+        lab,
+        "if [ \"$1\" = . ] && [ \"$(pwd)\" = /home/vmail/mail ]; then echo walk >> /var/lib/chatmail-lab/mail-walks; fi\nexec /usr/bin/find \"$@\"\n",
+    );
+}
+
+/// Step 4 inside the downtime: the proof's listing walks each host's mailboxes once,
+/// and the copy itself owns every mailbox entry on NEW as `chown -R vmail:` did, a
+/// file rsync skips as up to date included (one step 1 copied, then owned by root on
+/// both hosts: `-a` alone would give NEW's copy root's owner).
+#[test]
+fn step_4_walks_the_mailboxes_once_and_owns_skipped_files_as_vmails() {
+    let lab = TestLab::start(1);
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    let relay = lab.relay(1).expect("relay");
+    let (outcome, journal, _) = run(&inv, Step::DisableOld);
+    assert!(outcome.failed.is_empty(), "{:#?}", journal.data);
+    drop(journal);
+
+    // Root's on both hosts (an operator's restore on OLD, a hand-made copy on NEW):
+    // up to date, so rsync skips the file; only its owner is set.
+    let old_mail = relay.old.path("/home/vmail/mail");
+    let new_mail = relay.new.path("/home/vmail/mail");
+    let on_old = a_message(&old_mail);
+    let message = new_mail.join(on_old.strip_prefix(&old_mail).expect("under mail"));
+    let cur = message.parent().expect("cur").to_path_buf();
+    for p in [&on_old, &message, &cur] {
+        std::os::unix::fs::chown(p, Some(0), Some(0)).expect("chown root");
+    }
+    install_counting_find(&lab);
+
+    let (outcome, journal, events) = run(&inv, Step::Activate);
+    assert_eq!(
+        outcome.done.len(),
+        1,
+        "{outcome:?}\n{:#?}\n{events:#?}",
+        journal.data
+    );
+    let users = lab.users();
+    for p in [&message, &cur] {
+        let meta = std::fs::symlink_metadata(p).expect("still on NEW");
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (users.vmail_uid, users.vmail_gid),
+            "{} is vmail's",
+            p.display()
+        );
+    }
+    let log =
+        std::fs::read_to_string(inv.fleet.state_dir.join("logs/relay1.lab.test.log")).expect("log");
+    assert!(log.contains("records identical on old and new"), "{log}");
+    assert!(!log.contains("chown vmail: -R"), "no chown walk: {log}");
+    for host in [&relay.old, &relay.new] {
+        let walks = std::fs::read_to_string(host.path("/var/lib/chatmail-lab/mail-walks"))
+            .unwrap_or_default();
+        assert_eq!(walks.lines().count(), 1, "walks on {}", host.addr);
+    }
 }

@@ -195,6 +195,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         program("mail KiB on old", Sh, catalogue::used_kib()),
         program("free KiB on new", Sh, catalogue::free_and_used_kib()),
         program("record the DKIM owner", Sh, catalogue::record_dkim_owner()),
+        program(
+            "before the final sync on new",
+            Sh,
+            catalogue::before_final_sync(),
+        ),
         program("DKIM chown", Sh, catalogue::dkim_chown()),
         program("systemctl disable", Sh, catalogue::systemctl_disable_mail()),
         program("systemctl enable", Sh, catalogue::systemctl_enable_mail()),
@@ -214,11 +219,7 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             Sh,
             catalogue::install_known_host(KNOWN_HOSTS),
         ),
-        program(
-            "message uids (verify)",
-            Sh,
-            cmfleet::commands::verify::message_uids_script(),
-        ),
+        program("verify listing", Sh, proof::verify_listing()),
         program(
             "queue check (verify)",
             Sh,
@@ -252,7 +253,11 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             "initial sync mirrored",
             catalogue::initial_sync(relay, true),
         ),
-        ("final sync", catalogue::final_sync(relay)),
+        (
+            "final sync",
+            catalogue::final_sync(relay, Some((5000, 5000))),
+        ),
+        ("final sync (plan)", catalogue::final_sync(relay, None)),
     ];
     for (name, copy) in copies {
         let pushed = format!(
@@ -342,8 +347,8 @@ fn the_final_sync_requires_acme_only_of_relays_with_lets_encrypt() {
     assert!(catalogue::acme_required(acme));
     assert!(!catalogue::acme_required(&self_signed));
     let required = "for p in /var/lib/acme /etc/dkimkeys /var/spool/postfix /home/vmail/mail;";
-    assert!(catalogue::final_sync(acme).contains(required));
-    let sync = catalogue::final_sync(&self_signed);
+    assert!(catalogue::final_sync(acme, None).contains(required));
+    let sync = catalogue::final_sync(&self_signed, None);
     assert!(
         sync.contains("for p in /etc/dkimkeys /var/spool/postfix /home/vmail/mail;")
             && sync.contains("if [ -e /var/lib/acme ]; then set -- \"$@\" /var/lib/acme; fi;"),

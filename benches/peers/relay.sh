@@ -23,8 +23,12 @@ t3=$(now)
 # 3
 scripts/cmdeploy run --disable-mail --ssh-host $OLD
 # 4
+t4=$(now)
 ssh -A root@$OLD "tar c /var/lib/acme /etc/dkimkeys /var/spool/postfix | ssh root@$NEW \"tar x -C /\" && rsync -azH /home/vmail/mail root@$NEW:/home/vmail/"
+t4s=$(now)
 ssh root@$NEW "chown root: -R /var/lib/acme; chown opendkim: -R /etc/dkimkeys; chown vmail: -R /home/vmail/mail"
+# step 4's parts (start, copies done, chown done), for the benchmark
+echo "$OLD $t4 $t4s $(now)" >> ${BENCH:-.}/peers/step4.txt
 # 6
 CMDEPLOY_STAGES=activate scripts/cmdeploy run --ssh-host $NEW
 # downtime of this relay (step 3 start -> step 6 end), for the benchmark

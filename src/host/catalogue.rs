@@ -193,34 +193,74 @@ fn optional_state(relay: &Relay) -> Vec<&'static str> {
     out
 }
 
-/// Step 4 on OLD: acme, dkimkeys, the postfix spool and the mailboxes in one rsync
-/// (one connection). OLD is frozen and authoritative now, so NEW mirrors it exactly:
-/// a message renamed or expired since step 1 must not survive on NEW; the spool's
-/// runtime sockets excepted (see [`spool_runtime_filters`]).
-/// `--no-implied-dirs` keeps rsync off `/etc` and `/var` themselves.
-pub fn final_sync(relay: &Relay) -> String {
-    let mut required = required_state(relay);
+/// Step 4 on OLD: two rsyncs at once, one connection each. OLD is frozen and
+/// authoritative now, so NEW mirrors it exactly: a message renamed or expired since
+/// step 1 must not survive on NEW; the spool's runtime sockets excepted (see
+/// [`spool_runtime_filters`]). `--no-implied-dirs` keeps rsync off `/etc` and `/var`
+/// themselves.
+///
+/// - The state (acme, dkimkeys, the Postfix spool, the optional files): small; its
+///   owners are set afterwards ([`fix_ownership`]).
+/// - The mailboxes, with `--chown` to NEW's vmail (`vmail`, its `uid:gid` as NEW
+///   said right before, [`before_final_sync`]; `None` for the plan). rsync sets the
+///   owner of every entry it sends, transferred or skipped as up to date (an
+///   unchanged file of another owner gets its owner fixed, itemized `.f....og...`),
+///   and `--delete` removes the rest: every entry under /home/vmail/mail on NEW
+///   ends up owned as `chown -R vmail:` would leave it, without a walk of its own
+///   inside the downtime. The proof checks every owner anyway.
+///
+/// The script's status is the mailboxes' rsync's, else the state's.
+pub fn final_sync(relay: &Relay, vmail: Option<(u32, u32)>) -> String {
+    let state = required_state(relay);
+    let mut required = state.clone();
     required.push(MAIL_DIR);
-    let required = required.join(" ");
+    let (required, state) = (required.join(" "), state.join(" "));
     // One test per optional file, not a loop: a loop over one word reads as a
     // mistake (shellcheck's SC2043).
     let optional: String = optional_state(relay)
         .iter()
         .map(|f| format!("if [ -e {f} ]; then set -- \"$@\" {f}; fi; "))
         .collect();
+    let state_sync = format!(
+        "rsync -aHR --delete --no-implied-dirs {} -e {} \"$@\" {}",
+        join(&spool_runtime_filters()),
+        quote(&inner_ssh(relay)),
+        quote(&format!("{}:/", relay.new.ssh)),
+    );
+    let mail_sync = rsync_push(
+        relay,
+        &format!(
+            "-aHR --delete --no-implied-dirs {}",
+            quote(&match vmail {
+                Some((u, g)) => format!("--chown={u}:{g}"),
+                None => "--chown=VMAIL_UID:VMAIL_GID".to_string(),
+            })
+        ),
+        MAIL_DIR,
+        "/",
+    );
     format!(
         "for p in {required}; do [ -e \"$p\" ] || {{ echo \"missing $p on old host\" >&2; exit 3; }}; done; \
-         set -- {required}; {optional}{}",
-        rsync_push(
-            relay,
-            &format!(
-                "-aHR --delete --no-implied-dirs {}",
-                join(&spool_runtime_filters())
-            ),
-            "\"$@\"",
-            "/"
-        )
+         set -- {state}; {optional}\
+         {state_sync} & s=$!; \
+         {mail_sync}; m=$?; wait $s; st=$?; \
+         if [ $m -ne 0 ]; then exit $m; fi; exit $st"
     )
+}
+
+/// On NEW before the final sync: record /etc/dkimkeys' owner ([`record_dkim_owner`]),
+/// then say vmail's `uid:gid`, which the mailboxes' copy gives every entry.
+pub fn before_final_sync() -> String {
+    format!(
+        "{}\nif u=$(id -u vmail) && g=$(id -g vmail); then echo \"$u:$g\"; else echo 'no vmail user on the new host (step 2 creates it)' >&2; exit 3; fi",
+        record_dkim_owner()
+    )
+}
+
+/// A `uid:gid` pair (what [`before_final_sync`] says), `None` if `s` is not one.
+pub fn parse_uid_gid(s: &str) -> Option<(u32, u32)> {
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
 }
 
 /// Step 4 on NEW: the ownerships of the guide (the DKIM keys' owner is the one step
@@ -235,20 +275,19 @@ pub fn final_sync(relay: &Relay) -> String {
 /// to fix there and is the heaviest command of the downtime (~300 chown/chmod and
 /// ~50 postconf processes, 0.6 s of CPU per relay: docs/performance.md).
 /// `acme`: [`acme_required`]; when not, /var/lib/acme is chowned only if it is there.
+///
+/// The mailboxes: a direct copy set their owner as it went ([`final_sync`]'s
+/// `--chown`); a staged one carries OLD's numbers, so there `chown -R` walks them.
 pub fn fix_ownership(transfer: TransferMode, acme: bool) -> String {
-    let spool = match transfer {
+    let rest = match transfer {
         TransferMode::Direct => "",
-        TransferMode::Staged => "postfix set-permissions && ",
+        TransferMode::Staged => "chown vmail: -R /home/vmail/mail && postfix set-permissions && ",
     };
     let acme = match acme {
         true => format!("chown root: -R {ACME_DIR}"),
         false => format!("{{ [ ! -e {ACME_DIR} ] || chown root: -R {ACME_DIR}; }}"),
     };
-    format!(
-        "{acme} && {} && \
-         chown vmail: -R /home/vmail/mail && {spool}postsuper -s",
-        dkim_chown()
-    )
+    format!("{acme} && {} && {rest}postsuper -s", dkim_chown())
 }
 
 /// On NEW: the owner (`uid:gid`) of /etc/dkimkeys as step 2's cmdeploy made it,

@@ -141,16 +141,28 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
             a
         }
         Step::FinalSync => {
-            let mut a = vec![act(Site::New, catalogue::record_dkim_owner())];
+            let mut a = vec![act(
+                Site::New,
+                format!(
+                    "{}   # says vmail's uid:gid, the mailboxes' owner below",
+                    catalogue::before_final_sync()
+                ),
+            )];
+            a.push(act(
+                Site::Old,
+                format!(
+                    "{}   # while the sync below runs; must match new's",
+                    proof::listing()
+                ),
+            ));
             a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,
                 format!(
-                    "{}   # then the listing below, which must match old's",
+                    "{}   # then the listing above",
                     catalogue::fix_ownership(r.settings.transfer, catalogue::acme_required(r))
                 ),
             ));
-            a.push(act(Site::Old, proof::listing()));
             a
         }
         Step::Dns => vec![act(Site::Dns, dns_description(r))],
@@ -181,7 +193,7 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
     match r.settings.transfer {
         TransferMode::Direct if last => vec![act(
             Site::OldForwarded,
-            catalogue::vouched_push(NEW_HOST_KEY, &catalogue::final_sync(r)),
+            catalogue::vouched_push(NEW_HOST_KEY, &catalogue::final_sync(r, None)),
         )],
         TransferMode::Direct => vec![
             act(

@@ -7,19 +7,18 @@
 //! - The Postfix queue NEW took over from OLD drains from NEW: each message is still
 //!   queued on NEW, or NEW's mail log says it was delivered (or bounced).
 //!
-//! The reference is step 4's cutover record (`proof::Cutover`); without one,
+//! The reference is step 4's cutover record (`proof::Reader`); without one,
 //! OLD's uidlists as read now (OLD is frozen since step 3) and no queue check.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::host::catalogue::MAIL_DIR;
 use crate::host::inspect::{quiet_sink, Finding};
-use crate::host::proof::{Cutover, Record, Uids, QUEUES, SPOOL};
+use crate::host::proof::{Queued, Uids, QUEUES, SPOOL};
 use crate::host::remote::{CommandKind, HostConn, SshPool, Stdout};
 use crate::model::inventory::Relay;
 
 /// Mailboxes or messages named in a finding; the rest are counted.
-const SHOWN: usize = 5;
+pub(super) const SHOWN: usize = 5;
 
 /// `dom/addr/.Folder/dovecot-uidlist` -> `addr/Folder`; the maildir root is INBOX.
 fn mailbox_name(uidlist: &str) -> String {
@@ -32,72 +31,11 @@ fn mailbox_name(uidlist: &str) -> String {
     }
 }
 
-/// The `U` records of a listing, by uidlist path.
-pub(super) fn uidlists(records: &[Record]) -> BTreeMap<String, Uids> {
-    records
-        .iter()
-        .filter(|r| r.section == b'U')
-        .map(|r| {
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let uids = Uids {
-                uidvalidity: text(&r.fields[1]),
-                uidnext: text(&r.fields[2]),
-            };
-            (r.shown_path(), uids)
-        })
-        .collect()
-}
-
-/// Every message's UID, by (mailbox directory, maildir unique name).
-pub type MessageUids = BTreeMap<(String, String), u64>;
-
-/// On a host: one NUL-ended record per message in the uidlists: `UID\tUNIQUE\tDIR`
-/// (a uidlist line is `UID [EXT...] :FILENAME`; the unique name is the file name
-/// before `:2,flags`; the directory may hold tabs, so it comes last).
-pub fn message_uids_script() -> String {
-    const AWK: &str = r#"FNR > 1 && $1 ~ /^[0-9]+$/ { i = index($0, " :"); if (i == 0) next; u = substr($0, i + 2); sub(/:.*/, "", u); d = substr(FILENAME, 3, length(FILENAME) - 18); printf "%s\t%s\t%s%c", $1, u, d, 0 }"#;
-    format!("cd {MAIL_DIR} && find . -name dovecot-uidlist -type f -exec awk '{AWK}' {{}} +")
-}
-
-pub(super) fn parse_message_uids(records: &[Vec<u8>]) -> MessageUids {
-    records
-        .iter()
-        .filter_map(|r| {
-            let text = String::from_utf8_lossy(r);
-            let mut f = text.splitn(3, '\t');
-            let uid = f.next()?.parse().ok()?;
-            let (unique, dir) = (f.next()?, f.next()?);
-            Some(((dir.to_string(), unique.to_string()), uid))
-        })
-        .collect()
-}
-
-/// Messages whose UID a client would see change: another UID on NEW, or none though
-/// the message is on NEW (`on_new`: by mailbox directory and unique name). Grouped by
-/// mailbox, with one example each.
-pub fn compare_message_uids(
-    old: &MessageUids,
-    new: &MessageUids,
-    on_new: impl Fn(&(String, String)) -> bool,
-) -> Vec<String> {
-    let mut by_mailbox: BTreeMap<&str, (usize, String)> = BTreeMap::new();
-    for (key, uid) in old {
-        let example = match new.get(key) {
-            Some(n) if n == uid => continue,
-            Some(n) => format!("{}: UID {uid} on OLD, {n} on NEW", key.1),
-            None if on_new(key) => format!("{}: UID {uid} on OLD, none on NEW", key.1),
-            None => continue,
-        };
-        let e = by_mailbox.entry(&key.0).or_insert((0, example));
-        e.0 += 1;
-    }
-    by_mailbox
-        .into_iter()
-        .map(|(dir, (n, example))| {
-            let name = mailbox_name(&format!("{dir}/dovecot-uidlist"));
-            format!("{name}: {n} message(s) with another UID on NEW (e.g. {example})")
-        })
-        .collect()
+/// One line per mailbox whose messages a client would see renumbered: `n` of them,
+/// `example` one (`dir` is the mailbox's directory under /home/vmail/mail).
+pub(super) fn renumbered(dir: &str, n: usize, example: &str) -> String {
+    let name = mailbox_name(&format!("{dir}/dovecot-uidlist"));
+    format!("{name}: {n} message(s) with another UID on NEW (e.g. {example})")
 }
 
 /// What the UID comparison found.
@@ -111,69 +49,76 @@ pub struct UidsDiff {
 
 /// NEW's uidlists against the reference: same UIDVALIDITY, UIDNEXT not lower.
 pub fn compare_uids(reference: &BTreeMap<String, Uids>, new: &BTreeMap<String, Uids>) -> UidsDiff {
-    let mut d = UidsDiff {
-        mailboxes: reference.len(),
-        ..UidsDiff::default()
-    };
+    let mut d = UidsDiff::default();
     for (path, old) in reference {
-        let name = mailbox_name(path);
-        let Some(now) = new.get(path) else {
-            d.problems.push(format!(
-                "{name}: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)"
-            ));
-            continue;
-        };
-        if now.uidvalidity != old.uidvalidity {
-            d.problems.push(format!(
-                "{name}: UIDVALIDITY {} on NEW, {} on OLD",
-                now.uidvalidity, old.uidvalidity
-            ));
-            continue;
-        }
-        match (old.uidnext.parse::<u64>(), now.uidnext.parse::<u64>()) {
-            (Ok(o), Ok(n)) if n < o => d.problems.push(format!(
-                "{name}: UIDNEXT {n} on NEW, {o} on OLD (UIDs clients know would be reused)"
-            )),
-            (Ok(o), Ok(n)) if n > o => d.advanced += 1,
-            (Ok(_), Ok(_)) => {}
-            _ if old.uidnext == now.uidnext => {}
-            _ => d.problems.push(format!(
-                "{name}: UIDNEXT {} on NEW, {} on OLD",
-                now.uidnext, old.uidnext
-            )),
+        if let Some(problem) = d.one(path, old, new.get(path)) {
+            d.problems.push(problem);
         }
     }
     d
 }
 
+impl UidsDiff {
+    /// One mailbox of the reference (`path`: its uidlist's) against NEW's `now`:
+    /// counted, and what a client would notice, if anything.
+    pub(super) fn one(&mut self, path: &str, old: &Uids, now: Option<&Uids>) -> Option<String> {
+        self.mailboxes += 1;
+        let name = mailbox_name(path);
+        let Some(now) = now else {
+            return Some(format!(
+                "{name}: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)"
+            ));
+        };
+        if now.uidvalidity != old.uidvalidity {
+            return Some(format!(
+                "{name}: UIDVALIDITY {} on NEW, {} on OLD",
+                now.uidvalidity, old.uidvalidity
+            ));
+        }
+        match (old.uidnext.parse::<u64>(), now.uidnext.parse::<u64>()) {
+            (Ok(o), Ok(n)) if n < o => Some(format!(
+                "{name}: UIDNEXT {n} on NEW, {o} on OLD (UIDs clients know would be reused)"
+            )),
+            (Ok(o), Ok(n)) if n > o => {
+                self.advanced += 1;
+                None
+            }
+            (Ok(_), Ok(_)) => None,
+            _ if old.uidnext == now.uidnext => None,
+            _ => Some(format!(
+                "{name}: UIDNEXT {} on NEW, {} on OLD",
+                now.uidnext, old.uidnext
+            )),
+        }
+    }
+}
+
+/// The client view's finding: `problems` (the first few, and how many in all) over
+/// `mailboxes` compared against `source`, `advanced` of them since by new mail.
 pub(super) fn uids_finding(
-    reference: &BTreeMap<String, Uids>,
+    mailboxes: usize,
+    advanced: usize,
     source: &str,
-    new: &[Record],
-    renumbered: Vec<String>,
+    problems: &[String],
+    total: usize,
 ) -> Finding {
     const CHECK: &str = "client view";
-    let mut d = compare_uids(reference, &uidlists(new));
-    d.problems.extend(renumbered);
-    if d.problems.is_empty() {
+    if total == 0 {
         return Finding::pass(
             CHECK,
             format!(
-                "{} mailbox(es) keep OLD's UIDVALIDITY and UIDNEXT ({} advanced since by new mail; reference: {source})",
-                d.mailboxes, d.advanced
+                "{mailboxes} mailbox(es) keep OLD's UIDVALIDITY and UIDNEXT ({advanced} advanced since by new mail; reference: {source})"
             ),
         );
     }
-    let mut shown: Vec<String> = d.problems.iter().take(SHOWN).cloned().collect();
-    if d.problems.len() > SHOWN {
-        shown.push(format!("... ({} more)", d.problems.len() - SHOWN));
+    let mut shown: Vec<String> = problems.iter().take(SHOWN).cloned().collect();
+    if total > shown.len() {
+        shown.push(format!("... ({} more)", total - shown.len()));
     }
     Finding::fail(
         CHECK,
         format!(
-            "{} difference(s) a mail client would see, in {} mailbox(es) (reference: {source}): {}",
-            d.problems.len(),
-            d.mailboxes,
+            "{total} difference(s) a mail client would see, in {mailboxes} mailbox(es) (reference: {source}): {}",
             shown.join("; ")
         ),
     )
@@ -253,16 +198,16 @@ pub(super) async fn queue_finding(
     ssh: &SshPool,
     relay: &Relay,
     new: &HostConn,
-    cutover: Option<&Cutover>,
+    queue: Option<&[Queued]>,
 ) -> Finding {
     const CHECK: &str = "queue";
-    let Some(cutover) = cutover else {
+    let Some(queue) = queue else {
         return Finding::warn(
             CHECK,
             "not checked: no cutover record from step 4 in this state_dir (an older cmfleet, or another controller ran it)",
         );
     };
-    let ids: Vec<String> = cutover.queue.iter().map(|q| q.id.clone()).collect();
+    let ids: Vec<String> = queue.iter().map(|q| q.id.clone()).collect();
     if ids.is_empty() {
         return Finding::pass(CHECK, "OLD's queue was empty at the cutover");
     }
@@ -332,10 +277,7 @@ mod tests {
     use super::*;
 
     fn uids(v: &str, n: &str) -> Uids {
-        Uids {
-            uidvalidity: v.into(),
-            uidnext: n.into(),
-        }
+        Uids::new(v, n)
     }
 
     #[test]
@@ -369,27 +311,6 @@ mod tests {
                 "f@d/INBOX: no uidlist on NEW (Dovecot gives it a new UIDVALIDITY)",
             ]
         );
-    }
-
-    #[test]
-    fn messages_renumbered_on_new_are_counted_per_mailbox() {
-        let key = |d: &str, u: &str| (d.to_string(), u.to_string());
-        let old = MessageUids::from([
-            (key("d/a", "1.M1"), 1),
-            (key("d/a", "2.M2"), 2),
-            (key("d/a", "3.M3"), 3),
-            (key("d/a/.DC", "4.M4"), 1),
-        ]);
-        // 1 keeps its UID, 2 got another, 3 has none though it is there; 4 was
-        // deleted by its user since: not a difference.
-        let new = MessageUids::from([(key("d/a", "1.M1"), 1), (key("d/a", "2.M2"), 9)]);
-        let problems = compare_message_uids(&old, &new, |k| k.1 != "4.M4");
-        assert_eq!(
-            problems,
-            ["a/INBOX: 2 message(s) with another UID on NEW (e.g. 2.M2: UID 2 on OLD, 9 on NEW)"]
-        );
-        let same = compare_message_uids(&old, &old, |_| true);
-        assert!(same.is_empty(), "{same:?}");
     }
 
     #[test]

@@ -12,10 +12,8 @@ use std::time::Duration;
 mod clients;
 mod mailboxes;
 
-pub use clients::{
-    compare_uids, message_uids_script, queue_fates, queue_script, QueueFate, UidsDiff,
-};
-pub use mailboxes::{compare, MailboxDiff};
+pub use clients::{compare_uids, queue_fates, queue_script, QueueFate, UidsDiff};
+pub use mailboxes::{merge, ClientView, MailboxDiff, Named, Verdict};
 
 use super::check::CheckError;
 use crate::host::inspect::{for_each_relay, ssh_pool, Finding, RelayFindings};

@@ -12,11 +12,12 @@
 //! - Dovecot's uidlists (`U`): the same UIDVALIDITY and UIDNEXT per mailbox (the
 //!   files are copied byte for byte; this says so in the terms a mail client uses).
 //!
-//! The merge also keeps what `verify` needs once OLD is gone ([`Cutover`]).
+//! The merge also hands what `verify` needs once OLD is gone to a [`Keep`] (the
+//! cutover record, written as it goes).
 
 use tokio::sync::mpsc::Receiver;
 
-use super::cutover::{Cutover, Queued, Uids};
+use super::cutover::{Keep, Queued, Uids};
 use super::read::{Incomplete, Listing, Owners, Record};
 
 /// At most this many differences are listed in an error.
@@ -29,8 +30,10 @@ pub struct Differences {
     total: usize,
     /// Records compared (for the log).
     pub entries: u64,
-    /// OLD's uidlists and NEW's queue, as they were compared.
-    pub cutover: Cutover,
+    /// When each host's listing began to arrive: the host had walked, sorted and
+    /// digested its trees by then (for the log's times of step 4's parts).
+    pub old_ready: Option<tokio::time::Instant>,
+    pub new_ready: Option<tokio::time::Instant>,
 }
 
 impl Differences {
@@ -59,21 +62,22 @@ impl Differences {
         self.shown
     }
 
-    /// Keeps what the cutover record needs from OLD's record `old` and NEW's `new`.
-    fn remember(&mut self, old: Option<&Record>, new: Option<&Record>) {
+    /// Hands what the cutover record needs from OLD's record `old` and NEW's `new`
+    /// to `keep`.
+    fn remember(keep: &mut (dyn Keep + Send), old: Option<&Record>, new: Option<&Record>) {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         if let Some(r) = old.filter(|r| r.section == b'U') {
             let uids = Uids {
                 uidvalidity: text(&r.fields[1]),
                 uidnext: text(&r.fields[2]),
             };
-            self.cutover.mailboxes.insert(r.shown_path(), uids);
+            keep.mailbox(&r.path, uids);
         }
         if let Some(r) = new.filter(|r| r.section == b'Q') {
             let path = text(&r.path);
             let queue = path.split('/').next().unwrap_or_default().to_string();
             let id = text(&r.fields[3]);
-            self.cutover.queue.push(Queued { queue, id });
+            keep.queued(Queued { queue, id });
         }
     }
 
@@ -175,14 +179,24 @@ fn seconds(mtime: &[u8]) -> &[u8] {
 }
 
 /// Compares the two listings as they arrive (memory stays bounded by the
-/// channels). An incomplete listing on either side is an error, never a result.
+/// channels), handing OLD's uidlists and NEW's queue to `keep`. An incomplete
+/// listing on either side is an error, never a result.
 pub async fn compare(
     old: Receiver<Vec<u8>>,
     new: Receiver<Vec<u8>>,
+    keep: &mut (dyn Keep + Send),
 ) -> Result<Differences, Incomplete> {
-    let (old, new) = tokio::join!(Listing::open("old", old), Listing::open("new", new));
+    let opened = |side, rx| async move {
+        let listing = Listing::open(side, rx).await;
+        (listing, tokio::time::Instant::now())
+    };
+    let ((old, old_ready), (new, new_ready)) = tokio::join!(opened("old", old), opened("new", new));
     let ((mut old, _), (mut new, owners)) = (old?, new?);
-    let mut d = Differences::default();
+    let mut d = Differences {
+        old_ready: Some(old_ready),
+        new_ready: Some(new_ready),
+        ..Differences::default()
+    };
     let (mut x, mut y) = next_both(&mut old, &mut new).await?;
     loop {
         let order = match (&x, &y) {
@@ -194,17 +208,17 @@ pub async fn compare(
         d.entries += 1;
         match (order, x.as_ref(), y.as_ref()) {
             (std::cmp::Ordering::Less, Some(a), _) => {
-                d.remember(Some(a), None);
+                Differences::remember(keep, Some(a), None);
                 d.one_side(a, true);
                 x = old.next().await?;
             }
             (std::cmp::Ordering::Greater, _, Some(b)) => {
-                d.remember(None, Some(b));
+                Differences::remember(keep, None, Some(b));
                 d.one_side(b, false);
                 y = new.next().await?;
             }
             (_, Some(a), Some(b)) => {
-                d.remember(Some(a), Some(b));
+                Differences::remember(keep, Some(a), Some(b));
                 d.pair(a, b, &owners);
                 (x, y) = next_both(&mut old, &mut new).await?;
             }

@@ -12,8 +12,11 @@ mod listing;
 mod read;
 
 pub use compare::{compare, Differences};
-pub use cutover::{cutover_path, Cutover, CutoverError, Queued, Uids};
-pub use listing::{listing, settle_new, QUEUES, SPOOL};
+pub use cutover::{
+    cutover_path, Cutover, CutoverError, Discard, Entry, Keep, Mailbox, Queued, Reader, Uids,
+    Writer,
+};
+pub use listing::{listing, settle_new, verify_listing, QUEUES, SPOOL};
 pub use read::{Incomplete, Listing, Owners, Record};
 
 #[cfg(test)]

@@ -39,7 +39,9 @@ fn feed(records: Vec<Vec<u8>>) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
 }
 
 async fn run(old: Vec<Vec<u8>>, new: Vec<Vec<u8>>) -> Result<Vec<String>, super::Incomplete> {
-    compare(feed(old), feed(new)).await.map(|d| d.into_lines())
+    compare(feed(old), feed(new), &mut super::Discard)
+        .await
+        .map(|d| d.into_lines())
 }
 
 fn mail(path: &str, size: u32, mtime: &str, owner: &str) -> Vec<u8> {
@@ -202,20 +204,22 @@ async fn uidlists_compare_in_a_clients_terms_and_the_cutover_is_recorded() {
         vec!["differs: d/u/dovecot-uidlist (UIDVALIDITY/UIDNEXT old 100/7, new 101/7)"]
     );
     // Equal: OLD's UIDs and NEW's queue IDs (postsuper renamed them) are kept.
+    let mut kept = super::Cutover::default();
     let d = compare(
         feed(listing(&[&u("100", "7"), &q_old], "-")),
         feed(listing(&[&u("100", "7"), &q], "-")),
+        &mut kept,
     )
     .await
     .expect("complete");
     assert!(d.is_empty());
-    let uids = &d.cutover.mailboxes["d/u/dovecot-uidlist"];
+    let uids = &kept.mailboxes["d/u/dovecot-uidlist"];
     assert_eq!(
         (uids.uidvalidity.as_str(), uids.uidnext.as_str()),
         ("100", "7")
     );
     assert_eq!(
-        d.cutover.queue,
+        kept.queue,
         vec![super::Queued {
             queue: "deferred".into(),
             id: "ABC12".into()

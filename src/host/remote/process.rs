@@ -224,8 +224,49 @@ async fn read_all(mut r: impl AsyncRead + Unpin) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Reads `r` and hands every line to the sink. rsync's progress updates end in
-/// `\r`, so both `\r` and `\n` end a line.
+/// At most one progress line per this interval reaches the log and the events.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Progress lines of one stream, sampled: rsync's `--info=progress2` writes one per
+/// file it finishes (125,000 lines, 9.4 MB of log, for one relay of 560,000 files),
+/// and a log must grow with what happens, not with the files. The first line is
+/// passed, then at most one per [`PROGRESS_EVERY`]; the last one held back is passed
+/// before any other line and at the end, so the log still says where a copy stopped.
+#[derive(Default)]
+struct Sampler {
+    /// When a progress line was last passed on.
+    passed: Option<tokio::time::Instant>,
+    /// The latest progress line not passed on.
+    held: Option<String>,
+}
+
+impl Sampler {
+    /// Whether `line` (a progress line) is passed on now; if not, it is held.
+    fn take(&mut self, line: &str) -> bool {
+        let now = tokio::time::Instant::now();
+        if self
+            .passed
+            .is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY)
+        {
+            self.held = Some(line.to_string());
+            return false;
+        }
+        self.passed = Some(now);
+        self.held = None;
+        true
+    }
+
+    /// Passes on the progress line held back, if any.
+    fn flush(&mut self, sink: &LineSink) {
+        if let Some(line) = self.held.take() {
+            sink.line(&line);
+        }
+    }
+}
+
+/// Reads `r` and hands every line to the sink (progress lines sampled, see
+/// [`Sampler`]). rsync's progress updates end in `\r`, so both `\r` and `\n` end
+/// a line.
 async fn pump(
     mut r: impl AsyncRead + Unpin,
     sink: &LineSink,
@@ -233,6 +274,7 @@ async fn pump(
 ) -> std::io::Result<()> {
     let mut buf = [0u8; 8192];
     let mut pending: Vec<u8> = Vec::new();
+    let mut sampler = Sampler::default();
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -240,17 +282,23 @@ async fn pump(
         }
         for &b in &buf[..n] {
             if b == b'\n' || b == b'\r' {
-                emit(&mut pending, sink, tail);
+                emit(&mut pending, sink, tail, &mut sampler);
             } else {
                 pending.push(b);
             }
         }
     }
-    emit(&mut pending, sink, tail);
+    emit(&mut pending, sink, tail, &mut sampler);
+    sampler.flush(sink);
     Ok(())
 }
 
-fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) {
+fn emit(
+    pending: &mut Vec<u8>,
+    sink: &LineSink,
+    tail: &Mutex<VecDeque<String>>,
+    sampler: &mut Sampler,
+) {
     if pending.iter().all(u8::is_ascii_whitespace) {
         pending.clear();
         return;
@@ -261,14 +309,19 @@ fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>) 
     let line =
         crate::infra::redact::scrubbed(String::from_utf8_lossy(pending).trim_end().to_string());
     pending.clear();
-    sink.line(&line);
-    if parse_progress(&line).is_none() {
-        if let Ok(mut t) = tail.lock() {
-            if t.len() == TAIL {
-                t.pop_front();
-            }
-            t.push_back(line);
+    if parse_progress(&line).is_some() {
+        if sampler.take(&line) {
+            sink.line(&line);
         }
+        return;
+    }
+    sampler.flush(sink);
+    sink.line(&line);
+    if let Ok(mut t) = tail.lock() {
+        if t.len() == TAIL {
+            t.pop_front();
+        }
+        t.push_back(line);
     }
 }
 
@@ -376,6 +429,41 @@ mod tests {
         assert_eq!(first, Some(b"1".to_vec()));
         let status = child.wait().await.expect("wait");
         assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+
+    /// rsync writes a progress line per file: the log gets the first, at most one a
+    /// second after it, the last one, and every other line in its place.
+    #[tokio::test]
+    async fn progress_lines_are_sampled_and_the_last_one_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let log = std::fs::File::create(&path).expect("create log");
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::model::step::Step::FinalSync,
+            events: crate::model::events::EventSink::discard(),
+            log: Some(std::sync::Arc::new(std::sync::Mutex::new(log))),
+        };
+        let script = r#"i=1; while [ $i -le 5000 ]; do printf '%s 50%%  1.00MB/s  0:00:01 (xfr#%s)\r' $i $i; i=$((i+1)); done
+echo done copying; printf '9999 100%%  1.00MB/s  0:00:02 (xfr#5001)\r'"#;
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let out = super::run_process(cmd, &sink).await.expect("run sh");
+        assert_eq!(out.code, Some(0));
+        let text = std::fs::read_to_string(&path).expect("read log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() <= 12, "{} lines logged: {lines:?}", lines.len());
+        assert!(lines[0].starts_with("1 50%"), "{lines:?}");
+        let done = lines.iter().position(|l| *l == "done copying");
+        let done = done.expect("the other line is logged");
+        assert!(
+            lines[done - 1].starts_with("5000 50%"),
+            "the last progress line before it is kept: {lines:?}"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("9999 100%  1.00MB/s  0:00:02 (xfr#5001)")
+        );
     }
 
     #[test]

@@ -36,8 +36,9 @@ enum Pass {
     /// Step 1 again (a retry, `--refresh`), or into a NEW that holds mail: an rsync
     /// delta; `mirror` (with `--delete`) only over data cmfleet put there itself.
     Delta { mirror: bool },
-    /// Step 4: the exact mirror of everything, with `--delete`.
-    Final,
+    /// Step 4: the exact mirror of everything, with `--delete`; the mailboxes owned
+    /// by NEW's vmail (`uid`, `gid`) as they are copied.
+    Final { vmail: (u32, u32) },
 }
 
 /// About what `tar c` of OLD's mailboxes writes (its progress counts archive bytes):
@@ -494,7 +495,7 @@ impl Executor {
         let sync = match pass {
             Pass::FirstCopy { bytes } => catalogue::first_copy(relay, Some(bytes)),
             Pass::Delta { mirror } => catalogue::initial_sync(relay, mirror),
-            Pass::Final => catalogue::final_sync(relay),
+            Pass::Final { vmail } => catalogue::final_sync(relay, Some(vmail)),
         };
         let script = catalogue::vouched_push(&lines.join("\n"), &sync);
         self.ssh
@@ -512,7 +513,7 @@ impl Executor {
 
     /// Two rsync hops through the controller's staging directory, each a delta.
     async fn staged_sync(&self, relay: &Relay, pass: Pass, sink: &LineSink) -> StepResult {
-        let last = pass == Pass::Final;
+        let last = matches!(pass, Pass::Final { .. });
         // A first copy goes into an empty NEW: nothing there to delete.
         let mirror_new = !matches!(pass, Pass::Delta { mirror: false });
         let old = self.connect(relay, &relay.old).await?;
@@ -644,19 +645,49 @@ impl Executor {
     /// something is really wrong, and a relay left DOWN for a fluke is an outage.
     async fn final_sync(&self, relay: &Relay, sink: &LineSink) -> StepResult {
         let new = self.connect(relay, &relay.new).await?;
-        let record = catalogue::record_dkim_owner();
-        self.ssh
-            .run(&new, &record, false, CommandKind::Plain, sink, Stdout::Sink)
+        let out = self
+            .ssh
+            .run(
+                &new,
+                &catalogue::before_final_sync(),
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture,
+            )
             .await?;
         drop(new);
+        let said = out.stdout.unwrap_or_default();
+        let vmail = catalogue::parse_uid_gid(&said).ok_or_else(|| {
+            StepError::permanent(format!(
+                "the new host gave no uid:gid of vmail (it said {:?})",
+                said.trim()
+            ))
+        })?;
         for pass in 1..=2 {
-            self.sync(relay, Pass::Final, sink).await?;
-            let differences = self.prove(relay, sink).await?;
+            // The cutover record is written as the proof goes; it replaces the
+            // relay's record only once the proof passed.
+            let mut record = match proof::Writer::create(&self.fleet.state_dir, &relay.name) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    sink.log(&format!("warning: {e} (verify will read the old host)"));
+                    None
+                }
+            };
+            let differences = match &mut record {
+                Some(w) => self.sync_and_prove(relay, vmail, w, sink).await?,
+                None => {
+                    self.sync_and_prove(relay, vmail, &mut proof::Discard, sink)
+                        .await?
+                }
+            };
             if differences.is_empty() {
                 if relay.settings.transfer == TransferMode::Staged {
                     self.release_staging(relay);
                 }
-                self.record_cutover(relay, &differences.cutover, sink);
+                if let Some(w) = record {
+                    record_cutover(w, sink);
+                }
                 return Ok(None);
             }
             let total = differences.total();
@@ -677,25 +708,22 @@ impl Executor {
         Err(StepError::permanent("unreachable: the proof loop ended"))
     }
 
-    /// Keeps what OLD served for `verify`. Not worth failing the step over (this is
-    /// inside the downtime, and the copy is proven): `verify` then reads OLD itself.
-    fn record_cutover(&self, relay: &Relay, cutover: &proof::Cutover, sink: &LineSink) {
-        match cutover.save(&self.fleet.state_dir, &relay.name) {
-            Ok(()) => sink.log(&format!(
-                "proof: recorded {} mailbox(es) and {} queued message(s) for verify",
-                cutover.mailboxes.len(),
-                cutover.queue.len()
-            )),
-            Err(e) => sink.log(&format!("warning: {e} (verify will read the old host)")),
-        }
-    }
-
-    /// OLD's and NEW's listings, compared as they arrive (nothing of a relay's
-    /// millions of files is held whole). NEW first settles ownership and the
-    /// Postfix queue. A listing that is not complete is a transient error.
-    async fn prove(&self, relay: &Relay, sink: &LineSink) -> Result<proof::Differences, StepError> {
+    /// The final mirror and the proof, on the shortest path through the downtime:
+    /// OLD's listing runs while the copy does (OLD is frozen since step 3; the listing
+    /// sorts into a file on OLD before it sends anything, and then waits for the
+    /// merge), NEW's settles and lists once the copy is done, and the two are compared
+    /// as they arrive (nothing of a relay's millions of files is held whole). A
+    /// listing that is not complete is a transient error. The relay's log gets the
+    /// parts' times.
+    async fn sync_and_prove(
+        &self,
+        relay: &Relay,
+        vmail: (u32, u32),
+        keep: &mut (dyn proof::Keep + Send),
+        sink: &LineSink,
+    ) -> Result<proof::Differences, StepError> {
+        let started = tokio::time::Instant::now();
         let old = self.connect(relay, &relay.old).await?;
-        let new = self.connect(relay, &relay.new).await?;
         let (on_old, on_new) = (
             proof::listing(),
             proof::settle_new(relay.settings.transfer, catalogue::acme_required(relay)),
@@ -704,19 +732,42 @@ impl Executor {
         let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
         let records = |to| Stdout::Records { to, end: 0 };
         let plain = CommandKind::Plain;
-        let (a, b, compared) = tokio::join!(
+        // Boxed: the copy's future is large, and three of them side by side overflow a
+        // worker's stack in a debug build.
+        let old_side = Box::pin(async {
             self.ssh
-                .run(&old, &on_old, false, plain, sink, records(old_tx)),
+                .run(&old, &on_old, false, plain, sink, records(old_tx))
+                .await
+                .map_err(StepError::from)
+        });
+        let synced = std::sync::OnceLock::new();
+        let new_side = Box::pin(async {
+            self.sync(relay, Pass::Final { vmail }, sink).await?;
+            let _ = synced.set(started.elapsed());
+            let new = self.connect(relay, &relay.new).await?;
             self.ssh
-                .run(&new, &on_new, false, plain, sink, records(new_tx)),
-            proof::compare(old_rx, new_rx),
-        );
-        a?;
-        b?;
+                .run(&new, &on_new, false, plain, sink, records(new_tx))
+                .await
+                .map_err(StepError::from)
+        });
+        // A failed copy ends the step at once: the listings are dropped with it.
+        let both = async { tokio::try_join!(old_side, new_side) };
+        let (ran, compared) = tokio::join!(both, Box::pin(proof::compare(old_rx, new_rx, keep)));
+        ran?;
         let differences = compared.map_err(|e| StepError {
             kind: ErrorKind::Transient,
             message: e.to_string(),
         })?;
+        let at = |d: Option<Duration>| {
+            d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+        };
+        sink.log(&format!(
+            "step 4 times: copy done at {}, old's listing at {}, new's settle and listing at {}, compared at {}",
+            at(synced.get().copied()),
+            at(differences.old_ready.map(|t| t.duration_since(started))),
+            at(differences.new_ready.map(|t| t.duration_since(started))),
+            at(Some(started.elapsed())),
+        ));
         if differences.is_empty() {
             sink.log(&format!(
                 "proof: {} records identical on old and new",
@@ -841,6 +892,18 @@ impl Executor {
 
 /// How long OLD's listeners may take to close after their units stopped.
 const PORT_SETTLE: Duration = Duration::from_secs(5);
+
+/// Keeps what OLD served for `verify`. Not worth failing the step over (this is
+/// inside the downtime, and the copy is proven): `verify` then reads OLD itself.
+fn record_cutover(record: proof::Writer, sink: &LineSink) {
+    let (mailboxes, queued) = (record.mailboxes, record.queued);
+    match record.commit() {
+        Ok(()) => sink.log(&format!(
+            "proof: recorded {mailboxes} mailbox(es) and {queued} queued message(s) for verify"
+        )),
+        Err(e) => sink.log(&format!("warning: {e} (verify will read the old host)")),
+    }
+}
 
 /// What the controller sees at `host`'s port 25: a refusal is the only "closed"; a
 /// connect that hangs may be a firewall and says nothing.
