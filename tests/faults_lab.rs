@@ -652,17 +652,7 @@ fn what_operators_read_after_failures_holds_no_rust_debug_text() {
         )
     });
     // Relay 3's fault comes after its step 2 (a fault file is read at every run).
-    let (code, _) = cmfleet(
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &path,
-    );
+    let (code, _) = cmfleet(&common::run::PRE_STAGE, &path);
     assert_eq!(code, Some(2));
     lab.set_cmdeploy_fault(&r3.new.addr.to_string(), "injected failure at step 6")
         .expect("fault");

@@ -161,17 +161,7 @@ fn a_ctrl_c_to_the_whole_process_group_leaves_every_relay_done_or_staged() {
     let lab = TestLab::start(4);
     let inv = inventory_with(&lab, "ctrl-c.toml", "cutovers = 2");
     let path = inv.path.clone();
-    let (code, text) = common::run::cmfleet(
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &path,
-    );
+    let (code, text) = common::run::cmfleet(&common::run::PRE_STAGE, &path);
     assert_eq!(code, Some(0), "{text}");
     // The stand-in cmdeploy's activations and disables last a few seconds, as real
     // ones do: the signal lands inside one.

@@ -373,17 +373,7 @@ fn concurrent_pre_stagings_render_each_relays_own_website_in_its_workspace() {
     let path = variant(&lab, "websites.toml", |t| {
         with_settings(t, "cmdeploy_runs = 4\n", "")
     });
-    let (code, text) = common::run::cmfleet(
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &path,
-    );
+    let (code, text) = common::run::cmfleet(&common::run::PRE_STAGE, &path);
     assert_eq!(code, Some(0), "{text}");
     assert!(
         !lab.cmdeploy()
@@ -415,17 +405,7 @@ fn concurrent_pre_stagings_render_each_relays_own_website_in_its_workspace() {
 fn new_serves_no_mail_between_the_pre_stage_and_its_activation() {
     let lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
-    let (code, text) = common::run::cmfleet(
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &lab.inventory(),
-    );
+    let (code, text) = common::run::cmfleet(&common::run::PRE_STAGE, &lab.inventory());
     assert_eq!(code, Some(0), "{text}");
     assert!(
         !cmfleet::lab::port_accepts(relay.new.addr, 25),
@@ -457,17 +437,7 @@ fn the_final_sync_keeps_news_sockets_and_copies_none_of_olds() {
     use std::os::unix::fs::MetadataExt;
     let lab = TestLab::start(1);
     let relay = lab.relay(1).expect("relay");
-    let (code, text) = common::run::cmfleet(
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &lab.inventory(),
-    );
+    let (code, text) = common::run::cmfleet(&common::run::PRE_STAGE, &lab.inventory());
     assert_eq!(code, Some(0), "{text}");
     let spool =
         |host: &cmfleet::lab::LabHost, rel: &str| host.path(&format!("/var/spool/postfix/{rel}"));

@@ -390,18 +390,7 @@ fn a_night_on_real_chatmail_relays() {
         .map(|r| active_services(&lab, &addr(r, "old")))
         .collect();
 
-    let (code, out) = measured(
-        "pre-stage",
-        &[
-            "migrate",
-            "--yes",
-            "--until-step",
-            "2",
-            "--progress",
-            "plain",
-        ],
-        &inventory,
-    );
+    let (code, out) = measured("pre-stage", &common::run::PRE_STAGE, &inventory);
     assert_eq!(code, Some(0), "pre-stage:\n{out}");
     if let Some(g) = &guide_relay {
         g.introduce();

@@ -264,3 +264,13 @@ pub fn rfc2136_inventory(
     std::fs::write(&path, text).expect("write inventory");
     path
 }
+
+/// `migrate` up to step 2, as operators pre-stage (no prompt, plain progress).
+pub const PRE_STAGE: [&str; 6] = [
+    "migrate",
+    "--yes",
+    "--until-step",
+    "2",
+    "--progress",
+    "plain",
+];

@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Delta Chat users for the real-chatmail night (deltachat-rpc-client, one core process).
+
+Runs as a server of JSON lines: one request per line on stdin, one answer per line on
+stdout ({"ok": ...} or {"error": "..."}), so the Rust test keeps the same accounts,
+with their databases and connections, through the whole night. Accounts live in
+ACCOUNTS_DIR (argv[1]). Names resolve through the system resolver: the test runs this
+in a network namespace whose resolv.conf names the lab's BIND.
+
+Requests ({"cmd": ..., ...}):
+  add NAME ADDR PASSWORD       configure an account as a user does (chatmail makes it at
+                               its first login); answers its transport settings
+  join INVITER JOINER          SecureJoin: JOINER scans INVITER's QR code; waits until
+                               both sides are done
+  send FROM TO TEXT            (keys from, to, text) an encrypted message in FROM's chat with TO
+  wait NAME TEXTS TIMEOUT      waits until every text is in NAME's chats; answers what
+                               is missing at the timeout
+  seen NAME TEXTS              marks those incoming messages seen (read)
+  view NAME                    NAME's chats as Delta Chat shows them: per chat the
+                               messages (text, state, padlock, error), the fresh count,
+                               and the contacts' fingerprints
+  net NAME                     what core cached about servers: dns_cache and
+                               connection_history rows from the account's database
+"""
+
+import json
+import sqlite3
+import sys
+import time
+
+from deltachat_rpc_client import DeltaChat, Rpc
+
+accounts = {}
+addrs = {}
+
+
+def chats_of(acc):
+    return [acc.get_chat_by_id(item.id) for item in acc.get_chatlist()]
+
+
+def messages_of(acc):
+    """Every message of every chat, as snapshots."""
+    out = []
+    for chat in chats_of(acc):
+        for msg in chat.get_messages():
+            out.append(msg.get_snapshot())
+    return out
+
+
+def add(name, addr, password):
+    acc = dc.add_account()
+    acc.set_config("displayname", name)
+    acc.add_or_update_transport({"addr": addr, "password": password})
+    acc.start_io()
+    accounts[name] = acc
+    addrs[name] = addr
+    return {"transports": [dict(t) for t in acc.list_transports()]}
+
+
+def join(inviter, joiner):
+    a, b = accounts[inviter], accounts[joiner]
+    qr = a.get_qr_code()
+    b.secure_join(qr)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        contact = b.get_contact_by_addr(addrs[inviter])
+        back = a.get_contact_by_addr(addrs[joiner])
+        if contact is not None and back is not None:
+            there = b.get_chat_by_contact(contact)
+            here = a.get_chat_by_contact(back)
+            if there is not None and here is not None and there.can_send() and here.can_send():
+                return {"chat": there.id}
+        time.sleep(0.5)
+    raise RuntimeError(f"{joiner} did not join {inviter} in 120 s")
+
+
+def chat_with(acc, other):
+    contact = acc.get_contact_by_addr(addrs[other])
+    if contact is None:
+        raise RuntimeError(f"no contact {addrs[other]}: make contact first (join)")
+    return acc.get_chat_by_contact(contact) or contact.create_chat()
+
+
+def send(sender, to, text):
+    msg = chat_with(accounts[sender], to).send_text(text)
+    return {"id": msg.id}
+
+
+def wait(name, texts, timeout):
+    acc = accounts[name]
+    deadline = time.time() + float(timeout)
+    while True:
+        have = [m.text for m in messages_of(acc)]
+        missing = [t for t in texts if t not in have]
+        if not missing or time.time() >= deadline:
+            return {"missing": missing}
+        time.sleep(1)
+
+
+def seen(name, texts):
+    acc = accounts[name]
+    msgs = []
+    for chat in chats_of(acc):
+        for msg in chat.get_messages():
+            if msg.get_snapshot().text in texts:
+                msgs.append(msg)
+    acc.mark_seen_messages(msgs)
+    return {"marked": len(msgs)}
+
+
+def view(name):
+    acc = accounts[name]
+    chats = []
+    for chat in chats_of(acc):
+        snap = chat.get_basic_snapshot()
+        contacts = []
+        for contact in chat.get_contacts():
+            c = contact.get_snapshot()
+            # core 2.65 has no fingerprint field: its encryption info names the keys.
+            # Special contacts (self, device: ids up to 9) have none.
+            keys = contact.get_encryption_info() if c.id > 9 else None
+            contacts.append({"addr": c.address, "keys": keys})
+        messages = []
+        for msg in chat.get_messages():
+            m = msg.get_snapshot()
+            messages.append(
+                {
+                    "text": m.text,
+                    "state": m.state,
+                    "padlock": m.show_padlock,
+                    "error": m.error,
+                    "info": m.is_info,
+                    "from": m.from_id,
+                }
+            )
+        chats.append(
+            {
+                "name": snap.name,
+                "fresh": chat.get_fresh_message_count(),
+                "contacts": contacts,
+                "messages": messages,
+            }
+        )
+    return {"chats": chats}
+
+
+def net(name):
+    acc = accounts[name]
+    path = acc.get_info().get("database_dir")  # the database file itself
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    rows = {}
+    for table in ("dns_cache", "connection_history"):
+        try:
+            rows[table] = [list(r) for r in db.execute(f"SELECT * FROM {table}")]
+        except sqlite3.Error as e:
+            rows[table] = str(e)
+    return rows
+
+
+COMMANDS = {
+    "add": add,
+    "join": join,
+    "send": send,
+    "wait": wait,
+    "seen": seen,
+    "view": view,
+    "net": net,
+}
+
+if __name__ == "__main__":
+    with Rpc(accounts_dir=sys.argv[1]) as rpc:
+        dc = DeltaChat(rpc)
+        print(json.dumps({"ok": "ready"}), flush=True)
+        for line in sys.stdin:
+            req = json.loads(line)
+            cmd = req.pop("cmd")
+            if "from" in req:  # a Python keyword
+                req["sender"] = req.pop("from")
+            try:
+                answer = {"ok": COMMANDS[cmd](**req)}
+            except Exception as e:  # the test reads the reason
+                answer = {"error": f"{cmd}: {type(e).__name__}: {e}"}
+            print(json.dumps(answer, default=str), flush=True)
