@@ -18,7 +18,8 @@
 //! comes back as unread; every message shows the padlock and none has an error; every
 //! contact keeps its key (fingerprint); and the account's connection history shows it
 //! reached its relay at NEW's address. Both views, before the pre-stage and after the
-//! night, are written to `target/deltachat-night.json`.
+//! night, are written to `deltachat-night.json` in Cargo's test tmp dir
+//! (`target/tmp/` by default).
 //!
 //! `CMFLEET_DC_RELAYS` (default 3) and `CMFLEET_DC_ACCOUNTS` per relay (default 4).
 
@@ -317,7 +318,8 @@ fn delta_chat_sees_every_message_once_across_a_night() {
         .map(|u| (u.name.clone(), c.net(&u.name)))
         .collect();
     let record = json!({"before": views_before, "after": views_after, "net": nets});
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/deltachat-night.json");
+    // Beside the other tests' files in the target directory, wherever that is.
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deltachat-night.json");
     std::fs::write(&file, serde_json::to_string_pretty(&record).expect("json"))
         .expect("write the views");
     eprintln!("Delta Chat's views: {}", file.display());

@@ -11,6 +11,7 @@
 //! and `relayN-new`), `DIR/id_ed25519` (the lab key, held by the lab's ssh-agent at
 //! `DIR/agent.sock` for OLD -> NEW pushes), `DIR/relay` (the checkout),
 //! `DIR/relays/DOMAIN/chatmail.ini`, `DIR/deploy/HOST.log` (each deploy's output),
+//! `DIR/accounts.txt` (two accounts per relay, made by their first IMAP login),
 //! `DIR/real/` (the containers' lab) and `DIR/chatmail-lab.json` (what runs besides).
 //!
 //! Relay i's mail_domain is `_relayI.lab.example`: a leading `_` gives it a self-signed
@@ -85,7 +86,16 @@ impl ChatmailLab {
     pub fn up(opts: ChatmailLabOptions) -> Result<ChatmailLab> {
         let dir = std::path::absolute(&opts.dir)
             .map_err(LabError::io(format!("resolve {}", opts.dir.display())))?;
-        fs::create_dir_all(&dir).map_err(LabError::io(format!("create {}", dir.display())))?;
+        // A stopped lab there is replaced whole: its journal and cmfleet's known_hosts
+        // name the old containers' host keys, which the new ones do not have.
+        let running = |d: &Path| {
+            load_state(d).is_ok_and(|st| {
+                st.agent.is_some_and(|a| a.alive()) || st.named.is_some_and(|n| n.alive())
+            })
+        };
+        crate::lab::state::clear_lab_dir(&dir, STATE_FILE, running, |d: &Path| {
+            ChatmailLab::down(d)
+        })?;
         let key = dir.join("id_ed25519");
         if !key.exists() {
             crate::lab::sshd::keygen_all(&[&key], "cmfleet-real-lab")?;
@@ -128,6 +138,7 @@ impl ChatmailLab {
             raise_inotify_limits()?;
             timings.deploys = deploy_olds(&dir, &chatmail, &home, &hosts, &domains)?;
             publish_dkim(&lab_dns, &hosts, &domains)?;
+            make_accounts(&dir, &hosts, &domains)?;
             write_inventory(&dir, &chatmail, &home, &hosts, &domains, &lab_dns)?;
             Ok(chatmail)
         })();
@@ -215,6 +226,69 @@ fn publish_dkim(lab_dns: &dns::LabDns, hosts: &RealLab, domains: &[String]) -> R
         records.push(dns::dkim_record(d, DKIM_SELECTOR, &value));
     }
     lab_dns.add(&records)
+}
+
+/// Accounts every OLD gets at `up`, so that it holds mail state as a relay in use does
+/// (a relay without a single account has no /home/vmail/mail, which cmfleet's
+/// preflight refuses: it cannot tell such a host from a wrong one).
+const ACCOUNTS_PER_RELAY: usize = 2;
+
+/// An IMAPS login, as a chatmail user's first one (doveauth makes the account, Dovecot
+/// its INBOX); the password comes on stdin. The certificates are the lab's
+/// self-signed ones.
+const FIRST_LOGIN: &str = "import imaplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+c = imaplib.IMAP4_SSL(sys.argv[1], 993, ssl_context=ctx, timeout=60)
+c.login(sys.argv[2], sys.stdin.readline().strip())
+c.select('INBOX')
+c.logout()
+";
+
+/// Makes [`ACCOUNTS_PER_RELAY`] accounts on every OLD through the relay itself and
+/// writes DIR/accounts.txt (`ADDRESS PASSWORD OLD_ADDR NEW_ADDR`, as the loopback lab).
+fn make_accounts(dir: &Path, hosts: &RealLab, domains: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let mut accounts = Vec::new();
+    for (i, d) in domains.iter().enumerate() {
+        let old = old_host(hosts, i)?;
+        let new = hosts
+            .host(&format!("relay{}-new", i + 1))
+            .ok_or_else(|| LabError::Options(format!("the lab has no host relay{}-new", i + 1)))?;
+        for n in 1..=ACCOUNTS_PER_RELAY {
+            // chatmail's default localparts are 9 characters long, exactly.
+            let address = format!("user{n:05}@{d}");
+            let password = crate::lab::accounts::password(0, &address);
+            let mut child = Command::new("python3")
+                .args(["-c", FIRST_LOGIN, &old.addr.to_string(), &address])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(LabError::io("run python3 for a first login"))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                writeln!(stdin, "{password}").map_err(LabError::io("write to python3"))?;
+            }
+            let out = child
+                .wait_with_output()
+                .map_err(LabError::io("wait for python3"))?;
+            if !out.status.success() {
+                return Err(LabError::Command {
+                    command: format!("first IMAP login of {address} on {}", old.name),
+                    status: out.status.to_string(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            accounts.push(crate::lab::accounts::Account {
+                address,
+                password,
+                old: old.addr,
+                new: new.addr,
+            });
+        }
+    }
+    crate::lab::accounts::write_file(&dir.join("accounts.txt"), &accounts)
 }
 
 /// Relay `i`'s (0-based) OLD host.
