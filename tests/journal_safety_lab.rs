@@ -422,12 +422,17 @@ what=
 [ $dis = 1 ] && what=disable
 [ "${{CMDEPLOY_STAGES:-}}" = activate ] && what=activate
 if [ -n "$what" ]; then
-  python3 - "{journal}" "$relay" "$what" >> "{seen}" <<'PY'
-import json, sys
-path, relay, what = sys.argv[1:]
+  python3 - "{journal}" "$relay" "$what" "{seen}" <<'PY'
+import json, os, sys
+path, relay, what, seen = sys.argv[1:]
 r = json.load(open(path))["relays"][relay]
 steps = r["steps"]
-print(what, relay, r.get("old_may_be_disabled"), steps[2]["status"], steps[5]["status"])
+line = " ".join(str(f) for f in (what, relay, r.get("old_may_be_disabled"), steps[2]["status"], steps[5]["status"]))
+# Both relays' runs append at once: one write(2) per line on an O_APPEND
+# descriptor keeps lines whole (print() may write a line in pieces).
+fd = os.open(seen, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+os.write(fd, (line + "\n").encode())
+os.close(fd)
 PY
 fi
 exec "$(dirname "$0")/cmdeploy-real" "$@"
