@@ -173,6 +173,26 @@ impl Clients {
     pub fn net(&mut self, name: &str) -> Value {
         self.ask(json!({"cmd": "net", "name": name}))
     }
+
+    /// Stops the account's IO: a phone off the network until `online`.
+    pub fn offline(&mut self, name: &str) {
+        self.ask(json!({"cmd": "offline", "name": name}));
+    }
+
+    pub fn online(&mut self, name: &str) {
+        self.ask(json!({"cmd": "online", "name": name}));
+    }
+
+    /// Every change of the account's connectivity: (unix time in ms, core's value).
+    pub fn connectivity(&mut self, name: &str) -> Vec<(u64, u64)> {
+        let ok = self.ask(json!({"cmd": "connectivity", "name": name}));
+        ok["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| Some(((c[0].as_f64()? * 1000.0) as u64, c[1].as_u64()?)))
+            .collect()
+    }
 }
 
 impl Drop for Clients {

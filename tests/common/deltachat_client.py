@@ -21,17 +21,29 @@ Requests ({"cmd": ..., ...}):
                                and the contacts' fingerprints
   net NAME                     what core cached about servers: dns_cache and
                                connection_history rows from the account's database
+  offline NAME / online NAME   stop / start the account's IO, as a phone that is off
+                               the network for a while
+  connectivity NAME            every change of the account's connectivity (core's
+                               1000 not connected, 2000 connecting, 3000 working,
+                               4000 connected) since it was added: [unix time, value]
+
+A thread samples every account's connectivity twice a second from the start, so the
+test can say when each client lost its relay and when it had it back.
 """
 
 import json
 import sqlite3
 import sys
+import threading
 import time
 
 from deltachat_rpc_client import DeltaChat, Rpc
 
 accounts = {}
 addrs = {}
+# name -> [[unix time, connectivity]], one entry per change; the monitor appends.
+changes = {}
+changes_lock = threading.Lock()
 
 
 def chats_of(acc):
@@ -157,6 +169,37 @@ def net(name):
     return rows
 
 
+def monitor():
+    """Samples each account's connectivity, recording changes (runs forever)."""
+    last = {}
+    while True:
+        for name, acc in list(accounts.items()):
+            try:
+                value = acc._rpc.get_connectivity(acc.id)
+            except Exception:  # the RPC is shutting down, or the account is new
+                continue
+            if last.get(name) != value:
+                last[name] = value
+                with changes_lock:
+                    changes.setdefault(name, []).append([time.time(), value])
+        time.sleep(0.5)
+
+
+def offline(name):
+    accounts[name].stop_io()
+    return {}
+
+
+def online(name):
+    accounts[name].start_io()
+    return {}
+
+
+def connectivity(name):
+    with changes_lock:
+        return {"changes": list(changes.get(name, []))}
+
+
 COMMANDS = {
     "add": add,
     "join": join,
@@ -165,11 +208,15 @@ COMMANDS = {
     "seen": seen,
     "view": view,
     "net": net,
+    "offline": offline,
+    "online": online,
+    "connectivity": connectivity,
 }
 
 if __name__ == "__main__":
     with Rpc(accounts_dir=sys.argv[1]) as rpc:
         dc = DeltaChat(rpc)
+        threading.Thread(target=monitor, daemon=True).start()
         print(json.dumps({"ok": "ready"}), flush=True)
         for line in sys.stdin:
             req = json.loads(line)

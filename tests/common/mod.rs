@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod bind;
+pub mod dc_night;
 pub mod deltachat;
 pub mod lab;
 pub mod real;

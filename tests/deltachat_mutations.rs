@@ -1,0 +1,118 @@
+//! Each claim of the Delta Chat night (tests/deltachat_night.rs) fails when it should
+//! (issue 26): one night in which NEW is broken right before step 6, a different way on
+//! each relay, in cutover order (`dc-mutate-cmdeploy.sh`, committed into the lab's
+//! chatmail checkout; chatmail's own cmdeploy then runs unchanged):
+//!
+//! - 1st relay: Dovecot's uidlists and indexes regenerated (new UIDVALIDITY). Delta
+//!   Chat skips what was delivered while it was away: the account that was offline
+//!   through the cutover never shows the messages sent to it in between.
+//! - 2nd relay: NEW signs with a DKIM key of its own, not OLD's (the published one).
+//!   The other relays' opendkim refuses its mail: messages sent after the cutover from
+//!   that relay to another are missing there, or fail at the sender.
+//! - 3rd relay: NEW's Postfix queue emptied, as if step 4 had not carried OLD's. What
+//!   OLD held deferred for the relays that were down before it is missing (not counted
+//!   for the 1st relay, whose online accounts may miss mail for the uidlists' sake).
+//!
+//! The test passes when Delta Chat's view names each break, and prints what it named.
+//! The views go to `deltachat-mutations.json` in Cargo's test tmp dir.
+
+mod common;
+
+use common::dc_night::{parse_text, relay_of, run_night, Kind, Mutation, Problem};
+
+/// The problems that show this mutation on relay `r`. `regenerated`: the relay whose
+/// uidlists were regenerated, whose online accounts may also miss what reached NEW
+/// before they reconnected: no evidence for another mutation.
+fn named_by(
+    mutation: &str,
+    r: usize,
+    regenerated: Option<usize>,
+    problems: &[Problem],
+) -> Vec<String> {
+    problems
+        .iter()
+        .filter(|p| {
+            let Some((phase, from, to)) = parse_text(&p.text) else {
+                return false;
+            };
+            let (from, to) = (relay_of(from), relay_of(to));
+            let lost = matches!(p.kind, Kind::Missing | Kind::Error(_));
+            match mutation {
+                // Sent to the relay's offline account in between, never shown.
+                "uidlists" => {
+                    lost && phase == "between" && to == Some(r) && relay_of(&p.account) == Some(r)
+                }
+                // Sent from the relay to another after its cutover.
+                "dkim" => lost && phase == "after" && from == Some(r) && to != Some(r),
+                // Queued on OLD for a relay that was down.
+                "queue" => {
+                    lost && phase == "during"
+                        && from == Some(r)
+                        && to != Some(r)
+                        && to != regenerated
+                }
+                _ => false,
+            }
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+#[test]
+fn delta_chat_names_what_each_broken_new_lost() {
+    let plan = [Mutation::Uidlists, Mutation::Dkim, Mutation::Queue];
+    let night = run_night(&plan, "deltachat-mutations.json");
+    let all: Vec<String> = night.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        night.applied.len(),
+        plan.len(),
+        "the wrapper applied {:?} (migrate exited {:?}):\n{}",
+        night.applied,
+        night.cutover.0,
+        night.cutover.1
+    );
+    let regenerated = night
+        .applied
+        .iter()
+        .find(|a| a.mutation == "uidlists")
+        .map(|a| a.relay);
+    let mut unnoticed = Vec::new();
+    for a in &night.applied {
+        if a.mutation == "queue" {
+            assert!(
+                !a.did.contains("Deleted: 0") && a.did.contains("Deleted:"),
+                "the queue mutation found nothing to drop ({}): the night left no deferred mail on OLD",
+                a.did
+            );
+        }
+        let named = named_by(&a.mutation, a.relay, regenerated, &night.problems);
+        eprintln!(
+            "{} on relay {} ({}): Delta Chat shows {} problem(s), e.g.:\n  {}",
+            a.mutation,
+            a.relay + 1,
+            a.did,
+            named.len(),
+            named
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        );
+        if named.is_empty() {
+            unnoticed.push(format!(
+                "{} on relay {} ({})",
+                a.mutation,
+                a.relay + 1,
+                a.did
+            ));
+        }
+    }
+    assert!(
+        unnoticed.is_empty(),
+        "Delta Chat's view did not show: {}\nall it showed (views in {}):\n{}",
+        unnoticed.join(", "),
+        night.record.display(),
+        all.join("\n")
+    );
+}
