@@ -435,18 +435,16 @@ fn shell_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The example inventories' programs (a `command` DNS hook): cmfleet runs them on
-/// the controller once an operator adopts them.
-#[test]
-fn the_example_hook_programs_pass_shellcheck() {
+/// The shell programs (`*.sh`) under `dir`, relative to the repository, read by the
+/// shell their shebang names (sh unless it says bash).
+fn shell_programs_under(dir: &str) -> Vec<Program> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    shell_files(&root.join("examples"), &mut files);
-    assert!(!files.is_empty(), "no example shell programs found");
-    let programs: Vec<Program> = files
+    shell_files(&root.join(dir), &mut files);
+    files
         .iter()
         .map(|f| {
-            let text = std::fs::read_to_string(f).expect("read an example");
+            let text = std::fs::read_to_string(f).expect("read a shell program");
             let dialect = match text.lines().next() {
                 Some(l) if l.contains("bash") => Dialect::Bash,
                 _ => Dialect::Sh,
@@ -454,6 +452,27 @@ fn the_example_hook_programs_pass_shellcheck() {
             let name = f.strip_prefix(root).unwrap_or(f).display().to_string();
             program(name, dialect, text)
         })
-        .collect();
+        .collect()
+}
+
+/// The example inventories' programs (a `command` DNS hook): cmfleet runs them on
+/// the controller once an operator adopts them.
+#[test]
+fn the_example_hook_programs_pass_shellcheck() {
+    let programs = shell_programs_under("examples");
+    assert!(!programs.is_empty(), "no example shell programs found");
+    assert_clean(&programs);
+}
+
+/// The test harness's own shell programs (tests/common/*.sh: a pre_cutover hook and a
+/// fault-injecting cmdeploy wrapper of the Delta Chat nights).
+#[test]
+fn the_test_harness_shell_programs_pass_shellcheck() {
+    let programs = shell_programs_under("tests");
+    assert!(
+        programs.len() >= 2,
+        "{} test shell programs found",
+        programs.len()
+    );
     assert_clean(&programs);
 }

@@ -26,8 +26,7 @@ if [ "${CMDEPLOY_STAGES:-}" = activate ]; then
     touch "$dir/log"
     n=$(($(wc -l <"$dir/log") + 1))
     what=$(sed -n "${n}p" "$dir/plan")
-    # The remote commands expand on NEW, not here.
-    # shellcheck disable=SC2016
+    # shellcheck disable=SC2016 # the remote commands expand on NEW, not here
     case $what in
     uidlists)
         remote='find /home/vmail/mail \( -name dovecot-uidlist -o -name "dovecot*index*" -o -name "dovecot-uidvalidity*" \) -print -delete | wc -l | sed "s/\$/ uidlist and index files removed/"'
