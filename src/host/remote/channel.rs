@@ -110,7 +110,9 @@ async fn answered<T>(
     stdin: std::io::PipeWriter,
 ) -> Result<T, ChannelError> {
     let mut stdin = Some(Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(ChannelError::Pipe)?);
-    tokio::pin!(output);
+    // Boxed: the output's future is large, and pinned here beside the select a
+    // debug build's worker stack overflowed in step 4 (the copy runs beside it).
+    let mut output = Box::pin(output);
     tokio::select! {
         out = &mut output => return Ok(out),
         reply = answer => match (reply, stdin.as_mut()) {
