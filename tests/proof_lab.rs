@@ -86,8 +86,10 @@ fn hostile_names_and_a_root_owned_message_are_migrated_and_proven() {
     assert!(log.contains("records identical on old and new"), "{log}");
 }
 
-/// The proof as step 4 runs it: both hosts' listings, merged as they arrive.
-fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
+/// The proof as step 4 runs it: both hosts' digests, then their listings merged as
+/// they arrive if the digests differ. The differences, and whether the digests
+/// matched.
+fn prove_by(inv: &Inventory, relay: &Relay) -> (Vec<String>, bool) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let ssh = ssh_pool(inv);
@@ -95,22 +97,45 @@ fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
         let old = ssh.connect(&relay.old, opts, || {}).await.expect("old");
         let new = ssh.connect(&relay.new, opts, || {}).await.expect("new");
         let sink = quiet_sink(&relay.name);
-        let script = proof::listing();
-        let (old_tx, old_rx) = tokio::sync::mpsc::channel(16);
-        let (new_tx, new_rx) = tokio::sync::mpsc::channel(16);
-        let records = |to| Stdout::Records { to, end: 0 };
+        let (on_old, on_new) = (
+            proof::listing(proof::Role::Old),
+            proof::listing(proof::Role::New),
+        );
+        let (old_side, old_tx, old_asked) = proof::Side::channel(16);
+        let (new_side, new_tx, new_asked) = proof::Side::channel(16);
+        let records = |to, answer| Stdout::Dialogue { to, end: 0, answer };
         let plain = CommandKind::Plain;
         let mut discard = proof::Discard;
         let (a, b, d) = tokio::join!(
-            ssh.run(&old, &script, false, plain, &sink, records(old_tx)),
-            ssh.run(&new, &script, false, plain, &sink, records(new_tx)),
-            proof::compare(old_rx, new_rx, &mut discard)
+            ssh.run(
+                &old,
+                &on_old,
+                false,
+                plain,
+                &sink,
+                records(old_tx, old_asked)
+            ),
+            ssh.run(
+                &new,
+                &on_new,
+                false,
+                plain,
+                &sink,
+                records(new_tx, new_asked)
+            ),
+            proof::compare(old_side, new_side, &mut discard)
         );
         a.expect("listing on old");
         b.expect("listing on new");
         ssh.close().await;
-        d.expect("complete listings").into_lines()
+        let d = d.expect("complete listings");
+        let by_digest = d.by_digest.is_some();
+        (d.into_lines(), by_digest)
     })
+}
+
+fn prove(inv: &Inventory, relay: &Relay) -> Vec<String> {
+    prove_by(inv, relay).0
 }
 
 /// After a migration the proof passes; a DKIM key of the same size but another
@@ -159,6 +184,64 @@ fn the_proof_names_a_dkim_key_and_a_queue_file_that_are_not_olds() {
         d.iter()
             .any(|l| l.starts_with("owner on new: /var/lib/acme is ")),
         "{d:#?}"
+    );
+}
+
+/// The digests stand for the listings: after a migration they match, so no listing
+/// crosses the network, also when NEW keeps a message's mtime only to the second
+/// (step 1's `tar` keeps no more) and OLD's DKIM key has another owner (OLD's owners
+/// are not compared); a message on NEW that is not vmail's makes them differ, and
+/// the merge names it.
+#[test]
+fn the_digests_prove_a_migrated_relay_and_a_wrong_owner_is_still_named() {
+    let lab = TestLab::start(1);
+    let inv = Inventory::load(&lab.inventory()).expect("lab inventory");
+    let (outcome, journal, _) = run(&inv, Step::Activate);
+    assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    let log =
+        std::fs::read_to_string(inv.fleet.state_dir.join("logs/relay1.lab.test.log")).expect("log");
+    assert!(
+        log.contains("identical on old and new (by their digests"),
+        "{log}"
+    );
+    let relay = lab.relay(1).expect("relay");
+    assert_eq!(prove_by(&inv, &inv.relays[0]), (vec![], true));
+
+    let new_mail = relay.new.path("/home/vmail/mail");
+    let message = a_message(&new_mail);
+    let mtime = std::fs::metadata(&message)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let second = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let other = std::time::UNIX_EPOCH + std::time::Duration::new(second, 987_654_321);
+    std::fs::File::options()
+        .write(true)
+        .open(&message)
+        .and_then(|f| f.set_modified(other))
+        .expect("set the mtime");
+    let old_key = relay.old.path("/etc/dkimkeys/opendkim.private");
+    std::os::unix::fs::chown(&old_key, Some(4242), Some(4242)).expect("chown OLD's key");
+    assert_eq!(prove_by(&inv, &inv.relays[0]), (vec![], true));
+
+    std::os::unix::fs::chown(&message, Some(0), Some(0)).expect("chown root");
+    let shown = message
+        .strip_prefix(&new_mail)
+        .expect("under mail")
+        .display()
+        .to_string();
+    let users = lab.users();
+    assert_eq!(
+        prove_by(&inv, &inv.relays[0]),
+        (
+            vec![format!(
+                "owner on new: {shown} is 0:0, not {}:{}",
+                users.vmail_uid, users.vmail_gid
+            )],
+            false
+        )
     );
 }
 

@@ -151,15 +151,15 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
             a.push(act(
                 Site::Old,
                 format!(
-                    "{}   # while the sync below runs; must match new's",
-                    proof::listing()
+                    "{}   # while the sync below runs; its digest must match new's",
+                    proof::listing(proof::Role::Old)
                 ),
             ));
             a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,
                 format!(
-                    "{}   # then the listing above",
+                    "{}   # then the listing above, made for new",
                     catalogue::fix_ownership(r.settings.transfer, catalogue::acme_required(r))
                 ),
             ));

@@ -550,7 +550,7 @@ mod tests {
             records.len(),
             data_encoding::HEXLOWER.encode(sum.as_ref())
         );
-        let mut out = vec![format!("#cmfleet-manifest 1 {owners}").into_bytes()];
+        let mut out = vec![format!("#cmfleet-manifest 2 {owners}").into_bytes()];
         out.extend(records);
         out.push(trailer.into_bytes());
         let (tx, rx) = tokio::sync::mpsc::channel(1);

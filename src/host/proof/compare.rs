@@ -1,9 +1,18 @@
-//! The merge of OLD's and NEW's listings, and what counts as a difference.
+//! The proof: OLD's and NEW's digests first, the merge of their listings when they
+//! differ, and what counts as a difference.
+//!
+//! Each host's digest stands for its whole listing, normalised so that the
+//! listings of a correct copy are equal byte for byte (`listing`'s module doc):
+//! equal digests prove the copy without a record crossing the network, and only
+//! the queue and the uidlists are then sent and merged, for the cutover record.
+//! Digests that differ bring every record of both hosts, and the merge names each
+//! difference, as if there were no digests.
 //!
 //! Only what the migration promises is compared, so nothing it changes on purpose
 //! reads as a difference:
 //! - mailboxes (`M`): path, type, size and mtime (whole seconds) equal; on NEW every
-//!   entry owned by NEW's vmail (step 4 chowns the tree; OLD's owners do not matter);
+//!   entry owned by NEW's vmail (step 4 chowns the tree; OLD's owners do not matter;
+//!   `=`, NEW's listing vouching for it, or the `uid:gid` its header names);
 //!   directory sizes and times depend on the filesystem and are left out;
 //! - state (`S`, `D`): the same entries, types, sizes, link targets and contents; on
 //!   NEW /var/lib/acme owned by root and /etc/dkimkeys by the owner step 2 gave it;
@@ -15,10 +24,9 @@
 //! The merge also hands what `verify` needs once OLD is gone to a [`Keep`] (the
 //! cutover record, written as it goes).
 
-use tokio::sync::mpsc::Receiver;
-
 use super::cutover::{Keep, Queued, Uids};
-use super::read::{Incomplete, Listing, Owners, Record};
+use super::listing::{Role, SEND_ALL, SEND_KEPT};
+use super::read::{Incomplete, Listing, Owners, Record, Side};
 
 /// At most this many differences are listed in an error.
 const SHOWN: usize = 10;
@@ -28,8 +36,11 @@ const SHOWN: usize = 10;
 pub struct Differences {
     shown: Vec<String>,
     total: usize,
-    /// Records compared (for the log).
+    /// Records merged (for the log).
     pub entries: u64,
+    /// The records both digests vouch for, when they matched (then only the queue
+    /// and the uidlists are merged).
+    pub by_digest: Option<u64>,
     /// When each host's listing began to arrive: the host had walked, sorted and
     /// digested its trees by then (for the log's times of step 4's parts).
     pub old_ready: Option<tokio::time::Instant>,
@@ -144,7 +155,7 @@ impl Differences {
             self.note(format!("differs: {} ({detail})", path()));
         }
         if let Some(want) = expected_owner(new, owners) {
-            if new_owner.as_slice() != want.as_bytes() {
+            if new_owner.as_slice() != b"=" && new_owner.as_slice() != want.as_bytes() {
                 self.note(format!(
                     "owner on new: {} is {}, not {want}",
                     path(),
@@ -155,7 +166,8 @@ impl Differences {
     }
 }
 
-/// Who must own `new`'s entry after step 4; `None`: not compared.
+/// Who must own `new`'s entry after step 4; `None`: not compared. NEW's listing
+/// reads exactly these owners as `=` (`listing::owners`).
 fn expected_owner<'a>(new: &Record, owners: &'a Owners) -> Option<std::borrow::Cow<'a, str>> {
     match new.section {
         b'M' => Some(
@@ -178,29 +190,73 @@ fn seconds(mtime: &[u8]) -> &[u8] {
     mtime.split(|b| *b == b'.').next().unwrap_or(mtime)
 }
 
-/// Compares the two listings as they arrive (memory stays bounded by the
-/// channels), handing OLD's uidlists and NEW's queue to `keep`. An incomplete
-/// listing on either side is an error, never a result.
+/// Proves NEW's copy against OLD: their digests, then the merge of what each host
+/// sends (every record if the digests differ, else the queue and the uidlists),
+/// as it arrives (memory stays bounded by the channels), handing OLD's uidlists
+/// and NEW's queue to `keep`. An incomplete listing on either side is an error,
+/// never a result; a host is never left waiting for its answer (dropped, its
+/// stdin ends).
 pub async fn compare(
-    old: Receiver<Vec<u8>>,
-    new: Receiver<Vec<u8>>,
+    old: Side,
+    new: Side,
     keep: &mut (dyn Keep + Send),
 ) -> Result<Differences, Incomplete> {
-    let opened = |side, rx| async move {
-        let listing = Listing::open(side, rx).await;
-        (listing, tokio::time::Instant::now())
+    let opened = |role: Role, rx| async move {
+        let (mut listing, owners) = Listing::open(role.name(), rx).await?;
+        let ready = tokio::time::Instant::now();
+        let digest = listing.digest(role.name()).await?;
+        Ok::<_, Incomplete>((listing, owners, digest, ready))
     };
-    let ((old, old_ready), (new, new_ready)) = tokio::join!(opened("old", old), opened("new", new));
-    let ((mut old, _), (mut new, owners)) = (old?, new?);
+    let (old_opened, new_opened) = (
+        opened(Role::Old, old.records),
+        opened(Role::New, new.records),
+    );
+    let (
+        (mut old_listing, _, old_digest, old_ready),
+        (mut new_listing, owners, new_digest, new_ready),
+    ) = tokio::try_join!(old_opened, new_opened)?;
+    let by_digest = (old_digest == new_digest).then_some(old_digest.count);
+    let ask = format!(
+        "{}\n",
+        if by_digest.is_some() {
+            SEND_KEPT
+        } else {
+            SEND_ALL
+        }
+    );
+    // A host that ended since cannot be asked: its listing then ends without its
+    // trailer, which the merge finds.
+    let _ = old.answer.send(ask.clone().into_bytes());
+    let _ = new.answer.send(ask.into_bytes());
     let mut d = Differences {
         old_ready: Some(old_ready),
         new_ready: Some(new_ready),
+        by_digest,
         ..Differences::default()
     };
-    let (mut x, mut y) = next_both(&mut old, &mut new).await?;
+    Box::pin(merge(
+        &mut old_listing,
+        &mut new_listing,
+        &owners,
+        keep,
+        &mut d,
+    ))
+    .await?;
+    Ok(d)
+}
+
+/// The record-by-record merge of two sorted listings into `d`.
+async fn merge(
+    old: &mut Listing,
+    new: &mut Listing,
+    owners: &Owners,
+    keep: &mut (dyn Keep + Send),
+    d: &mut Differences,
+) -> Result<(), Incomplete> {
+    let (mut x, mut y) = next_both(old, new).await?;
     loop {
         let order = match (&x, &y) {
-            (None, None) => return Ok(d),
+            (None, None) => return Ok(()),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (Some(a), Some(b)) => a.key().cmp(&b.key()),
@@ -219,10 +275,10 @@ pub async fn compare(
             }
             (_, Some(a), Some(b)) => {
                 Differences::remember(keep, Some(a), Some(b));
-                d.pair(a, b, &owners);
-                (x, y) = next_both(&mut old, &mut new).await?;
+                d.pair(a, b, owners);
+                (x, y) = next_both(old, new).await?;
             }
-            _ => return Ok(d),
+            _ => return Ok(()),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The listing each host sends for the proof: one command, run on OLD and on NEW.
+//! The listing each host sends for the proof: one command for OLD, one for NEW.
 //!
 //! Records are NUL-terminated (file names may hold tabs, newlines and bytes that
 //! are not UTF-8; only NUL and `/` cannot appear in them) and have six tab-separated
@@ -6,31 +6,60 @@
 //!
 //! | section | fields 2-5 | field 6 |
 //! |---|---|---|
-//! | `M` mailboxes | type, size, mtime, `uid:gid` | path under /home/vmail/mail |
-//! | `S` state entries | type, size, link target, `uid:gid` | absolute path |
+//! | `M` mailboxes | type, size, mtime (whole seconds), owner | path under /home/vmail/mail |
+//! | `S` state entries | type, size (`0` unless a regular file), link target, owner | absolute path |
 //! | `D` state contents | `-`, `-`, sha256, `-` | absolute path of a regular file |
 //! | `Q` Postfix queue | `-`, `-`, `-`, queue ID (file name) | `QUEUE/sha256` of one queue file |
 //! | `U` Dovecot uidlists | `-`, UIDVALIDITY, UIDNEXT (as IMAP sees it), `-` | path of a `dovecot-uidlist` |
 //!
-//! The records are sorted on the host (section, then path, bytewise). A header comes
-//! first (the host's vmail owner and the DKIM owner cmfleet recorded on it) and a
-//! trailer last, computed on the host over the sorted records: their count and
-//! SHA-256. Every part of the listing writes into a file and its exit status is
-//! checked (no pipeline hides a failing `find`); only a complete listing is sent.
+//! An owner is `uid:gid`, or `=` where the listing vouches that it is what the
+//! migration gives the entry on NEW ([`Role`]): NEW's listing reads as `=` the
+//! mailboxes' owner when it is the host's vmail, /var/lib/acme's when root, and
+//! /etc/dkimkeys' when the DKIM owner recorded on it (any, when none is); the
+//! others' owners are not compared, and read `=`. OLD's listing reads every owner
+//! as `=`: OLD's owners are not compared. So the listings of a correct copy are
+//! equal byte for byte but for the queue IDs (`postsuper -s` renames queue files),
+//! and what the proof compares and what it leaves out is the same whether the
+//! controller merges the records (`compare`) or only compares the digests below.
+//! Mtimes are whole seconds (`%Ts`): filesystems keep different sub-second
+//! precision, and a copy made by `tar` (step 1) keeps none, which rsync then leaves.
 //!
-//! The mailboxes are walked once: the uidlists `awk` reads are the regular files
-//! named `dovecot-uidlist` among the `M` records (a second `find` cost a second
-//! walk of half a million entries inside the downtime).
+//! The records are sorted on the host (section, then path, bytewise; each section
+//! on its own, and they follow one another: D, M, Q, S, U). The exchange:
+//! 1. a header, `#cmfleet-manifest 2 vmail=UID:GID dkim=UID:GID` (the host's vmail
+//!    owner and the DKIM owner cmfleet recorded on it; `-` unknown);
+//! 2. a digest line, `#cmfleet-digest ROLE COUNT SHA256` (`old` or `new`): the count
+//!    and SHA-256 of the host's whole sorted listing with every queue ID read as `-`;
+//! 3. the host then reads the controller's answer on its stdin: `all`, every record;
+//!    `kept`, only the `Q` and `U` records (the digests matched, so the records
+//!    would match too; these are what the cutover record keeps). At EOF (the
+//!    controller gave up) it sends nothing more;
+//! 4. the records asked for, and a trailer, `#cmfleet-end COUNT SHA256`, over them.
+//!
+//! Every part of the listing writes into a file and its exit status is checked (no
+//! pipeline hides a failing `find`); only a complete listing is digested and sent.
+//! The mailboxes are walked once: the same `find` writes the `M` records and the
+//! names of the uidlists `awk` reads (a second `find` cost a second walk of half a
+//! million entries inside the downtime; picking them out of the `M` records with
+//! `sed`, 0.7 s).
 
-use crate::host::catalogue::{DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
+use crate::host::catalogue::{ACME_DIR, DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
 use crate::model::inventory::TransferMode;
 
-/// First record: `#cmfleet-manifest 1 vmail=UID:GID dkim=UID:GID` (`-` unknown).
-pub const HEADER: &str = "#cmfleet-manifest 1";
+/// First record: `#cmfleet-manifest 2 vmail=UID:GID dkim=UID:GID` (`-` unknown).
+pub const HEADER: &str = "#cmfleet-manifest 2";
+/// The proof's second record: `#cmfleet-digest ROLE COUNT SHA256`.
+pub const DIGEST: &str = "#cmfleet-digest";
 /// Last record: `#cmfleet-end COUNT SHA256`.
 pub const TRAILER: &str = "#cmfleet-end";
+/// The controller's answers to a proof listing's digest: send every record, or
+/// only the queue and the uidlists (what the cutover record keeps).
+pub const SEND_ALL: &str = "all";
+pub const SEND_KEPT: &str = "kept";
+/// Where the DKIM keys are: NEW's are owned as step 2 made them.
+pub const DKIM_DIR: &str = "/etc/dkimkeys";
 /// The state the proof compares by content.
-pub const STATE_PATHS: [&str; 2] = ["/var/lib/acme", "/etc/dkimkeys"];
+pub const STATE_PATHS: [&str; 2] = [ACME_DIR, DKIM_DIR];
 /// Postfix's queue directories: their files are compared per directory by content
 /// (`postsuper -s` renames queue files after their new inode numbers).
 pub const QUEUES: [&str; 6] = [
@@ -56,20 +85,36 @@ END { out() }"#;
 const MESSAGE_UIDS: &str = r#"
 FNR > 1 && $1 ~ /^[0-9]+$/ { i = index($0, " :"); if (i == 0) next; u = substr($0, i + 2); sub(/:.*/, "", u); printf "K\tu\t%s\t-\t-\t%s/%s%c", $1, substr(FILENAME, 3, length(FILENAME) - 18), u, 0 }"#;
 
+/// Which host a proof listing is for: what its owners read as `=` (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Old,
+    New,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Old => "old",
+            Role::New => "new",
+        }
+    }
+}
+
 /// What a listing is taken for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    /// Step 4's proof: every entry as it is.
-    Proof,
-    /// `verify`: messages by identity, not by name ([`verify_listing`]).
+    /// Step 4's proof on OLD or NEW: every entry as it is, digested first.
+    Proof(Role),
+    /// `verify`: messages by identity, not by name ([`verify_listing`]), every
+    /// owner as it is, sent whole.
     Verify,
 }
 
-/// The listing command (the same on both hosts).
-pub fn listing() -> String {
-    listing_for(Purpose::Proof)
+/// The proof's listing on `role`'s host.
+pub fn listing(role: Role) -> String {
+    listing_for(Purpose::Proof(role))
 }
-
 /// `verify`'s listing: the proof's, but each message (a regular file in a `new/` or
 /// `cur/` directory) is a `K` record keyed by its identity, `MAILBOX/UNIQUE` (the
 /// maildir unique name, before `:2,flags`), with its size and owner, beside a `K`
@@ -90,13 +135,18 @@ pub fn verify_listing() -> String {
 
 fn listing_for(purpose: Purpose) -> String {
     let (awk, mail) = match purpose {
-        Purpose::Proof => (UIDLISTS.to_string(), ""),
+        Purpose::Proof(_) => (UIDLISTS.to_string(), ""),
         Purpose::Verify => (
             format!("{UIDLISTS}{MESSAGE_UIDS}"),
             r#"sed -z -E "s/^M${tab}f${tab}([^${tab}]*)${tab}[^${tab}]*${tab}([^${tab}]*)${tab}(.*)\/(new|cur)\/([^/:]*)(:[^/]*)?\$/K${tab}f${tab}\1${tab}-${tab}\2${tab}\3\/\5/" "$t/m" > "$t/k" || die "sed failed"
 mv "$t/k" "$t/m" || die "cannot write a temp file"
 "#,
         ),
+    };
+    let owners = owners(purpose);
+    let tail = match purpose {
+        Purpose::Proof(role) => proof_tail(role),
+        Purpose::Verify => verify_tail(),
     };
     let state = STATE_PATHS
         .iter()
@@ -110,17 +160,20 @@ mv "$t/k" "$t/m" || die "cannot write a temp file"
 die() {{ echo "cmfleet listing on $(hostname): $1" >&2; exit 70; }}
 vm=$(id -u vmail 2>/dev/null):$(id -g vmail 2>/dev/null); [ "$vm" = : ] && vm=-
 dk=$(cat {DKIM_OWNER_FILE} 2>/dev/null) || dk=-
+{owners}
 cd {MAIL_DIR} || die "cannot enter {MAIL_DIR}"
-find . -ignore_readdir_race -mindepth 1 \( -type d -printf 'M\td\t0\t0\t%U:%G\t%P\0' \) -o -printf 'M\t%y\t%s\t%T@\t%U:%G\t%P\0' > "$t/m" || die "find failed in {MAIL_DIR}"
-sed -z -n "s/^M${{tab}}f${{tab}}\([^${{tab}}]*${{tab}}\)\{{3\}}\(\(.*\/\)\{{0,1\}}dovecot-uidlist\)\$/.\/\2/p" "$t/m" > "$t/ul" || die "sed failed"
+# One walk: the uidlists into ul, every entry into m. %Ts: whole seconds since the
+# epoch (strftime's %s); TZ=UTC0 spares find a read of /etc/localtime for every file.
+TZ=UTC0 find . -ignore_readdir_race -mindepth 1 \( -name dovecot-uidlist -type f -fprintf "$t/ul" './%P\0' -o -true \) , \( -type d \( "$@" -printf 'M\td\t0\t0\t=\t%P\0' -o -printf 'M\td\t0\t0\t%U:%G\t%P\0' \) \) -o \( "$@" -printf 'M\t%y\t%s\t%Ts\t=\t%P\0' \) -o -printf 'M\t%y\t%s\t%Ts\t%U:%G\t%P\0' > "$t/m" || die "find failed in {MAIL_DIR}"
 # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
 xargs -0 -r awk '{awk}' < "$t/ul" > "$t/u" || die "cannot read the uidlists in {MAIL_DIR}"
 {mail}set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
-: > "$t/s"; : > "$t/d0"; : > "$t/q0"
+: > "$t/s0"; : > "$t/d0"; : > "$t/q0"
 if [ $# -gt 0 ]; then
-  find "$@" \( -type d -printf 'S\td\t0\t-\t%U:%G\t%p\0' \) -o \( -type l -printf 'S\tl\t0\t%l\t%U:%G\t%p\0' \) -o -printf 'S\t%y\t%s\t-\t%U:%G\t%p\0' > "$t/s" || die "find failed in $*"
+  find "$@" \( -type d -printf 'S\td\t0\t-\t%U:%G\t%p\0' \) -o \( -type l -printf 'S\tl\t0\t%l\t%U:%G\t%p\0' \) -o \( -type f -printf 'S\tf\t%s\t-\t%U:%G\t%p\0' \) -o -printf 'S\t%y\t0\t-\t%U:%G\t%p\0' > "$t/s0" || die "find failed in $*"
   find "$@" -type f -exec sha256sum -z -- {{}} + > "$t/d0" || die "cannot read the files of $*"
 fi
+sed -z "$so" "$t/s0" > "$t/s" || die "sed failed"
 if [ -d {SPOOL} ]; then
   cd {SPOOL} || die "cannot enter {SPOOL}"
   set --; for q in {queues}; do [ -d "$q" ] && set -- "$@" "$q"; done
@@ -128,7 +181,72 @@ if [ -d {SPOOL} ]; then
 fi
 sed -z 's/^\([0-9a-f]\{{64\}}\)  /D\t-\t-\t\1\t-\t/' "$t/d0" > "$t/d" || die "sed failed"
 sed -z 's/^\([0-9a-f]\{{64\}}\)  \([^/]*\)\/\(.*\/\)\{{0,1\}}\([^/]*\)$/Q\t-\t-\t-\t\4\t\2\/\1/' "$t/q0" > "$t/q" || die "sed failed"
-LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/all" "$t/m" "$t/u" "$t/s" "$t/d" "$t/q" || die "sort failed"
+{tail}"#
+    )
+}
+
+/// The owners a listing reads as `=` (module doc): `find`'s test for a mailbox
+/// entry, in `"$@"`, and the `sed` program for the state entries, in `$so`.
+fn owners(purpose: Purpose) -> String {
+    // The fields before a state entry's owner, as sed group 1.
+    let head = r"\(S\(${tab}[^${tab}]*\)\{3\}${tab}\)";
+    let path = |p: &str| p.replace('/', r"\/");
+    match purpose {
+        Purpose::Proof(Role::Old) => {
+            format!(r#"set -- -true; so="s/^{head}[^${{tab}}]*${{tab}}/\1=${{tab}}/""#)
+        }
+        // What `compare::expected_owner` wants on NEW; any other owner stays as it
+        // is, for the merge to name. A DKIM owner that is not `uid:gid` matches none.
+        Purpose::Proof(Role::New) => {
+            let (acme, dkim) = (path(ACME_DIR), path(DKIM_DIR));
+            format!(
+                r#"case $vm in *[!0-9:]*) set -- -false ;; *) set -- -uid "${{vm%:*}}" -gid "${{vm#*:}}" ;; esac
+case $dk in -|'') dko="[^${{tab}}]*" ;; *[!0-9:]*) dko='#' ;; *) dko=$dk ;; esac
+so="s/^{head}0:0${{tab}}{acme}/\1=${{tab}}{acme}/
+s/^{head}$dko${{tab}}{dkim}/\1=${{tab}}{dkim}/
+/^{head}[^${{tab}}]*${{tab}}{acme}/b
+/^{head}[^${{tab}}]*${{tab}}{dkim}/b
+s/^{head}[^${{tab}}]*${{tab}}/\1=${{tab}}/""#
+            )
+        }
+        // verify checks NEW's owners itself, as they are.
+        Purpose::Verify => "set -- -false; so=".to_string(),
+    }
+}
+
+/// The proof's end: each section sorted on its own, the digest of the normalised
+/// whole (queue IDs read as `-`), then what the controller asks for.
+fn proof_tail(role: Role) -> String {
+    let role = role.name();
+    format!(
+        r#"for f in d m q s u; do LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/$f" "$t/$f" || die "sort failed"; done
+sed -z "s/^\(Q\(${{tab}}[^${{tab}}]*\)\{{3\}}${{tab}}\)[^${{tab}}]*${{tab}}/\1-${{tab}}/" "$t/q" > "$t/qn" || die "sed failed"
+cat "$t/d" "$t/m" "$t/qn" "$t/s" "$t/u" > "$t/n" || die "cannot write a temp file"
+n=$(tr -cd '\0' < "$t/n" | wc -c) || die "cannot count the listing"
+sum=$(sha256sum < "$t/n") || die "cannot digest the listing"
+rm -f "$t/n"
+printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
+printf '{DIGEST} {role} %s %s\0' "$n" "${{sum%% *}}"
+# The controller's answer; none (EOF): it gave up on this listing.
+IFS= read -r want || exit 0
+case $want in
+  {SEND_ALL}) set -- "$t/d" "$t/m" "$t/q" "$t/s" "$t/u" ;;
+  {SEND_KEPT}) set -- "$t/q" "$t/u" ;;
+  *) die "unexpected answer: $want" ;;
+esac
+cat "$@" > "$t/out" || die "cannot write a temp file"
+n=$(tr -cd '\0' < "$t/out" | wc -c) || die "cannot count the listing"
+sum=$(sha256sum < "$t/out") || die "cannot digest the listing"
+cat "$t/out" || die "cannot send the listing"
+printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
+    )
+}
+
+/// `verify`'s end: one sort of everything (its `K` records fall between `D` and
+/// `M`), then the whole listing.
+fn verify_tail() -> String {
+    format!(
+        r#"LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/all" "$t/m" "$t/u" "$t/s" "$t/d" "$t/q" || die "sort failed"
 n=$(tr -cd '\0' < "$t/all" | wc -c) || die "cannot count the listing"
 sum=$(sha256sum < "$t/all") || die "cannot digest the listing"
 printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
@@ -144,6 +262,6 @@ pub fn settle_new(transfer: TransferMode, acme: bool) -> String {
     format!(
         "{} || exit $?\n{}",
         crate::host::catalogue::fix_ownership(transfer, acme),
-        listing()
+        listing(Role::New)
     )
 }

@@ -1,7 +1,8 @@
 //! The copy proof of step 4: before DNS moves, NEW must hold what OLD holds.
 //!
-//! Each host sends a complete, self-vouching listing ([`listing`]); the two are
-//! merged as they arrive ([`compare`]). An incomplete listing is an [`Incomplete`]
+//! Each host sends a complete, self-vouching listing ([`listing`]), its digest
+//! first: equal digests prove the copy, different ones bring both listings, merged
+//! as they arrive to name each difference ([`compare`]). An incomplete listing is an [`Incomplete`]
 //! error (retried: the copy may well be right), never a difference and never a
 //! pass. What is compared, and what is not and why, is in `compare` and in
 //! docs/how-it-works.md.
@@ -16,8 +17,8 @@ pub use cutover::{
     cutover_path, Cutover, CutoverError, Discard, Entry, Keep, Mailbox, Queued, Reader, Uids,
     Writer,
 };
-pub use listing::{listing, settle_new, verify_listing, QUEUES, SPOOL};
-pub use read::{Incomplete, Listing, Owners, Record};
+pub use listing::{listing, settle_new, verify_listing, Role, QUEUES, SPOOL};
+pub use read::{Digest, Incomplete, Listing, Owners, Record, Side};
 
 #[cfg(test)]
 mod tests;

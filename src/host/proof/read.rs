@@ -1,4 +1,5 @@
-//! Reading one host's listing as it arrives: header, records, trailer.
+//! Reading one host's listing as it arrives: header, the proof's digest line,
+//! records, trailer.
 //!
 //! Nothing is trusted that the trailer does not vouch for: the records are counted
 //! and digested as they pass, checked to be in order (the merge depends on it),
@@ -8,7 +9,7 @@
 use ring::digest::{Context, SHA256};
 use tokio::sync::mpsc::Receiver;
 
-use super::listing::{HEADER, TRAILER};
+use super::listing::{DIGEST, HEADER, TRAILER};
 
 /// Why a listing cannot be used; the caller retries (the data may be fine).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,39 @@ pub struct Owners {
     pub vmail: Option<String>,
     /// `uid:gid` cmfleet recorded for /etc/dkimkeys (`None`: not recorded).
     pub dkim: Option<String>,
+}
+
+/// A proof listing's digest line: the count and SHA-256 of the host's whole
+/// listing, normalised (`listing`'s module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    pub count: u64,
+    /// 64 lowercase hex digits.
+    pub sum: String,
+}
+
+/// One host's proof listing as step 4 reads it: its records as they arrive, and
+/// the answer to its digest (`listing::SEND_ALL` or `SEND_KEPT`, a line), which
+/// the host waits for on its stdin (`remote::Stdout::Dialogue`).
+pub struct Side {
+    pub records: Receiver<Vec<u8>>,
+    pub answer: tokio::sync::oneshot::Sender<Vec<u8>>,
+}
+
+impl Side {
+    /// A side, the sender its records go into (`capacity` in flight), and the
+    /// receiver its answer comes out of.
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        Side,
+        tokio::sync::mpsc::Sender<Vec<u8>>,
+        tokio::sync::oneshot::Receiver<Vec<u8>>,
+    ) {
+        let (tx, records) = tokio::sync::mpsc::channel(capacity);
+        let (answer, asked) = tokio::sync::oneshot::channel();
+        (Side { records, answer }, tx, asked)
+    }
 }
 
 /// One record: section letter, four fields, path.
@@ -104,6 +138,46 @@ impl Listing {
         Ok((listing, owners))
     }
 
+    /// The digest line that follows a proof listing's header; `role` (`old`,
+    /// `new`): the host the listing must have been made for, since what its owners
+    /// read as `=` depends on it. A digest is 64 hex digits: two hosts that both
+    /// failed to digest must not match.
+    pub async fn digest(&mut self, role: &str) -> Result<Digest, Incomplete> {
+        let raw = self
+            .rx
+            .recv()
+            .await
+            .ok_or_else(|| self.incomplete("it ended before its digest"))?;
+        let words = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|t| t.strip_prefix(DIGEST))
+            .and_then(|t| t.strip_prefix(' '))
+            .map(|t| t.split(' ').collect::<Vec<_>>())
+            .ok_or_else(|| self.incomplete("it sent no digest after its header"))?;
+        let is_sum = |s: &str| {
+            s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        match words.as_slice() {
+            [made_for, count, sum] if is_sum(sum) => {
+                if *made_for != role {
+                    return Err(
+                        self.incomplete(format!("it was made for {made_for}, not for {role}"))
+                    );
+                }
+                let count = count
+                    .parse()
+                    .map_err(|_| self.incomplete("its digest line is malformed"))?;
+                Ok(Digest {
+                    count,
+                    sum: (*sum).to_string(),
+                })
+            }
+            _ => Err(self.incomplete("its digest line is malformed")),
+        }
+    }
+
     fn incomplete(&self, why: impl Into<String>) -> Incomplete {
         Incomplete {
             side: self.side,
@@ -158,7 +232,7 @@ impl Listing {
     }
 }
 
-/// `#cmfleet-manifest 1 vmail=U:G dkim=U:G`.
+/// `#cmfleet-manifest 2 vmail=U:G dkim=U:G`.
 fn parse_header(raw: &[u8]) -> Option<Owners> {
     let text = std::str::from_utf8(raw).ok()?;
     let rest = text.strip_prefix(HEADER)?;

@@ -12,7 +12,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use openssh_mux_client::{Connection, NonZeroByteSlice, Session, SessionStatus};
-use tokio::net::unix::pipe::Receiver;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe::{Receiver, Sender};
 
 use super::process::{stream_output, LineSink, ProcessOutput, Stdout};
 
@@ -48,10 +49,11 @@ pub async fn run_channel(
         .cmd(Cow::Borrowed(cmd))
         .agent(forward_agent)
         .build();
-    // stdin is a pipe nobody writes to, held open while the command runs: when this
-    // future is dropped (a second Ctrl-C), its end reaches the remote command as EOF
-    // on stdin, which `commands::stops_with_channel` turns into a kill.
-    let (in_r, _in_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
+    // stdin is a pipe held open while the command runs, written to only to answer a
+    // command's question (`Stdout::Dialogue`): when this future is dropped (a second
+    // Ctrl-C), its end reaches the remote command as EOF on stdin, which
+    // `commands::stops_with_channel` turns into a kill.
+    let (in_r, in_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     let (out_r, out_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     let (err_r, err_w) = std::io::pipe().map_err(ChannelError::Pipe)?;
     // The master gets copies of these (blocking, as the protocol needs); ours must
@@ -72,7 +74,15 @@ pub async fn run_channel(
     // still on its way, so a consumer slower than the command lost the tail of it
     // (openssh-rust/openssh#103). The master closes our pipes at the end of the
     // output, or when the connection is lost: this read always ends.
-    let output = stream_output(Some(stdout), Some(stderr), sink, to).await;
+    let (to, answer) = match to {
+        Stdout::Dialogue { to, end, answer } => (Stdout::Records { to, end }, Some(answer)),
+        other => (other, None),
+    };
+    let output = stream_output(Some(stdout), Some(stderr), sink, to);
+    let (output, _in_w) = match answer {
+        None => (output.await, Some(in_w)),
+        Some(answer) => (answered(output, answer, in_w).await?, None),
+    };
     let status = established.wait().await;
     let (captured, tail) = output.map_err(ChannelError::Output)?;
     let code = match status {
@@ -88,4 +98,35 @@ pub async fn run_channel(
         tail,
         stdout: captured,
     })
+}
+
+/// Runs `output` (the command's) to its end, writing what `answer` yields into the
+/// command's stdin (`stdin`: our end of its pipe), which is held open until then.
+/// An answer dropped unsent closes the stdin at once: a command waiting for one
+/// reads EOF and ends, rather than waiting on a controller that gave up on it.
+async fn answered<T>(
+    output: impl std::future::Future<Output = T>,
+    answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
+    stdin: std::io::PipeWriter,
+) -> Result<T, ChannelError> {
+    let mut stdin = Some(Sender::from_owned_fd(OwnedFd::from(stdin)).map_err(ChannelError::Pipe)?);
+    // Boxed: the output's future is large, and pinned here beside the select a
+    // debug build's worker stack overflowed in step 4 (the copy runs beside it).
+    let mut output = Box::pin(output);
+    tokio::select! {
+        out = &mut output => return Ok(out),
+        reply = answer => match (reply, stdin.as_mut()) {
+            (Ok(bytes), Some(w)) => {
+                // A write that fails finds the command's stdin gone: the command
+                // ended or its channel closed, and its output and exit status say so.
+                if w.write_all(&bytes).await.is_err() {
+                    stdin = None;
+                }
+            }
+            _ => stdin = None,
+        },
+    }
+    let out = output.await;
+    drop(stdin);
+    Ok(out)
 }

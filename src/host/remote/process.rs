@@ -159,6 +159,16 @@ pub enum Stdout {
         to: tokio::sync::mpsc::Sender<Vec<u8>>,
         end: u8,
     },
+    /// As `Records`, for a remote command that asks a question on its stdout and
+    /// reads the answer from its stdin: what `answer` yields is written to the
+    /// command's stdin; dropped unanswered, the stdin ends (EOF), so the command
+    /// never waits on a controller that gave up on it. Remote channels only (a
+    /// local process's stdin is /dev/null: EOF at once).
+    Dialogue {
+        to: tokio::sync::mpsc::Sender<Vec<u8>>,
+        end: u8,
+        answer: tokio::sync::oneshot::Receiver<Vec<u8>>,
+    },
 }
 
 /// Reads a command's stdout and stderr to their ends: stderr's lines go to `sink`
@@ -175,7 +185,9 @@ pub async fn stream_output(
         match (stdout, to) {
             (Some(s), Stdout::Capture) => read_all(s).await.map(Some),
             (Some(s), Stdout::Sink) => pump(s, sink, &tail).await.map(|_| None),
-            (Some(s), Stdout::Records { to, end }) => forward(s, to, end).await.map(|_| None),
+            (Some(s), Stdout::Records { to, end } | Stdout::Dialogue { to, end, .. }) => {
+                forward(s, to, end).await.map(|_| None)
+            }
             (None, _) => Ok(None),
         }
     };

@@ -710,11 +710,12 @@ impl Executor {
 
     /// The final mirror and the proof, on the shortest path through the downtime:
     /// OLD's listing runs while the copy does (OLD is frozen since step 3; the listing
-    /// sorts into a file on OLD before it sends anything, and then waits for the
-    /// merge), NEW's settles and lists once the copy is done, and the two are compared
-    /// as they arrive (nothing of a relay's millions of files is held whole). A
-    /// listing that is not complete is a transient error. The relay's log gets the
-    /// parts' times.
+    /// sorts and digests on OLD, sends its digest and waits for the answer), NEW's
+    /// settles and lists once the copy is done, and the two digests are compared:
+    /// equal, no listing crosses the network (only the queue and the uidlists, for
+    /// the cutover record); different, both listings are merged as they arrive
+    /// (nothing of a relay's millions of files is held whole). A listing that is not
+    /// complete is a transient error. The relay's log gets the parts' times.
     async fn sync_and_prove(
         &self,
         relay: &Relay,
@@ -725,18 +726,26 @@ impl Executor {
         let started = tokio::time::Instant::now();
         let old = self.connect(relay, &relay.old).await?;
         let (on_old, on_new) = (
-            proof::listing(),
+            proof::listing(proof::Role::Old),
             proof::settle_new(relay.settings.transfer, catalogue::acme_required(relay)),
         );
-        let (old_tx, old_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
-        let (new_tx, new_rx) = tokio::sync::mpsc::channel(LISTING_RECORDS_IN_FLIGHT);
-        let records = |to| Stdout::Records { to, end: 0 };
+        let (old_listing, old_tx, old_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
+        let (new_listing, new_tx, new_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
+        // Each host asks, after its digest, for what to send (the proof answers).
+        let records = |to, answer| Stdout::Dialogue { to, end: 0, answer };
         let plain = CommandKind::Plain;
         // Boxed: the copy's future is large, and three of them side by side overflow a
         // worker's stack in a debug build.
         let old_side = Box::pin(async {
             self.ssh
-                .run(&old, &on_old, false, plain, sink, records(old_tx))
+                .run(
+                    &old,
+                    &on_old,
+                    false,
+                    plain,
+                    sink,
+                    records(old_tx, old_asked),
+                )
                 .await
                 .map_err(StepError::from)
         });
@@ -746,13 +755,21 @@ impl Executor {
             let _ = synced.set(started.elapsed());
             let new = self.connect(relay, &relay.new).await?;
             self.ssh
-                .run(&new, &on_new, false, plain, sink, records(new_tx))
+                .run(
+                    &new,
+                    &on_new,
+                    false,
+                    plain,
+                    sink,
+                    records(new_tx, new_asked),
+                )
                 .await
                 .map_err(StepError::from)
         });
         // A failed copy ends the step at once: the listings are dropped with it.
         let both = async { tokio::try_join!(old_side, new_side) };
-        let (ran, compared) = tokio::join!(both, Box::pin(proof::compare(old_rx, new_rx, keep)));
+        let proof = proof::compare(old_listing, new_listing, keep);
+        let (ran, compared) = tokio::join!(both, Box::pin(proof));
         ran?;
         let differences = compared.map_err(|e| StepError {
             kind: ErrorKind::Transient,
@@ -768,11 +785,16 @@ impl Executor {
             at(differences.new_ready.map(|t| t.duration_since(started))),
             at(Some(started.elapsed())),
         ));
-        if differences.is_empty() {
-            sink.log(&format!(
-                "proof: {} records identical on old and new",
+        match (differences.is_empty(), differences.by_digest) {
+            (true, Some(n)) => sink.log(&format!(
+                "proof: {n} records identical on old and new (by their digests; {} queue and uidlist records merged for the cutover record)",
                 differences.entries
-            ));
+            )),
+            (true, None) => sink.log(&format!(
+                "proof: {} records identical on old and new (merged: their digests differ)",
+                differences.entries
+            )),
+            (false, _) => {}
         }
         Ok(differences)
     }
