@@ -681,12 +681,17 @@ fn downtime_table(
             let (lost, back) = outage(&changes, down);
             let rel = |t: Option<u64>| t.map(|t| secs(t.saturating_sub(down)));
             let span = lost.zip(back).map(|(l, b)| secs(b - l));
+            let at = |t: Option<f64>| t.map_or("never".to_string(), |t| format!("{t} s"));
             cells.push(format!(
-                "{} {:?}..{:?} = {:?} s",
+                "{} lost at {}, back at {} ({})",
                 u.name,
-                rel(lost),
-                rel(back),
-                span
+                at(rel(lost)),
+                at(rel(back)),
+                match (lost, span) {
+                    (_, Some(s)) => format!("{s} s out"),
+                    (Some(_), None) => "still out".to_string(),
+                    (None, None) => "no outage".to_string(),
+                }
             ));
             clients.insert(
                 u.name.clone(),
