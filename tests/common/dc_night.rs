@@ -132,6 +132,10 @@ pub struct Night {
     pub cutover: (Option<i32>, String),
     /// Where the views and figures were written.
     pub record: PathBuf,
+    /// When each text was sent (unix ms).
+    pub sent_ms: BTreeMap<String, u64>,
+    /// Each relay's downtime as cmfleet's journal has it (unix ms), by relay index.
+    pub windows: Vec<Option<(u64, u64)>>,
 }
 
 struct DownOnDrop(PathBuf);
@@ -186,8 +190,24 @@ struct User {
 /// Texts each account should hold, by account name.
 type Expected = BTreeMap<String, Vec<String>>;
 
-fn send(c: &mut Clients, expected: &mut Expected, from: &User, to: &User, text: String) {
+/// What was sent: the texts each account should hold, and when each text was sent
+/// (unix ms).
+#[derive(Default)]
+struct Ledger {
+    expected: Expected,
+    sent_ms: BTreeMap<String, u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn send(c: &mut Clients, ledger: &mut Ledger, from: &User, to: &User, text: String) {
+    ledger.sent_ms.insert(text.clone(), now_ms());
     c.send(&from.name, &to.name, &text);
+    let expected = &mut ledger.expected;
     expected
         .entry(to.name.clone())
         .or_default()
@@ -451,25 +471,31 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
     for (x, y) in &pairs {
         c.join(&x.name, &y.name);
     }
-    let mut expected = Expected::new();
+    let mut ledger = Ledger::default();
     for (i, (x, y)) in pairs.iter().enumerate() {
         send(
             &mut c,
-            &mut expected,
+            &mut ledger,
             x,
             y,
             format!("before {i}: {} to {}", x.name, y.name),
         );
         send(
             &mut c,
-            &mut expected,
+            &mut ledger,
             y,
             x,
             format!("before {i}: {} to {}", y.name, x.name),
         );
     }
     assert!(
-        wait_all(&mut c, &lab, &all, &expected, Duration::from_secs(180)),
+        wait_all(
+            &mut c,
+            &lab,
+            &all,
+            &ledger.expected,
+            Duration::from_secs(180)
+        ),
         "before the night, messages did not arrive"
     );
     // Every account reads what it got so far.
@@ -485,7 +511,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
             read.entry(u.name.clone()).or_default().extend(got);
         }
     };
-    read_now(&mut c, &all, "before", &expected);
+    read_now(&mut c, &all, "before", &ledger.expected);
     let views_before: BTreeMap<String, Value> = users
         .iter()
         .map(|u| (u.name.clone(), c.view(&u.name)))
@@ -509,7 +535,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         if !offline.iter().any(|o| o.name == y.name) {
             send(
                 &mut c,
-                &mut expected,
+                &mut ledger,
                 y,
                 x,
                 format!("between {i}: {} to {}", y.name, x.name),
@@ -517,10 +543,16 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         }
     }
     assert!(
-        wait_all(&mut c, &lab, &online, &expected, Duration::from_secs(180)),
+        wait_all(
+            &mut c,
+            &lab,
+            &online,
+            &ledger.expected,
+            Duration::from_secs(180)
+        ),
         "between the pre-stage and the cutover, messages did not arrive"
     );
-    read_now(&mut c, &online, "between", &expected);
+    read_now(&mut c, &online, "between", &ledger.expected);
 
     // The cutover, in a thread; meanwhile, every few seconds, a message across relays.
     let cutover = {
@@ -534,7 +566,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         for (x, y) in pairs.iter().filter(|(x, y)| x.relay != y.relay) {
             send(
                 &mut c,
-                &mut expected,
+                &mut ledger,
                 x,
                 y,
                 format!("during {n}: {} to {}", x.name, y.name),
@@ -554,14 +586,14 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
     for (i, (x, y)) in pairs.iter().enumerate() {
         send(
             &mut c,
-            &mut expected,
+            &mut ledger,
             x,
             y,
             format!("after {i}: {} to {}", x.name, y.name),
         );
         send(
             &mut c,
-            &mut expected,
+            &mut ledger,
             y,
             x,
             format!("after {i}: {} to {}", y.name, x.name),
@@ -570,7 +602,13 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
     // A clean night gets all the time mail may need; a broken one stops waiting sooner
     // (what is missing then stays missing).
     let limit = if mutations.is_empty() { 600 } else { 240 };
-    let complete = wait_all(&mut c, &lab, &all, &expected, Duration::from_secs(limit));
+    let complete = wait_all(
+        &mut c,
+        &lab,
+        &all,
+        &ledger.expected,
+        Duration::from_secs(limit),
+    );
     eprintln!("every message arrived: {complete}");
 
     let views_after: BTreeMap<String, Value> = users
@@ -587,7 +625,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         problems.extend(judge(
             &u.name,
             &views_after[&u.name],
-            &expected[&u.name],
+            &ledger.expected[&u.name],
             &read[&u.name],
             &keys(&views_before[&u.name]),
         ));
@@ -603,7 +641,8 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         }
     }
 
-    let downtime = downtime_table(&lab, &inv, &mut c, &users, &offline, switched_off);
+    let windows = windows(&lab, &inv);
+    let downtime = downtime_table(&lab, &windows, &mut c, &users, &offline, switched_off);
     let applied = mutations_dir
         .as_deref()
         .map(|d| applied(&lab, d))
@@ -631,7 +670,22 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         applied,
         cutover,
         record: file,
+        sent_ms: ledger.sent_ms,
+        windows,
     }
+}
+
+/// Each relay's downtime from cmfleet's journal (a relay's name there is its
+/// mail_domain): from the start of step 3 to the end of step 6, unix ms.
+fn windows(lab: &ChatmailLab, inv: &Inventory) -> Vec<Option<(u64, u64)>> {
+    let journal = peek(inv);
+    lab.domains
+        .iter()
+        .map(|d| {
+            let rec = journal.relays.get(d)?;
+            rec.down_since_ms.zip(rec.up_again_ms)
+        })
+        .collect()
 }
 
 fn new_addr(lab: &ChatmailLab, relay: usize) -> String {
@@ -646,22 +700,16 @@ fn new_addr(lab: &ChatmailLab, relay: usize) -> String {
 /// and returned for the record.
 fn downtime_table(
     lab: &ChatmailLab,
-    inv: &Inventory,
+    windows: &[Option<(u64, u64)>],
     c: &mut Clients,
     users: &[User],
     offline: &[&User],
     switched_off: usize,
 ) -> Value {
-    let journal = peek(inv);
     let mut rows = Vec::new();
     eprintln!("relay | OLD for clients | cmfleet's downtime | client: lost at, back at (s after the downtime began), outage");
     for (r, domain) in lab.domains.iter().enumerate() {
-        // A relay's name in the journal is its mail_domain.
-        let Some(rec) = journal.relays.get(domain) else {
-            rows.push(json!({"relay": domain, "journal": "no record"}));
-            continue;
-        };
-        let (Some(down), Some(up)) = (rec.down_since_ms, rec.up_again_ms) else {
+        let Some((down, up)) = windows.get(r).copied().flatten() else {
             rows.push(json!({"relay": domain, "cmfleet_downtime_s": null}));
             continue;
         };
