@@ -61,13 +61,7 @@ impl Drop for DownOnDrop {
 
 /// `ssh -F DIR/ssh_config root@ADDR -- CMD`: its stdout; panics when it fails.
 fn on(lab: &ChatmailLab, addr: &str, cmd: &str) -> String {
-    let out = Command::new("ssh")
-        .arg("-F")
-        .arg(lab.dir.join("ssh_config"))
-        .arg(format!("root@{addr}"))
-        .arg("--")
-        .arg(cmd)
-        .stdin(Stdio::null())
+    let out = common::real::ssh_to(lab, addr, cmd)
         .output()
         .expect("run ssh");
     assert!(

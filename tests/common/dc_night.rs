@@ -39,7 +39,7 @@ use cmfleet::model::inventory::Inventory;
 use serde_json::{json, Value};
 
 use super::deltachat::{venv, ClientNet, Clients};
-use super::real::{require_real_lab_machine, reserve};
+use super::real::{require_real_lab_machine, reserve, ssh_to};
 use super::run::{cmfleet, peek, PRE_STAGE};
 
 /// What `dc-mutate-cmdeploy.sh` breaks on NEW right before step 6's activation.
@@ -153,29 +153,18 @@ fn env_count(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn ssh(lab: &ChatmailLab, addr: &str, command: &str) -> bool {
-    Command::new("ssh")
-        .arg("-F")
-        .arg(lab.dir.join("ssh_config"))
-        .arg(format!("root@{addr}"))
-        .arg("--")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// `postqueue -f` on every relay host that runs Postfix: mail to a relay that was down
 /// waits for the queue's next run otherwise (minutes).
 fn flush_queues(lab: &ChatmailLab) {
     for h in lab.hosts.hosts() {
-        ssh(
+        let _ = ssh_to(
             lab,
             &h.addr.to_string(),
             "systemctl is-active --quiet postfix && postqueue -f || true",
-        );
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     }
 }
 
@@ -213,6 +202,26 @@ fn send(c: &mut Clients, ledger: &mut Ledger, from: &User, to: &User, text: Stri
         .or_default()
         .push(text.clone());
     expected.entry(from.name.clone()).or_default().push(text);
+}
+
+/// A message each way over every contact: "PHASE N: FROM to TO".
+fn send_both_ways(c: &mut Clients, ledger: &mut Ledger, pairs: &[(&User, &User)], phase: &str) {
+    for (i, (x, y)) in pairs.iter().enumerate() {
+        send(
+            c,
+            ledger,
+            x,
+            y,
+            format!("{phase} {i}: {} to {}", x.name, y.name),
+        );
+        send(
+            c,
+            ledger,
+            y,
+            x,
+            format!("{phase} {i}: {} to {}", y.name, x.name),
+        );
+    }
 }
 
 /// Waits until every listed account holds what it should, flushing the relays' queues;
@@ -263,8 +272,10 @@ pub fn judge(
             if m["padlock"].as_bool() != Some(true) {
                 problems.push(problem(&text, Kind::NoPadlock));
             }
-            if let Some(e) = m["error"].as_str() {
-                problems.push(problem(&text, Kind::Error(e.to_string())));
+            match &m["error"] {
+                Value::Null => {}
+                Value::String(e) => problems.push(problem(&text, Kind::Error(e.clone()))),
+                other => problems.push(problem(&text, Kind::Error(other.to_string()))),
             }
             // InFresh (10) or InNoticed (13): shown as new again.
             if let Some(s) = m["state"].as_u64().filter(|s| *s < 16) {
@@ -472,22 +483,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         c.join(&x.name, &y.name);
     }
     let mut ledger = Ledger::default();
-    for (i, (x, y)) in pairs.iter().enumerate() {
-        send(
-            &mut c,
-            &mut ledger,
-            x,
-            y,
-            format!("before {i}: {} to {}", x.name, y.name),
-        );
-        send(
-            &mut c,
-            &mut ledger,
-            y,
-            x,
-            format!("before {i}: {} to {}", y.name, x.name),
-        );
-    }
+    send_both_ways(&mut c, &mut ledger, &pairs, "before");
     assert!(
         wait_all(
             &mut c,
@@ -583,22 +579,7 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
     for u in &offline {
         c.online(&u.name);
     }
-    for (i, (x, y)) in pairs.iter().enumerate() {
-        send(
-            &mut c,
-            &mut ledger,
-            x,
-            y,
-            format!("after {i}: {} to {}", x.name, y.name),
-        );
-        send(
-            &mut c,
-            &mut ledger,
-            y,
-            x,
-            format!("after {i}: {} to {}", y.name, x.name),
-        );
-    }
+    send_both_ways(&mut c, &mut ledger, &pairs, "after");
     // A clean night gets all the time mail may need; a broken one stops waiting sooner
     // (what is missing then stays missing).
     let limit = if mutations.is_empty() { 600 } else { 240 };

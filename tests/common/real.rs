@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
+use cmfleet::lab::real::fleet::ChatmailLab;
 use cmfleet::lab::real::{RealLab, RealNet, STATE_FILE};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -76,4 +77,17 @@ pub fn reserve(lab_dir: &Path) -> Reserved {
         };
     }
     panic!("every test lab network (198.18.200-254, or CMFLEET_REAL_NET's) is in use");
+}
+
+/// `ssh -F DIR/ssh_config root@ADDR -- CMD` into a host of a real-chatmail lab, stdin
+/// closed; the caller picks what it wants of the output.
+pub fn ssh_to(lab: &ChatmailLab, addr: &str, cmd: &str) -> std::process::Command {
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.arg("-F")
+        .arg(lab.dir.join("ssh_config"))
+        .arg(format!("root@{addr}"))
+        .arg("--")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null());
+    ssh
 }
