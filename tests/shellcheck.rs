@@ -177,6 +177,7 @@ const KNOWN_HOSTS: &str =
 fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
     use Dialect::Sh;
     let fleet = &inv.fleet;
+    let handoff = proof::Handoff::new(catalogue::to_new(relay));
     let mut p = vec![
         program("probe (every host)", Sh, inspect::probe_script()),
         program(
@@ -192,6 +193,16 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         ),
         program("proof listing on old", Sh, proof::listing(proof::Role::Old)),
         program("proof listing on new", Sh, proof::listing(proof::Role::New)),
+        program(
+            "pruning proof listing on old",
+            Sh,
+            proof::pruning_listing(proof::Role::Old, &handoff),
+        ),
+        program(
+            "pruning proof listing on new",
+            Sh,
+            proof::pruning_listing(proof::Role::New, &handoff),
+        ),
         program("disk usage on old", Sh, catalogue::disk_usage()),
         program("mail KiB on old", Sh, catalogue::used_kib()),
         program("free KiB on new", Sh, catalogue::free_and_used_kib()),
@@ -237,7 +248,12 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             p.push(program(
                 format!("settle new ({transfer:?}, acme required: {acme})"),
                 Sh,
-                proof::settle_new(transfer, acme),
+                proof::settle_new(transfer, acme, None),
+            ));
+            p.push(program(
+                format!("settle new, pruning ({transfer:?}, acme required: {acme})"),
+                Sh,
+                proof::settle_new(transfer, acme, Some(&handoff)),
             ));
         }
     }
@@ -256,9 +272,16 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
         ),
         (
             "final sync",
-            catalogue::final_sync(relay, Some((5000, 5000))),
+            catalogue::final_sync(relay, Some((5000, 5000)), false),
         ),
-        ("final sync (plan)", catalogue::final_sync(relay, None)),
+        (
+            "final sync mirrored",
+            catalogue::final_sync(relay, Some((5000, 5000)), true),
+        ),
+        (
+            "final sync (plan)",
+            catalogue::final_sync(relay, None, false),
+        ),
     ];
     for (name, copy) in copies {
         let pushed = format!(
@@ -348,8 +371,8 @@ fn the_final_sync_requires_acme_only_of_relays_with_lets_encrypt() {
     assert!(catalogue::acme_required(acme));
     assert!(!catalogue::acme_required(&self_signed));
     let required = "for p in /var/lib/acme /etc/dkimkeys /var/spool/postfix /home/vmail/mail;";
-    assert!(catalogue::final_sync(acme, None).contains(required));
-    let sync = catalogue::final_sync(&self_signed, None);
+    assert!(catalogue::final_sync(acme, None, false).contains(required));
+    let sync = catalogue::final_sync(&self_signed, None, false);
     assert!(
         sync.contains("for p in /etc/dkimkeys /var/spool/postfix /home/vmail/mail;")
             && sync.contains("if [ -e /var/lib/acme ]; then set -- \"$@\" /var/lib/acme; fi;"),

@@ -59,6 +59,12 @@ pub fn install_known_host(known_hosts_line: &str) -> String {
     )
 }
 
+/// On OLD: the shell words that run a command on NEW, as the copy reaches it (the
+/// command, quoted, follows).
+pub fn to_new(relay: &Relay) -> String {
+    format!("{} {}", inner_ssh(relay), quote(&relay.new.ssh))
+}
+
 /// On OLD, one command: vouch for NEW's host key, then push. One command, not two:
 /// each costs an ssh client process and a round trip.
 pub fn vouched_push(known_hosts_line: &str, sync: &str) -> String {
@@ -88,9 +94,33 @@ pub fn stops_with_channel(script: &str) -> String {
     )
 }
 
+/// On a host, `awk` over rsync's `--info=progress2` output: at most one progress
+/// line a second (`srand()` returns the previous seed, the time the one before
+/// set), the last one held back passed on before any other line and at the end.
+/// rsync writes a progress line per file it finishes, each its own write(2): on
+/// the big relay of docs/performance.md, 125,000 of them, 9.5 MB through ssh to
+/// the controller and 3 s of CPU inside the downtime. The controller samples
+/// again for its log (`remote::process`).
+const PROGRESS_SAMPLER: &str = r#"BEGIN { RS = "[\r\n]" }
+/^ *[0-9][0-9,]* +[0-9]+% / { srand(); t = srand(); if (t == last) { held = $0; next } last = t; held = ""; print; fflush(); next }
+{ if (held != "") print held; held = ""; print; fflush() }
+END { if (held != "") print held }"#;
+
+/// `sampled CMD...` runs CMD with its stdout through [`PROGRESS_SAMPLER`], and
+/// returns CMD's status (sh has no `pipefail`: the status leaves the pipeline on
+/// fd 3, into the command substitution; 70 if it never came).
+fn sampled() -> String {
+    format!(
+        "sampled() {{ exec 5>&1; sm=$( {{ {{ \"$@\" 3>&- 5>&-; echo $? >&3; }} | awk {} >&5 3>&-; }} 3>&1 ); exec 5>&-; return \"${{sm:-70}}\"; }}; ",
+        quote(PROGRESS_SAMPLER)
+    )
+}
+
+/// rsync from OLD into NEW, as the copy reaches it, its progress sampled on OLD.
 fn rsync_push(relay: &Relay, flags: &str, sources: &str, dest: &str) -> String {
     format!(
-        "rsync {flags} --info=progress2 -e {} {sources} {}",
+        "{}sampled rsync {flags} --info=progress2 -e {} {sources} {}",
+        sampled(),
         quote(&inner_ssh(relay)),
         quote(&format!("{}:{dest}", relay.new.ssh)),
     )
@@ -208,9 +238,14 @@ fn optional_state(relay: &Relay) -> Vec<&'static str> {
 ///   and `--delete` removes the rest: every entry under /home/vmail/mail on NEW
 ///   ends up owned as `chown -R vmail:` would leave it, without a walk of its own
 ///   inside the downtime. The proof checks every owner anyway.
+/// - `mirror`: the mailboxes' rsync deletes what OLD does not have (`--delete`).
+///   Without it, NEW's proof listing removes that, from OLD's listing
+///   (`proof::Handoff`): rsync's `--delete` walks NEW's whole tree a second time
+///   inside the downtime. `--force` then lets a directory in the way of one of OLD's
+///   files go, as `--delete` does.
 ///
 /// The script's status is the mailboxes' rsync's, else the state's.
-pub fn final_sync(relay: &Relay, vmail: Option<(u32, u32)>) -> String {
+pub fn final_sync(relay: &Relay, vmail: Option<(u32, u32)>, mirror: bool) -> String {
     let state = required_state(relay);
     let mut required = state.clone();
     required.push(MAIL_DIR);
@@ -230,7 +265,8 @@ pub fn final_sync(relay: &Relay, vmail: Option<(u32, u32)>) -> String {
     let mail_sync = rsync_push(
         relay,
         &format!(
-            "-aHR --delete --no-implied-dirs {}",
+            "-aHR {} --no-implied-dirs {}",
+            if mirror { "--delete" } else { "--force" },
             quote(&match vmail {
                 Some((u, g)) => format!("--chown={u}:{g}"),
                 None => "--chown=VMAIL_UID:VMAIL_GID".to_string(),

@@ -148,18 +148,35 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
                     catalogue::before_final_sync()
                 ),
             )];
-            a.push(act(
-                Site::Old,
-                format!(
-                    "{}   # while the sync below runs; its digest must match new's",
-                    proof::listing(proof::Role::Old)
+            // A direct copy's first pass prunes NEW from OLD's listing (the run
+            // draws a random nonce per pass).
+            let (site, listing, new_listing) = match r.settings.transfer {
+                TransferMode::Direct => (
+                    Site::OldForwarded,
+                    proof::pruning_listing(
+                        proof::Role::Old,
+                        &proof::Handoff {
+                            to_new: catalogue::to_new(r),
+                            nonce: "NONCE".into(),
+                        },
+                    ),
+                    "then the listing above, made for new: it first removes what old's paths do not hold",
                 ),
+                TransferMode::Staged => (
+                    Site::Old,
+                    proof::listing(proof::Role::Old),
+                    "then the listing above, made for new",
+                ),
+            };
+            a.push(act(
+                site,
+                format!("{listing}   # while the sync below runs; its digest must match new's"),
             ));
             a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,
                 format!(
-                    "{}   # then the listing above, made for new",
+                    "{}   # {new_listing}",
                     catalogue::fix_ownership(r.settings.transfer, catalogue::acme_required(r))
                 ),
             ));
@@ -193,7 +210,7 @@ fn sync_actions(fleet: &Fleet, r: &Relay, last: bool) -> Vec<Action> {
     match r.settings.transfer {
         TransferMode::Direct if last => vec![act(
             Site::OldForwarded,
-            catalogue::vouched_push(NEW_HOST_KEY, &catalogue::final_sync(r, None)),
+            catalogue::vouched_push(NEW_HOST_KEY, &catalogue::final_sync(r, None, false)),
         )],
         TransferMode::Direct => vec![
             act(

@@ -201,15 +201,18 @@ pub async fn compare(
     new: Side,
     keep: &mut (dyn Keep + Send),
 ) -> Result<Differences, Incomplete> {
-    let opened = |role: Role, rx| async move {
+    let opened = |role: Role, rx, digested: Option<tokio::sync::oneshot::Sender<()>>| async move {
         let (mut listing, owners) = Listing::open(role.name(), rx).await?;
         let ready = tokio::time::Instant::now();
         let digest = listing.digest(role.name()).await?;
+        if let Some(d) = digested {
+            let _ = d.send(());
+        }
         Ok::<_, Incomplete>((listing, owners, digest, ready))
     };
     let (old_opened, new_opened) = (
-        opened(Role::Old, old.records),
-        opened(Role::New, new.records),
+        opened(Role::Old, old.records, old.digested),
+        opened(Role::New, new.records, new.digested),
     );
     let (
         (mut old_listing, _, old_digest, old_ready),

@@ -38,11 +38,13 @@
 //!
 //! Every part of the listing writes into a file and its exit status is checked (no
 //! pipeline hides a failing `find`); only a complete listing is digested and sent.
-//! The mailboxes are walked once: the same `find` writes the `M` records and the
-//! names of the uidlists `awk` reads (a second `find` cost a second walk of half a
-//! million entries inside the downtime; picking them out of the `M` records with
-//! `sed`, 0.7 s).
+//! The mailboxes are walked once, in three parts ([`mail_walk`]: the top, then two
+//! halves at once): the same `find`s write the `M` records and the names of the
+//! uidlists `awk` reads (a second `find` cost a second walk of half a million
+//! entries inside the downtime; picking them out of the `M` records with `sed`,
+//! 0.7 s).
 
+use super::prune::Handoff;
 use crate::host::catalogue::{ACME_DIR, DKIM_OWNER_FILE, MAIL_DIR, OPTIONAL_FILES};
 use crate::model::inventory::TransferMode;
 
@@ -113,7 +115,24 @@ enum Purpose {
 
 /// The proof's listing on `role`'s host.
 pub fn listing(role: Role) -> String {
-    listing_for(Purpose::Proof(role))
+    listing_for(Purpose::Proof(role), &Steps::default())
+}
+
+/// The proof's listing on `role`'s host at a first final sync that prunes
+/// ([`prune`](super::prune)): OLD's hands its mailbox paths to NEW before its
+/// digest, NEW's removes what they do not hold before its own.
+pub fn pruning_listing(role: Role, handoff: &Handoff) -> String {
+    let steps = match role {
+        Role::Old => Steps {
+            after_walk: super::prune::hand_over(handoff),
+            before_digest: "",
+        },
+        Role::New => Steps {
+            after_walk: super::prune::prune(handoff),
+            before_digest: super::prune::pruned(),
+        },
+    };
+    listing_for(Purpose::Proof(role), &steps)
 }
 /// `verify`'s listing: the proof's, but each message (a regular file in a `new/` or
 /// `cur/` directory) is a `K` record keyed by its identity, `MAILBOX/UNIQUE` (the
@@ -130,22 +149,41 @@ pub fn listing(role: Role) -> String {
 /// message side by side, so `verify` merges the two listings as they arrive like the
 /// proof does, whatever the relay's size.
 pub fn verify_listing() -> String {
-    listing_for(Purpose::Verify)
+    listing_for(Purpose::Verify, &Steps::default())
 }
 
-fn listing_for(purpose: Purpose) -> String {
+/// What a proof listing runs besides the listing itself.
+#[derive(Default)]
+struct Steps {
+    /// In /home/vmail/mail right after the walk (`$t/m` sorted by then), before
+    /// the uidlists (`$t/ul`) are read.
+    after_walk: String,
+    /// Right before the digest.
+    before_digest: &'static str,
+}
+
+fn listing_for(purpose: Purpose, steps: &Steps) -> String {
     let (awk, mail) = match purpose {
-        Purpose::Proof(_) => (UIDLISTS.to_string(), ""),
+        Purpose::Proof(_) => (
+            UIDLISTS.to_string(),
+            format!(
+                r#"LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/m" "$t/m" || die "sort failed"
+{}"#,
+                steps.after_walk
+            ),
+        ),
         Purpose::Verify => (
             format!("{UIDLISTS}{MESSAGE_UIDS}"),
             r#"sed -z -E "s/^M${tab}f${tab}([^${tab}]*)${tab}[^${tab}]*${tab}([^${tab}]*)${tab}(.*)\/(new|cur)\/([^/:]*)(:[^/]*)?\$/K${tab}f${tab}\1${tab}-${tab}\2${tab}\3\/\5/" "$t/m" > "$t/k" || die "sed failed"
 mv "$t/k" "$t/m" || die "cannot write a temp file"
-"#,
+"#
+            .to_string(),
         ),
     };
     let owners = owners(purpose);
+    let walk = mail_walk();
     let tail = match purpose {
-        Purpose::Proof(role) => proof_tail(role),
+        Purpose::Proof(role) => proof_tail(role, steps.before_digest),
         Purpose::Verify => verify_tail(),
     };
     let state = STATE_PATHS
@@ -162,12 +200,10 @@ vm=$(id -u vmail 2>/dev/null):$(id -g vmail 2>/dev/null); [ "$vm" = : ] && vm=-
 dk=$(cat {DKIM_OWNER_FILE} 2>/dev/null) || dk=-
 {owners}
 cd {MAIL_DIR} || die "cannot enter {MAIL_DIR}"
-# One walk: the uidlists into ul, every entry into m. %Ts: whole seconds since the
-# epoch (strftime's %s); TZ=UTC0 spares find a read of /etc/localtime for every file.
-TZ=UTC0 find . -ignore_readdir_race -mindepth 1 \( -name dovecot-uidlist -type f -fprintf "$t/ul" './%P\0' -o -true \) , \( -type d \( "$@" -printf 'M\td\t0\t0\t=\t%P\0' -o -printf 'M\td\t0\t0\t%U:%G\t%P\0' \) \) -o \( "$@" -printf 'M\t%y\t%s\t%Ts\t=\t%P\0' \) -o -printf 'M\t%y\t%s\t%Ts\t%U:%G\t%P\0' > "$t/m" || die "find failed in {MAIL_DIR}"
-# shellcheck disable=SC2016 # awk's program: its $ are awk's fields
+{walk}
+{mail}# shellcheck disable=SC2016 # awk's program: its $ are awk's fields
 xargs -0 -r awk '{awk}' < "$t/ul" > "$t/u" || die "cannot read the uidlists in {MAIL_DIR}"
-{mail}set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
+set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
 : > "$t/s0"; : > "$t/d0"; : > "$t/q0"
 if [ $# -gt 0 ]; then
   find "$@" \( -type d -printf 'S\td\t0\t-\t%U:%G\t%p\0' \) -o \( -type l -printf 'S\tl\t0\t%l\t%U:%G\t%p\0' \) -o \( -type f -printf 'S\tf\t%s\t-\t%U:%G\t%p\0' \) -o -printf 'S\t%y\t0\t-\t%U:%G\t%p\0' > "$t/s0" || die "find failed in $*"
@@ -182,6 +218,46 @@ fi
 sed -z 's/^\([0-9a-f]\{{64\}}\)  /D\t-\t-\t\1\t-\t/' "$t/d0" > "$t/d" || die "sed failed"
 sed -z 's/^\([0-9a-f]\{{64\}}\)  \([^/]*\)\/\(.*\/\)\{{0,1\}}\([^/]*\)$/Q\t-\t-\t-\t\4\t\2\/\1/' "$t/q0" > "$t/q" || die "sed failed"
 {tail}"#
+    )
+}
+
+/// The mailboxes' walk, into `$t/m` (the `M` records) and `$t/ul` (the uidlists'
+/// `./PATH`), in three `find`s: down to the mailboxes' own directories (depth 2),
+/// then below them in two halves at once (`-files0-from`: the depth-2 directories,
+/// every other one), each part into a file of its own and each exit status checked.
+/// After step 4's copy NEW's walk is the critical path, and a second core or disk
+/// queue does it in about half the time. `"$@"`: the owner test ([`owners`]).
+fn mail_walk() -> String {
+    // %P: the path below the start `.`; %p: the whole path, the start a depth-2
+    // directory given relative to the mailboxes.
+    let uidlists = |f: char, out: &str| {
+        format!(r#"\( -name dovecot-uidlist -type f -fprintf "$t/{out}" './%{f}\0' -o -true \)"#)
+    };
+    let records = |f: char| {
+        format!(
+            r#"\( -type d \( "$@" -printf 'M\td\t0\t0\t=\t%{f}\0' -o -printf 'M\td\t0\t0\t%U:%G\t%{f}\0' \) \) -o \( "$@" -printf 'M\t%y\t%s\t%Ts\t=\t%{f}\0' \) -o -printf 'M\t%y\t%s\t%Ts\t%U:%G\t%{f}\0'"#
+        )
+    };
+    let (top, half) = (records('P'), records('p'));
+    let (ula, ulb, ulc) = (
+        uidlists('P', "ula"),
+        uidlists('p', "ulb"),
+        uidlists('p', "ulc"),
+    );
+    format!(
+        r#"# %Ts: whole seconds since the epoch (strftime's %s); TZ=UTC0 spares find a read of
+# /etc/localtime for every file.
+TZ=UTC0 find . -ignore_readdir_race -mindepth 1 -maxdepth 2 {ula} , \( -path './*/*' -type d -fprintf "$t/starts" '%P\0' -o -true \) , {top} > "$t/ma" || die "find failed in {MAIL_DIR}"
+: > "$t/sa"; : > "$t/sb"
+awk 'BEGIN {{ RS = ORS = "\0" }} {{ print > (NR % 2 ? a : b) }}' a="$t/sa" b="$t/sb" "$t/starts" || die "cannot split the mailboxes in two"
+# shellcheck disable=SC2185 # the starting points are in the file -files0-from names
+TZ=UTC0 find -files0-from "$t/sa" -ignore_readdir_race -mindepth 1 {ulb} , {half} > "$t/mb" & wb=$!
+# shellcheck disable=SC2185 # the starting points are in the file -files0-from names
+TZ=UTC0 find -files0-from "$t/sb" -ignore_readdir_race -mindepth 1 {ulc} , {half} > "$t/mc" || die "find failed in {MAIL_DIR}"
+wait "$wb" || die "find failed in {MAIL_DIR}"
+cat "$t/ma" "$t/mb" "$t/mc" > "$t/m" || die "cannot write a temp file"
+cat "$t/ula" "$t/ulb" "$t/ulc" > "$t/ul" || die "cannot write a temp file"
+rm -f "$t/ma" "$t/mb" "$t/mc""#
     )
 }
 
@@ -214,13 +290,15 @@ s/^{head}[^${{tab}}]*${{tab}}/\1=${{tab}}/""#
     }
 }
 
-/// The proof's end: each section sorted on its own, the digest of the normalised
-/// whole (queue IDs read as `-`), then what the controller asks for.
-fn proof_tail(role: Role) -> String {
+/// The proof's end (`M` is sorted right after the walk): each section sorted on
+/// its own, `before_digest`, the digest of the normalised whole (queue IDs read as
+/// `-`), then what the controller asks for.
+fn proof_tail(role: Role, before_digest: &str) -> String {
     let role = role.name();
     format!(
-        r#"for f in d m q s u; do LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/$f" "$t/$f" || die "sort failed"; done
+        r#"for f in d q s u; do LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/$f" "$t/$f" || die "sort failed"; done
 sed -z "s/^\(Q\(${{tab}}[^${{tab}}]*\)\{{3\}}${{tab}}\)[^${{tab}}]*${{tab}}/\1-${{tab}}/" "$t/q" > "$t/qn" || die "sed failed"
+{before_digest}
 cat "$t/d" "$t/m" "$t/qn" "$t/s" "$t/u" > "$t/n" || die "cannot write a temp file"
 n=$(tr -cd '\0' < "$t/n" | wc -c) || die "cannot count the listing"
 sum=$(sha256sum < "$t/n") || die "cannot digest the listing"
@@ -257,11 +335,15 @@ printf '{TRAILER} %s %s\0' "$n" "${{sum%% *}}""#
 
 /// On NEW after the final sync, in one command: the ownership repair (small trees
 /// after a direct copy, which set the mailboxes' owners itself), then the listing.
-/// `acme`: whether /var/lib/acme must be there (`catalogue::acme_required`).
-pub fn settle_new(transfer: TransferMode, acme: bool) -> String {
+/// `acme`: whether /var/lib/acme must be there (`catalogue::acme_required`);
+/// `handoff`: OLD's paths to prune by, at a first final sync ([`pruning_listing`]).
+pub fn settle_new(transfer: TransferMode, acme: bool, handoff: Option<&Handoff>) -> String {
     format!(
         "{} || exit $?\n{}",
         crate::host::catalogue::fix_ownership(transfer, acme),
-        listing(Role::New)
+        match handoff {
+            Some(h) => pruning_listing(Role::New, h),
+            None => listing(Role::New),
+        }
     )
 }

@@ -10,6 +10,7 @@
 mod compare;
 mod cutover;
 mod listing;
+mod prune;
 mod read;
 
 pub use compare::{compare, Differences};
@@ -17,7 +18,8 @@ pub use cutover::{
     cutover_path, Cutover, CutoverError, Discard, Entry, Keep, Mailbox, Queued, Reader, Uids,
     Writer,
 };
-pub use listing::{listing, settle_new, verify_listing, Role, QUEUES, SPOOL};
+pub use listing::{listing, pruning_listing, settle_new, verify_listing, Role, QUEUES, SPOOL};
+pub use prune::Handoff;
 pub use read::{Digest, Incomplete, Listing, Owners, Record, Side};
 
 #[cfg(test)]

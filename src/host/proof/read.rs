@@ -43,6 +43,8 @@ pub struct Digest {
 pub struct Side {
     pub records: Receiver<Vec<u8>>,
     pub answer: tokio::sync::oneshot::Sender<Vec<u8>>,
+    /// Fired once the host's digest has been read ([`Side::when_digested`]).
+    pub digested: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Side {
@@ -57,7 +59,20 @@ impl Side {
     ) {
         let (tx, records) = tokio::sync::mpsc::channel(capacity);
         let (answer, asked) = tokio::sync::oneshot::channel();
-        (Side { records, answer }, tx, asked)
+        let side = Side {
+            records,
+            answer,
+            digested: None,
+        };
+        (side, tx, asked)
+    }
+
+    /// Resolves once the host's digest line has been read; an error if its listing
+    /// ended (or was given up) before.
+    pub fn when_digested(&mut self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.digested = Some(tx);
+        rx
     }
 }
 

@@ -99,7 +99,14 @@ fn serve(host: Host, role: &str) -> (Side, JoinHandle<Option<String>>) {
         }
         Some(String::from_utf8_lossy(&said).trim().to_string())
     });
-    (Side { records, answer }, task)
+    (
+        Side {
+            records,
+            answer,
+            digested: None,
+        },
+        task,
+    )
 }
 
 type Answers = (Option<String>, Option<String>);

@@ -36,9 +36,11 @@ enum Pass {
     /// Step 1 again (a retry, `--refresh`), or into a NEW that holds mail: an rsync
     /// delta; `mirror` (with `--delete`) only over data cmfleet put there itself.
     Delta { mirror: bool },
-    /// Step 4: the exact mirror of everything, with `--delete`; the mailboxes owned
-    /// by NEW's vmail (`uid`, `gid`) as they are copied.
-    Final { vmail: (u32, u32) },
+    /// Step 4: the exact mirror of everything; the mailboxes owned by NEW's vmail
+    /// (`uid`, `gid`) as they are copied. Without `mirror`, the mailboxes' rsync
+    /// leaves what OLD does not have for NEW's proof listing to remove
+    /// (`proof::Handoff`).
+    Final { vmail: (u32, u32), mirror: bool },
 }
 
 /// About what `tar c` of OLD's mailboxes writes (its progress counts archive bytes):
@@ -495,7 +497,7 @@ impl Executor {
         let sync = match pass {
             Pass::FirstCopy { bytes } => catalogue::first_copy(relay, Some(bytes)),
             Pass::Delta { mirror } => catalogue::initial_sync(relay, mirror),
-            Pass::Final { vmail } => catalogue::final_sync(relay, Some(vmail)),
+            Pass::Final { vmail, mirror } => catalogue::final_sync(relay, Some(vmail), mirror),
         };
         let script = catalogue::vouched_push(&lines.join("\n"), &sync);
         self.ssh
@@ -674,10 +676,15 @@ impl Executor {
                     None
                 }
             };
+            // The first pass prunes NEW from OLD's listing instead of rsync's
+            // `--delete` walk (direct copies only: OLD reaches NEW); the second
+            // mirrors with `--delete` whatever the first left.
+            let handoff = (pass == 1 && relay.settings.transfer == TransferMode::Direct)
+                .then(|| proof::Handoff::new(catalogue::to_new(relay)));
             let differences = match &mut record {
-                Some(w) => self.sync_and_prove(relay, vmail, w, sink).await?,
+                Some(w) => self.sync_and_prove(relay, vmail, handoff, w, sink).await?,
                 None => {
-                    self.sync_and_prove(relay, vmail, &mut proof::Discard, sink)
+                    self.sync_and_prove(relay, vmail, handoff, &mut proof::Discard, sink)
                         .await?
                 }
             };
@@ -716,20 +723,36 @@ impl Executor {
     /// the cutover record); different, both listings are merged as they arrive
     /// (nothing of a relay's millions of files is held whole). A listing that is not
     /// complete is a transient error. The relay's log gets the parts' times.
+    ///
+    /// With a `handoff`, OLD's listing hands its mailbox paths to NEW before its
+    /// digest, NEW's listing starts only once that digest is here and removes what
+    /// OLD does not have, and the mailboxes' rsync runs without `--delete`.
     async fn sync_and_prove(
         &self,
         relay: &Relay,
         vmail: (u32, u32),
+        handoff: Option<proof::Handoff>,
         keep: &mut (dyn proof::Keep + Send),
         sink: &LineSink,
     ) -> Result<proof::Differences, StepError> {
         let started = tokio::time::Instant::now();
         let old = self.connect(relay, &relay.old).await?;
-        let (on_old, on_new) = (
-            proof::listing(proof::Role::Old),
-            proof::settle_new(relay.settings.transfer, catalogue::acme_required(relay)),
-        );
-        let (old_listing, old_tx, old_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
+        let acme = catalogue::acme_required(relay);
+        let (on_old, on_new) = match &handoff {
+            Some(h) => (
+                proof::pruning_listing(proof::Role::Old, h),
+                proof::settle_new(relay.settings.transfer, acme, Some(h)),
+            ),
+            None => (
+                proof::listing(proof::Role::Old),
+                proof::settle_new(relay.settings.transfer, acme, None),
+            ),
+        };
+        let mirror = handoff.is_none();
+        let (mut old_listing, old_tx, old_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
+        // Fires when OLD's digest is here (dropped unfired if its listing ends
+        // before): by then OLD's paths are on NEW.
+        let old_digested = old_listing.when_digested();
         let (new_listing, new_tx, new_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
         // Each host asks, after its digest, for what to send (the proof answers).
         let records = |to, answer| Stdout::Dialogue { to, end: 0, answer };
@@ -741,7 +764,7 @@ impl Executor {
                 .run(
                     &old,
                     &on_old,
-                    false,
+                    !mirror,
                     plain,
                     sink,
                     records(old_tx, old_asked),
@@ -751,8 +774,14 @@ impl Executor {
         });
         let synced = std::sync::OnceLock::new();
         let new_side = Box::pin(async {
-            self.sync(relay, Pass::Final { vmail }, sink).await?;
+            self.sync(relay, Pass::Final { vmail, mirror }, sink)
+                .await?;
             let _ = synced.set(started.elapsed());
+            if !mirror {
+                // Unfired (OLD's listing failed), NEW's lists without pruning and
+                // the step fails on OLD's listing anyway.
+                let _ = old_digested.await;
+            }
             let new = self.connect(relay, &relay.new).await?;
             self.ssh
                 .run(

@@ -1,0 +1,131 @@
+//! The mailboxes' prune: at step 4's first final sync, NEW drops what OLD does not
+//! have by comparing the two proof listings, instead of rsync's `--delete`.
+//!
+//! The handoff file, `/root/.ssh/cmfleet_old_paths.NONCE` on NEW (root's only, beside
+//! cmfleet's other files there; a lab host has its own /root/.ssh): OLD's mailbox paths
+//! (field 6 of its `M` records, relative to /home/vmail/mail), NUL-terminated, in
+//! the listings' own order (bytewise). OLD's proof listing writes it through the
+//! copy's own ssh (as `.part`, renamed once whole) before it sends its digest, and
+//! the controller starts NEW's listing only once it has that digest. NEW's listing,
+//! right after its walk, removes every path it found that the file does not hold,
+//! drops those paths' records, and goes on as before: the proof then compares what
+//! is left on NEW, entry by entry, with OLD. `NONCE` is the pass's own: a file
+//! left by an earlier pass or run is never read, and NEW's listing removes them all.
+//!
+//! Why: `rsync --delete` reads every directory of NEW's half-million-entry tree a
+//! second time and stats each entry again, inside the downtime (4.5 s of a 12.7 s
+//! copy on the big relay of docs/performance.md); the listing has walked NEW anyway.
+//! Without the file (staged transfers, the second pass, a handoff that failed),
+//! nothing is removed and the mailboxes' rsync mirrors with `--delete` as before
+//! (`catalogue::final_sync`); a first pass that could not prune leaves differences
+//! that the second pass, with `--delete`, removes.
+//!
+//! What is removed is only ever a path NEW's own `find` listed under
+//! /home/vmail/mail that OLD, frozen since step 3, does not have: exactly what
+//! `--delete` removes. `rm -rf` of a directory takes its entries, which are on the
+//! list too (`-f`: already gone is fine).
+
+/// Where the handoff files live on NEW: root's only, and each lab host's own.
+const HANDOFF_DIR: &str = "/root/.ssh";
+/// Their names, before the nonce.
+const HANDOFF_NAME: &str = "cmfleet_old_paths";
+
+/// OLD's mailbox paths for NEW's listing at one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    /// On OLD: the shell words that run a command on NEW (the copy's inner ssh
+    /// and NEW's address, quoted), to which the remote command is appended.
+    pub to_new: String,
+    /// Letters and digits only: it becomes part of a file name.
+    pub nonce: String,
+}
+
+impl Handoff {
+    /// A handoff with a fresh random nonce.
+    pub fn new(to_new: String) -> Handoff {
+        use rand::Rng;
+        let n: u128 = rand::rng().random();
+        Handoff {
+            to_new,
+            nonce: format!("{n:032x}"),
+        }
+    }
+
+    /// The file on NEW.
+    pub fn file(&self) -> String {
+        format!("{HANDOFF_DIR}/{HANDOFF_NAME}.{}", self.nonce)
+    }
+}
+
+/// On OLD, in its proof listing once `$t/m` is sorted: hand the paths to NEW. A
+/// failure is only a warning: NEW then prunes nothing, and the proof's second pass
+/// mirrors with `--delete`.
+pub(super) fn hand_over(h: &Handoff) -> String {
+    let file = h.file();
+    let remote = format!("umask 077 && cat > {file}.part && mv {file}.part {file}");
+    format!(
+        r#"cut -z -f6- "$t/m" > "$t/p" || die "cut failed"
+if ! {} {} < "$t/p"; then echo "cmfleet listing on $(hostname): the mailbox paths did not reach the new host; what the old host does not have stays there until the next final sync" >&2; fi
+rm -f "$t/p"
+"#,
+        h.to_new,
+        crate::infra::shell::quote(&remote),
+    )
+}
+
+/// Run by `awk` over NEW's sorted `M` records (`x`: the sorted paths to drop, a
+/// subsequence of the records' paths): every other record, and the `./PATH` of each
+/// uidlist kept into the file `ul` (the walk's list named the removed ones too).
+/// Paths are compared as strings (`""` appended: awk would compare two numeric-
+/// looking names as numbers, should either ever be read as a field). A path to drop that no record holds fails (exit 3).
+/// The path starts after the first five fields (they hold no tab).
+const DROP: &str = r#"BEGIN { RS = ORS = "\0"; FS = "\t"; more = (getline s < x) > 0 }
+{ p = substr($0, length($1 $2 $3 $4 $5) + 6) }
+more && (p "") == (s "") { more = (getline s < x) > 0; next }
+{ print; if ($2 == "f" && p ~ /(^|\/)dovecot-uidlist$/) print "./" p > ul }
+END { if (more) exit 3 }"#;
+
+/// Run by `perl -0n` over the paths to remove: each parent directory once, with its
+/// access and modification times (`DIR\0ATIME\0MTIME\0`). rsync set them to OLD's;
+/// a removal in a directory makes its mtime now, which `--delete` (removing before
+/// rsync sets the times) does not, and Dovecot reads a maildir's times to know
+/// whether to rescan it. perl: Debian's perl-base is essential, on every relay.
+const KEEP_TIMES: &str = r#"chomp; s{/[^/]*\z}{} or $_ = "."; next if $seen{$_}++; my @s = lstat or next; print "$_\0$s[8]\0$s[9]\0""#;
+/// Run by `perl` over [`KEEP_TIMES`]' output once the removal is done: each parent
+/// directory still there gets its times back.
+const RESTORE_TIMES: &str = r#"$/ = "\0"; while (defined(my $d = <STDIN>)) { my $a = <STDIN>; my $m = <STDIN>; chomp($d, $a, $m); next unless -d $d; utime($a, $m, $d) or die "cannot set the times of $d: $!\n" }"#;
+
+/// On NEW, in its proof listing in /home/vmail/mail once `$t/m` is sorted: remove
+/// what OLD does not have, if OLD's paths for this pass are there (module doc).
+/// The removal runs while the listing goes on (nothing after the walk reads what
+/// it removes), and gives the directories it removed from their times back
+/// ([`KEEP_TIMES`]); [`pruned`] waits for it before the digest.
+pub(super) fn prune(h: &Handoff) -> String {
+    let file = h.file();
+    format!(
+        r#"rmp=
+if [ -f {file} ]; then
+  cut -z -f6- "$t/m" > "$t/np" || die "cut failed"
+  LC_ALL=C comm -z -13 --check-order {file} "$t/np" > "$t/x" || die "cannot compare the mailboxes with the old host's paths"
+  rm -f "$t/np"
+  if [ -s "$t/x" ]; then
+    # shellcheck disable=SC2016 # perl's programs: their $ are perl's
+    {{ perl -0ne '{KEEP_TIMES}' "$t/x" > "$t/dirs" && xargs -0 rm -rf -- < "$t/x" && perl -e '{RESTORE_TIMES}' < "$t/dirs"; }} & rmp=$!
+    : > "$t/ul2"
+    # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
+    awk -v x="$t/x" -v ul="$t/ul2" '{DROP}' "$t/m" > "$t/m2" || die "cannot drop the removed entries from the listing"
+    mv "$t/m2" "$t/m" || die "cannot write a temp file"
+    mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
+    echo "cmfleet listing on $(hostname): removed $(tr -cd '\0' < "$t/x" | wc -c) entries of /home/vmail/mail that the old host does not have" >&2
+  fi
+fi
+rm -f {HANDOFF_DIR}/{HANDOFF_NAME}.*
+"#
+    )
+}
+
+/// On NEW, before its digest: the removal [`prune`] started has ended well.
+pub(super) fn pruned() -> &'static str {
+    r#"if [ -n "$rmp" ]; then wait "$rmp" || die "cannot remove what the old host does not have"; fi
+"#
+}
