@@ -276,9 +276,62 @@ impl Sampler {
     }
 }
 
+/// Lines of one stream of one command that reach the log and the events; past
+/// them, only a count and the last [`OVER_BUDGET_KEPT`]. A tar into a full disk
+/// says "No space left on device" once per file: 745,000 lines, 99 MB of log, for
+/// the big relay. The tail for the error message sees every line.
+const LINES_LOGGED: usize = 5_000;
+const OVER_BUDGET_KEPT: usize = 10;
+
+/// Counts what a stream said past [`LINES_LOGGED`].
+#[derive(Default)]
+struct Budget {
+    logged: usize,
+    skipped: usize,
+    last: VecDeque<String>,
+}
+
+impl Budget {
+    /// Whether `line` (not a progress line) is passed on now; if not, it is counted.
+    fn take(&mut self, line: &str) -> bool {
+        if self.logged < LINES_LOGGED {
+            self.logged += 1;
+            return true;
+        }
+        self.skipped += 1;
+        if self.last.len() == OVER_BUDGET_KEPT {
+            self.last.pop_front();
+        }
+        self.last.push_back(line.to_string());
+        false
+    }
+
+    /// At the stream's end: how many lines were not passed on, and the last ones.
+    fn flush(&mut self, sink: &LineSink) {
+        if self.skipped == 0 {
+            return;
+        }
+        sink.line(&format!(
+            "[cmfleet: {} more lines of this output not logged; the last {} follow]",
+            self.skipped - self.last.len(),
+            self.last.len()
+        ));
+        for line in self.last.drain(..) {
+            sink.line(&line);
+        }
+    }
+}
+
+/// What [`pump`] keeps between lines.
+#[derive(Default)]
+struct Pace {
+    sampler: Sampler,
+    budget: Budget,
+}
+
 /// Reads `r` and hands every line to the sink (progress lines sampled, see
-/// [`Sampler`]). rsync's progress updates end in `\r`, so both `\r` and `\n` end
-/// a line.
+/// [`Sampler`]; at most [`LINES_LOGGED`] others). rsync's progress updates end in
+/// `\r`, so both `\r` and `\n` end a line.
 async fn pump(
     mut r: impl AsyncRead + Unpin,
     sink: &LineSink,
@@ -286,7 +339,7 @@ async fn pump(
 ) -> std::io::Result<()> {
     let mut buf = [0u8; 8192];
     let mut pending: Vec<u8> = Vec::new();
-    let mut sampler = Sampler::default();
+    let mut pace = Pace::default();
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {
@@ -294,23 +347,19 @@ async fn pump(
         }
         for &b in &buf[..n] {
             if b == b'\n' || b == b'\r' {
-                emit(&mut pending, sink, tail, &mut sampler);
+                emit(&mut pending, sink, tail, &mut pace);
             } else {
                 pending.push(b);
             }
         }
     }
-    emit(&mut pending, sink, tail, &mut sampler);
-    sampler.flush(sink);
+    emit(&mut pending, sink, tail, &mut pace);
+    pace.sampler.flush(sink);
+    pace.budget.flush(sink);
     Ok(())
 }
 
-fn emit(
-    pending: &mut Vec<u8>,
-    sink: &LineSink,
-    tail: &Mutex<VecDeque<String>>,
-    sampler: &mut Sampler,
-) {
+fn emit(pending: &mut Vec<u8>, sink: &LineSink, tail: &Mutex<VecDeque<String>>, pace: &mut Pace) {
     if pending.iter().all(u8::is_ascii_whitespace) {
         pending.clear();
         return;
@@ -322,13 +371,15 @@ fn emit(
         crate::infra::redact::scrubbed(String::from_utf8_lossy(pending).trim_end().to_string());
     pending.clear();
     if parse_progress(&line).is_some() {
-        if sampler.take(&line) {
+        if pace.sampler.take(&line) {
             sink.line(&line);
         }
         return;
     }
-    sampler.flush(sink);
-    sink.line(&line);
+    pace.sampler.flush(sink);
+    if pace.budget.take(&line) {
+        sink.line(&line);
+    }
     if let Ok(mut t) = tail.lock() {
         if t.len() == TAIL {
             t.pop_front();
@@ -475,6 +526,46 @@ echo done copying; printf '9999 100%%  1.00MB/s  0:00:02 (xfr#5001)\r'"#;
         assert_eq!(
             lines.last().copied(),
             Some("9999 100%  1.00MB/s  0:00:02 (xfr#5001)")
+        );
+    }
+
+    /// A command that says the same thing for each of many files (a tar into a full
+    /// disk): the log gets the first lines, a count of the rest, and the last ones.
+    #[tokio::test]
+    async fn a_flood_of_lines_is_logged_up_to_a_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let log = std::fs::File::create(&path).expect("create log");
+        let sink = super::LineSink {
+            relay: "r".into(),
+            step: crate::model::step::Step::InitialSync,
+            events: crate::model::events::EventSink::discard(),
+            log: Some(std::sync::Arc::new(std::sync::Mutex::new(log))),
+        };
+        let script = "seq 1 60000 | sed 's/^/tar: f/; s/$/: No space left on device/' >&2; exit 2";
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let out = super::run_process(cmd, &sink).await.expect("run sh");
+        assert_eq!(out.code, Some(2));
+        assert_eq!(
+            out.tail.last().map(String::as_str),
+            Some("tar: f60000: No space left on device"),
+            "the error message still ends with the last line"
+        );
+        let text = std::fs::read_to_string(&path).expect("read log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            super::LINES_LOGGED + 1 + super::OVER_BUDGET_KEPT
+        );
+        assert_eq!(lines[0], "tar: f1: No space left on device");
+        assert_eq!(
+            lines[super::LINES_LOGGED],
+            "[cmfleet: 54990 more lines of this output not logged; the last 10 follow]"
+        );
+        assert_eq!(
+            lines.last().copied(),
+            Some("tar: f60000: No space left on device")
         );
     }
 
