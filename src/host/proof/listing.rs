@@ -201,8 +201,9 @@ dk=$(cat {DKIM_OWNER_FILE} 2>/dev/null) || dk=-
 {owners}
 cd {MAIL_DIR} || die "cannot enter {MAIL_DIR}"
 {walk}
-{mail}# shellcheck disable=SC2016 # awk's program: its $ are awk's fields
-xargs -0 -r awk '{awk}' < "$t/ul" > "$t/u" || die "cannot read the uidlists in {MAIL_DIR}"
+{mail}# The uidlists are read while the rest is listed (nothing removes them now).
+# shellcheck disable=SC2016 # awk's program: its $ are awk's fields
+xargs -0 -r awk '{awk}' < "$t/ul" > "$t/u" & up=$!
 set --; for p in {state}; do [ -e "$p" ] && set -- "$@" "$p"; done
 : > "$t/s0"; : > "$t/d0"; : > "$t/q0"
 if [ $# -gt 0 ]; then
@@ -217,6 +218,7 @@ if [ -d {SPOOL} ]; then
 fi
 sed -z 's/^\([0-9a-f]\{{64\}}\)  /D\t-\t-\t\1\t-\t/' "$t/d0" > "$t/d" || die "sed failed"
 sed -z 's/^\([0-9a-f]\{{64\}}\)  \([^/]*\)\/\(.*\/\)\{{0,1\}}\([^/]*\)$/Q\t-\t-\t-\t\4\t\2\/\1/' "$t/q0" > "$t/q" || die "sed failed"
+wait "$up" || die "cannot read the uidlists in {MAIL_DIR}"
 {tail}"#
     )
 }
@@ -300,8 +302,11 @@ fn proof_tail(role: Role, before_digest: &str) -> String {
 sed -z "s/^\(Q\(${{tab}}[^${{tab}}]*\)\{{3\}}${{tab}}\)[^${{tab}}]*${{tab}}/\1-${{tab}}/" "$t/q" > "$t/qn" || die "sed failed"
 {before_digest}
 cat "$t/d" "$t/m" "$t/qn" "$t/s" "$t/u" > "$t/n" || die "cannot write a temp file"
-n=$(tr -cd '\0' < "$t/n" | wc -c) || die "cannot count the listing"
+# Counted and digested at once: the whole listing, twice over, at the end of the downtime.
+tr -cd '\0' < "$t/n" | wc -c > "$t/c" & cp=$!
 sum=$(sha256sum < "$t/n") || die "cannot digest the listing"
+wait "$cp" || die "cannot count the listing"
+n=$(cat "$t/c") || die "cannot count the listing"
 rm -f "$t/n"
 printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
 printf '{DIGEST} {role} %s %s\0' "$n" "${{sum%% *}}"
