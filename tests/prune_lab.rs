@@ -148,7 +148,7 @@ fn new_loses_what_old_does_not_have_and_the_first_proof_passes() {
     );
 }
 
-/// OLD's paths cannot reach NEW (its disk is full, say): the first pass prunes
+/// OLD's paths reach NEW cut short (the connection dropped): the first pass prunes
 /// nothing and its proof names NEW's extra file, the second final sync mirrors with
 /// `--delete`, and the relay is migrated all the same.
 #[test]
@@ -158,12 +158,12 @@ fn without_old_paths_the_second_final_sync_mirrors() {
     let users = lab.users();
     let stale = relay.new.path("/home/vmail/mail").join("stale");
     write(&stale, b"stale\n", (users.vmail_uid, users.vmail_gid));
-    // The lab hosts' `cat` (they find /usr/local/sbin first) refuses to write a
-    // handoff file, as a full disk would.
+    // The lab hosts' `cat` (they find /usr/local/sbin first) writes a handoff file
+    // cut short and ends well, as `cat` does when the connection drops (EOF).
     let wrapper = lab.dir().join("bin/cat");
     std::fs::write(
         &wrapper,
-        "#!/bin/sh\ncase $(readlink /proc/$$/fd/1) in *cmfleet_old_paths*) echo 'cat: write error: No space left on device' >&2; exit 1 ;; esac\nexec /bin/cat \"$@\"\n",
+        "#!/bin/sh\ncase $(readlink /proc/$$/fd/1) in *cmfleet_old_paths*) /usr/bin/head -c 100; /bin/cat > /dev/null; exit 0 ;; esac\nexec /bin/cat \"$@\"\n",
     )
     .expect("write cat wrapper");
     std::fs::set_permissions(
@@ -174,11 +174,13 @@ fn without_old_paths_the_second_final_sync_mirrors() {
 
     let log = cut_over(&lab, &inv);
     assert!(!stale.exists());
-    for said in [
-        "the mailbox paths did not reach the new host",
-        "one more final sync",
-        " --delete --no-implied-dirs --chown",
-    ] {
+    // The host's own warning, not the script's text (the log holds the command too).
+    assert!(
+        log.lines().any(|l| l.starts_with("cmfleet listing on ")
+            && l.contains("the mailbox paths did not reach the new host whole")),
+        "OLD's listing warns:\n{log}"
+    );
+    for said in ["one more final sync", " --delete --no-implied-dirs --chown"] {
         assert!(log.contains(said), "the log says {said:?}:\n{log}");
     }
 }

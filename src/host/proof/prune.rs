@@ -62,14 +62,22 @@ impl Handoff {
 /// mirrors with `--delete`.
 pub(super) fn hand_over(h: &Handoff) -> String {
     let file = h.file();
-    let remote = format!("umask 077 && cat > {file}.part && mv {file}.part {file}");
+    // Renamed into place only whole: a connection cut short ends `cat` with EOF and
+    // status 0, so NEW checks the size OLD sent (the word between the two parts).
+    let (before, after) = (
+        format!("umask 077 && cat > {file}.part && [ \"$(wc -c < {file}.part)\" ="),
+        format!("] && mv {file}.part {file}"),
+    );
+    let quote = crate::infra::shell::quote;
     format!(
         r#"cut -z -f6- "$t/m" > "$t/p" || die "cut failed"
-if ! {} {} < "$t/p"; then echo "cmfleet listing on $(hostname): the mailbox paths did not reach the new host; what the old host does not have stays there until the next final sync" >&2; fi
+sz=$(wc -c < "$t/p") || die "cannot count the mailbox paths"
+if ! {} {} "$sz" {} < "$t/p"; then echo "cmfleet listing on $(hostname): the mailbox paths did not reach the new host whole; what the old host does not have stays there until the next final sync" >&2; fi
 rm -f "$t/p"
 "#,
         h.to_new,
-        crate::infra::shell::quote(&remote),
+        quote(&before),
+        quote(&after),
     )
 }
 
