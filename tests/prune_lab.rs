@@ -138,14 +138,25 @@ fn new_loses_what_old_does_not_have_and_the_first_proof_passes() {
         !log.contains("one more final sync"),
         "no second pass was needed:\n{log}"
     );
-    let mail_sync = log
-        .lines()
-        .find(|l| l.contains("--chown=") && l.contains("/home/vmail/mail"))
-        .expect("the final sync's command in the log");
+    let passes = mail_rsyncs(&log);
+    assert_eq!(passes.len(), 1, "one final sync:\n{log}");
     assert!(
-        !mail_sync.contains(" --delete --no-implied-dirs --chown"),
-        "the mailboxes' rsync of the first pass does not delete: {mail_sync}"
+        passes[0].contains(&"--force") && !passes[0].contains(&"--delete"),
+        "the mailboxes' rsync of the first pass does not delete: {:?}",
+        passes[0]
     );
+}
+
+/// The options of each final sync's mailbox rsync in the relay's log (the one with
+/// `--chown`), up to its `--chown`.
+fn mail_rsyncs(log: &str) -> Vec<Vec<&str>> {
+    log.lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("sampled rsync ")?;
+            let (options, _) = rest.split_once(" --chown=")?;
+            Some(options.split(' ').collect())
+        })
+        .collect()
 }
 
 /// OLD's paths reach NEW cut short (the connection dropped): the first pass prunes
@@ -180,7 +191,12 @@ fn without_old_paths_the_second_final_sync_mirrors() {
             && l.contains("the mailbox paths did not reach the new host whole")),
         "OLD's listing warns:\n{log}"
     );
-    for said in ["one more final sync", " --delete --no-implied-dirs --chown"] {
-        assert!(log.contains(said), "the log says {said:?}:\n{log}");
-    }
+    assert!(log.contains("one more final sync"), "a second pass:\n{log}");
+    let passes = mail_rsyncs(&log);
+    assert_eq!(passes.len(), 2, "two final syncs:\n{log}");
+    assert!(
+        passes[1].contains(&"--delete"),
+        "the second pass mirrors: {:?}",
+        passes[1]
+    );
 }

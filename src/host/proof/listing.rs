@@ -29,7 +29,9 @@
 //! 1. a header, `#cmfleet-manifest 2 vmail=UID:GID dkim=UID:GID` (the host's vmail
 //!    owner and the DKIM owner cmfleet recorded on it; `-` unknown);
 //! 2. a digest line, `#cmfleet-digest ROLE COUNT SHA256` (`old` or `new`): the count
-//!    and SHA-256 of the host's whole sorted listing with every queue ID read as `-`;
+//!    of the host's records, and the SHA-256 of its sections' SHA-256s (`sha256sum`'s
+//!    lines, D, M, Q, S, U), each section sorted and every queue ID read as `-`. The
+//!    M section, nearly all of a relay, is digested while the rest is listed;
 //! 3. the host then reads the controller's answer on its stdin: `all`, every record;
 //!    `kept`, only the `Q` and `U` records (the digests matched, so the records
 //!    would match too; these are what the cutover record keeps). At EOF (the
@@ -168,7 +170,11 @@ fn listing_for(purpose: Purpose, steps: &Steps) -> String {
             UIDLISTS.to_string(),
             format!(
                 r#"LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/m" "$t/m" || die "sort failed"
-{}"#,
+{}# The mailboxes' records, most of the listing, are final: digested and counted
+# while the rest is listed.
+sha256sum < "$t/m" > "$t/m.sum" & msum=$!
+tr -cd '\0' < "$t/m" | wc -c > "$t/m.n" & mnum=$!
+"#,
                 steps.after_walk
             ),
         ),
@@ -292,22 +298,22 @@ s/^{head}[^${{tab}}]*${{tab}}/\1=${{tab}}/""#
     }
 }
 
-/// The proof's end (`M` is sorted right after the walk): each section sorted on
-/// its own, `before_digest`, the digest of the normalised whole (queue IDs read as
-/// `-`), then what the controller asks for.
+/// The proof's end (`M` is sorted, and being digested, since the walk): each
+/// section sorted on its own, `before_digest`, the digest of the normalised whole
+/// (queue IDs read as `-`; module doc), then what the controller asks for.
 fn proof_tail(role: Role, before_digest: &str) -> String {
     let role = role.name();
     format!(
         r#"for f in d q s u; do LC_ALL=C sort -z -t "$tab" -k1,1 -k6 -o "$t/$f" "$t/$f" || die "sort failed"; done
 sed -z "s/^\(Q\(${{tab}}[^${{tab}}]*\)\{{3\}}${{tab}}\)[^${{tab}}]*${{tab}}/\1-${{tab}}/" "$t/q" > "$t/qn" || die "sed failed"
 {before_digest}
-cat "$t/d" "$t/m" "$t/qn" "$t/s" "$t/u" > "$t/n" || die "cannot write a temp file"
-# Counted and digested at once: the whole listing, twice over, at the end of the downtime.
-tr -cd '\0' < "$t/n" | wc -c > "$t/c" & cp=$!
-sum=$(sha256sum < "$t/n") || die "cannot digest the listing"
-wait "$cp" || die "cannot count the listing"
-n=$(cat "$t/c") || die "cannot count the listing"
-rm -f "$t/n"
+wait "$msum" || die "cannot digest the listing"
+wait "$mnum" || die "cannot count the listing"
+{{ sha256sum < "$t/d" && cat "$t/m.sum" && sha256sum < "$t/qn" && sha256sum < "$t/s" && sha256sum < "$t/u"; }} > "$t/sums" || die "cannot digest the listing"
+sum=$(sha256sum < "$t/sums") || die "cannot digest the listing"
+mn=$(cat "$t/m.n") || die "cannot count the listing"
+rn=$(cat "$t/d" "$t/qn" "$t/s" "$t/u" | tr -cd '\0' | wc -c) || die "cannot count the listing"
+n=$((mn + rn))
 printf '{HEADER} vmail=%s dkim=%s\0' "$vm" "$dk"
 printf '{DIGEST} {role} %s %s\0' "$n" "${{sum%% *}}"
 # The controller's answer; none (EOF): it gave up on this listing.

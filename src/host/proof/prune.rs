@@ -81,17 +81,24 @@ rm -f "$t/p"
     )
 }
 
-/// Run by `awk` over NEW's sorted `M` records (`x`: the sorted paths to drop, a
-/// subsequence of the records' paths): every other record, and the `./PATH` of each
-/// uidlist kept into the file `ul` (the walk's list named the removed ones too).
-/// Paths are compared as strings (`""` appended: awk would compare two numeric-
-/// looking names as numbers, should either ever be read as a field). A path to drop that no record holds fails (exit 3).
-/// The path starts after the first five fields (they hold no tab).
-const DROP: &str = r#"BEGIN { RS = ORS = "\0"; FS = "\t"; more = (getline s < x) > 0 }
-{ p = substr($0, length($1 $2 $3 $4 $5) + 6) }
-more && (p "") == (s "") { more = (getline s < x) > 0; next }
-{ print; if ($2 == "f" && p ~ /(^|\/)dovecot-uidlist$/) print "./" p > ul }
-END { if (more) exit 3 }"#;
+/// Run by `awk` (bytewise: `LC_ALL=C`) over NEW's sorted `M` records, reading
+/// OLD's sorted paths from the file `old` beside them, a merge in one pass: a record
+/// whose path OLD has is printed, and the `./PATH` of each uidlist kept goes to the
+/// file `ul` (the walk's list named every uidlist); any other record's path goes to
+/// the file `x`, to be removed. Each side must be strictly ascending, or the
+/// status is 3 and `x` is not to be used (a list out of order makes present paths
+/// look absent; only the whole pass can tell).
+/// An unreadable `old` is exit 4, never "OLD has nothing". Paths are compared as
+/// strings (`""` appended: awk compares two numeric-looking values as numbers,
+/// `1000` and `1e3` alike). The path starts after the first five fields (they hold
+/// no tab).
+const JOIN: &str = r#"function next_old() { ps = s; r = (getline s < old); if (r < 0) { bad = 4; exit } more = r > 0; s = s ""; if (more && had && s <= ps) { bad = 3; exit } had = 1 }
+BEGIN { RS = ORS = "\0"; FS = "\t"; next_old() }
+{ p = substr($0, length($1 $2 $3 $4 $5) + 6) ""; if (NR > 1 && p <= pp) { bad = 3; exit } pp = p
+  while (more && s < p) next_old()
+  if (more && s == p) { next_old(); print; if ($2 == "f" && p ~ /(^|\/)dovecot-uidlist$/) print "./" p > ul; next }
+  print p > x }
+END { if (bad) exit bad }"#;
 
 /// Run by `perl -0n` over the paths to remove: each parent directory once, with its
 /// access and modification times (`DIR\0ATIME\0MTIME\0`). rsync set them to OLD's;
@@ -113,17 +120,14 @@ pub(super) fn prune(h: &Handoff) -> String {
     format!(
         r#"rmp=
 if [ -f {file} ]; then
-  cut -z -f6- "$t/m" > "$t/np" || die "cut failed"
-  LC_ALL=C comm -z -13 --check-order {file} "$t/np" > "$t/x" || die "cannot compare the mailboxes with the old host's paths"
-  rm -f "$t/np"
+  : > "$t/x"; : > "$t/ul2"
+  # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
+  LC_ALL=C awk -v old={file} -v x="$t/x" -v ul="$t/ul2" '{JOIN}' "$t/m" > "$t/m2" || die "cannot compare the mailboxes with the old host's paths (awk: $?)"
+  mv "$t/m2" "$t/m" || die "cannot write a temp file"
+  mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
   if [ -s "$t/x" ]; then
     # shellcheck disable=SC2016 # perl's programs: their $ are perl's
     {{ perl -0ne '{KEEP_TIMES}' "$t/x" > "$t/dirs" && xargs -0 rm -rf -- < "$t/x" && perl -e '{RESTORE_TIMES}' < "$t/dirs"; }} & rmp=$!
-    : > "$t/ul2"
-    # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
-    awk -v x="$t/x" -v ul="$t/ul2" '{DROP}' "$t/m" > "$t/m2" || die "cannot drop the removed entries from the listing"
-    mv "$t/m2" "$t/m" || die "cannot write a temp file"
-    mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
     echo "cmfleet listing on $(hostname): removed $(tr -cd '\0' < "$t/x" | wc -c) entries of /home/vmail/mail that the old host does not have" >&2
   fi
 fi
@@ -136,4 +140,105 @@ rm -f {HANDOFF_DIR}/{HANDOFF_NAME}.*
 pub(super) fn pruned() -> &'static str {
     r#"if [ -n "$rmp" ]; then wait "$rmp" || die "cannot remove what the old host does not have"; fi
 "#
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    type Paths = Vec<Vec<u8>>;
+
+    /// Runs [`super::JOIN`] with `awk` as NEW's listing does, over `records` (the
+    /// `M` records' paths, each given its five fields) and OLD's `old` paths:
+    /// the exit code, the records kept (paths), the paths to remove and the uidlists.
+    fn join(records: &[&[u8]], old: Option<&[&[u8]]>) -> (i32, Paths, Paths, Paths) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nul = |items: &mut dyn Iterator<Item = Vec<u8>>| -> Vec<u8> {
+            items.flat_map(|i| [i, vec![0]].concat()).collect()
+        };
+        let m: Vec<u8> = nul(&mut records
+            .iter()
+            .map(|p| [b"M\tf\t1\t2\t=\t".as_slice(), p].concat()));
+        std::fs::write(dir.path().join("m"), m).expect("write m");
+        if let Some(old) = old {
+            std::fs::write(
+                dir.path().join("old"),
+                nul(&mut old.iter().map(|p| p.to_vec())),
+            )
+            .expect("write old");
+        }
+        let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+        let out = Command::new("awk")
+            .env("LC_ALL", "C")
+            .args(["-v", &format!("old={}", path("old"))])
+            .args(["-v", &format!("x={}", path("x"))])
+            .args(["-v", &format!("ul={}", path("ul"))])
+            .args([super::JOIN, &path("m")])
+            .output()
+            .expect("run awk");
+        let split = |bytes: Vec<u8>, strip: usize| -> Paths {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|r| !r.is_empty())
+                .map(|r| r[strip.min(r.len())..].to_vec())
+                .collect()
+        };
+        let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap_or_default();
+        (
+            out.status.code().unwrap_or(-1),
+            split(out.stdout, b"M\tf\t1\t2\t=\t".len()),
+            split(read("x"), 0),
+            split(read("ul"), 0),
+        )
+    }
+
+    fn owned(paths: &[&[u8]]) -> Paths {
+        paths.iter().map(|p| p.to_vec()).collect()
+    }
+
+    #[test]
+    fn the_join_keeps_what_old_has_and_removes_the_rest() {
+        // Bytewise order: `\t` < ` ` < `-` < `1` < `a` < non-ASCII.
+        let new: &[&[u8]] = &[
+            b"a\tb",
+            b"a b",
+            b"a/1000",
+            b"a/1e3",
+            b"a/dovecot-uidlist",
+            b"a/new\nline",
+            b"b/dovecot-uidlist",
+            b"\xff",
+        ];
+        let old: &[&[u8]] = &[b"a b", b"a/1000", b"a/dovecot-uidlist", b"a/old", b"\xff"];
+        let (code, kept, removed, uidlists) = join(new, Some(old));
+        assert_eq!(code, 0);
+        assert_eq!(
+            kept,
+            owned(&[b"a b", b"a/1000", b"a/dovecot-uidlist", b"\xff"])
+        );
+        assert_eq!(
+            removed,
+            owned(&[b"a\tb", b"a/1e3", b"a/new\nline", b"b/dovecot-uidlist"])
+        );
+        assert_eq!(uidlists, owned(&[b"./a/dovecot-uidlist"]));
+    }
+
+    #[test]
+    fn the_join_decides_nothing_on_a_list_out_of_order_or_unreadable() {
+        let new: &[&[u8]] = &[b"a", b"b", b"c"];
+        // OLD's list out of order: `b` looked absent once `c` was read. Only the
+        // status tells (the listing dies on it before it removes anything).
+        let (code, _, _, _) = join(new, Some(&[b"a", b"c", b"b"]));
+        assert_eq!(code, 3);
+        // NEW's records out of order.
+        let (code, _, _, _) = join(&[b"b", b"a"], Some(&[b"a", b"b"]));
+        assert_eq!(code, 3);
+        // A duplicate is out of order too.
+        let (code, _, _, _) = join(new, Some(&[b"a", b"a", b"b"]));
+        assert_eq!(code, 3);
+        // No file: never read as "OLD has nothing".
+        let (code, _, removed, _) = join(new, None);
+        assert_eq!(code, 4);
+        assert!(removed.is_empty(), "{removed:?}");
+    }
 }
