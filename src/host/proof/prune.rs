@@ -122,7 +122,13 @@ pub(super) fn prune(h: &Handoff) -> String {
 if [ -f {file} ]; then
   : > "$t/x"; : > "$t/ul2"
   # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
-  LC_ALL=C awk -v old={file} -v x="$t/x" -v ul="$t/ul2" '{JOIN}' "$t/m" > "$t/m2" || die "cannot compare the mailboxes with the old host's paths (awk: $?)"
+  LC_ALL=C awk -v old={file} -v x="$t/x" -v ul="$t/ul2" '{JOIN}' "$t/m" > "$t/m2"; jr=$?
+  case $jr in
+    0) ;;
+    3) die "the old host's mailbox paths or this host's are not in order, so nothing was removed" ;;
+    4) die "cannot read the old host's mailbox paths in {file}, so nothing was removed" ;;
+    *) die "cannot compare the mailboxes with the old host's paths (awk exited with $jr), so nothing was removed" ;;
+  esac
   mv "$t/m2" "$t/m" || die "cannot write a temp file"
   mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
   if [ -s "$t/x" ]; then
