@@ -92,6 +92,10 @@ enum Contender {
     Shell,
     /// ansible-core, default ssh settings, linear strategy, forks N.
     Ansible,
+    /// Not a migration, a measure: the guide's pre-stage, then only a mirroring rsync of
+    /// the mailboxes (`rsync -aH --delete`, relay.sh's phase `final`). "The final rsync
+    /// alone" that cmfleet's step 4 is held to (issue 27).
+    FinalRsync,
 }
 
 impl Contender {
@@ -103,6 +107,7 @@ impl Contender {
             Contender::CmfleetSystemctl => "cmfleet-systemctl",
             Contender::Shell => "shell",
             Contender::Ansible => "ansible",
+            Contender::FinalRsync => "final-rsync",
         }
     }
     fn parse(s: &str) -> Result<Contender> {
@@ -113,7 +118,8 @@ impl Contender {
             "cmfleet-systemctl" => Contender::CmfleetSystemctl,
             "shell" => Contender::Shell,
             "ansible" => Contender::Ansible,
-            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, cmfleet-days-apart, cmfleet-systemctl, shell, ansible)"),
+            "final-rsync" => Contender::FinalRsync,
+            _ => bail!("unknown contender {s} (cmfleet, cmfleet-defaults, cmfleet-days-apart, cmfleet-systemctl, shell, ansible, final-rsync)"),
         })
     }
 }
@@ -878,7 +884,9 @@ fn cmfleet_phases(lab: &Lab, o: &Opts, defaults: bool, systemctl: bool) -> Resul
     ])
 }
 
-fn shell_phases(lab: &Lab, o: &Opts) -> Result<Vec<Phase>> {
+/// relay.sh under `xargs -P N`: phase `pre`, then `cut` (the guide's downtime) or
+/// `final` (the final rsync alone).
+fn shell_phases(lab: &Lab, o: &Opts, cut: &'static str) -> Result<Vec<Phase>> {
     let list = peer_checkouts(lab)?;
     let mk = |phase: &str| -> Result<Command> {
         let mut c = Command::new("sh");
@@ -899,8 +907,8 @@ fn shell_phases(lab: &Lab, o: &Opts) -> Result<Vec<Phase>> {
             name: "pre",
         },
         Phase {
-            cmd: mk("cut")?,
-            name: "cut",
+            cmd: mk(cut)?,
+            name: cut,
         },
     ])
 }
@@ -1072,7 +1080,8 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
         Contender::CmfleetDefaults => cmfleet_phases(&lab, o, true, false)?,
         Contender::CmfleetDaysApart => cmfleet_phases(&lab, o, false, false)?,
         Contender::CmfleetSystemctl => cmfleet_phases(&lab, o, false, true)?,
-        Contender::Shell => shell_phases(&lab, o)?,
+        Contender::Shell => shell_phases(&lab, o, "cut")?,
+        Contender::FinalRsync => shell_phases(&lab, o, "final")?,
         Contender::Ansible => ansible_phases(&lab, o)?,
     };
     eprintln!(
@@ -1178,6 +1187,7 @@ fn run_contender(c: Contender, o: &Opts, round: usize) -> Result<RunResult> {
                 .collect();
             res.step4 = shell_step4(&lab);
         }
+        Contender::FinalRsync => res.step4 = shell_step4(&lab),
         Contender::Ansible => {}
     }
     let [(pre_c, pre_o), (cut_c, cut_o)] = res.handshakes;
@@ -1341,7 +1351,9 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
         "| contender | wall median (min-max) | pre / cut phase | controller CPU | CPU w/o stand-in | peak RSS main | largest process | downtime median / max | result |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
-    for &c in only {
+    // The final rsync alone migrates nothing (NEW is never activated): it is reported
+    // under step 4's parts, not as a contender.
+    for &c in only.iter().filter(|c| **c != Contender::FinalRsync) {
         let Some(all) = results.get(&c) else { continue };
         let rs: Vec<RunResult> = all.iter().filter(|r| r.completed()).cloned().collect();
         if rs.is_empty() {
@@ -1465,7 +1477,7 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
             let rs = results.get(c)?;
             let v: Vec<Step4> = rs
                 .iter()
-                .filter(|r| r.completed())
+                .filter(|r| r.completed() || *c == Contender::FinalRsync)
                 .filter_map(|r| r.step4)
                 .collect();
             (!v.is_empty()).then_some((*c, v))
@@ -1497,6 +1509,24 @@ fn report(o: &Opts, only: &[Contender], results: &BTreeMap<Contender, Vec<RunRes
                 m(|s| s.new_settled - s.copied),
                 m(|s| s.total - s.new_settled),
                 m(|s| s.total / s.copied),
+            );
+        }
+    }
+    // Issue 27's target: cmfleet's step 4 against the final rsync alone, round by round
+    // (each round's two labs were made, pre-staged and changed the same way).
+    if let (Some(a), Some(b)) = (cm, results.get(&Contender::FinalRsync)) {
+        let v: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .filter(|(a, _)| a.completed())
+            .filter_map(|(a, b)| Some(a.step4?.total / b.step4?.total))
+            .collect();
+        if !v.is_empty() {
+            let (m, lo, hi) = stats(&v);
+            let _ = writeln!(
+                out,
+                "
+step 4 cmfleet / the final rsync alone (final-rsync: `rsync -aH --delete` of the mailboxes, OLD -> NEW), per round: median {m:.2} ({lo:.2}-{hi:.2})"
             );
         }
     }

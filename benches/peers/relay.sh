@@ -6,19 +6,27 @@
 # one checkout race, see DESIGN.md), and the run is split in two phases so the benchmark
 # can apply the same mail activity to every contender between them:
 #   pre: steps 1-2 (no downtime)   cut: steps 3, 4, 6 (the downtime)   all: both
+#   final: only step 4's mailbox rsync, mirroring (--delete), no chown: "the final rsync
+#          alone", the floor step 4 is measured against (issue 27; contender final-rsync)
 # The benchmark runs `xargs -P N -L 1 relay.sh PHASE < relays.txt` for each phase.
 set -e
 PHASE=$1 OLD=$2 NEW=$3 CO=$4
 cd $CO
 ssh() { command ssh -F ${BENCH:-.}/ssh_config "$@"; }
 now() { date +%s%3N; }
-if [ $PHASE != cut ]; then
+if [ $PHASE = pre ] || [ $PHASE = all ]; then
 # 1
 ssh -A root@$OLD "tar c /home/vmail/mail | ssh root@$NEW \"tar x -C /\""
 # 2
 CMDEPLOY_STAGES=install,configure scripts/cmdeploy run --ssh-host $NEW
 fi
-if [ $PHASE != pre ]; then
+if [ $PHASE = final ]; then
+t4=$(now)
+ssh -A root@$OLD "rsync -aH --delete /home/vmail/mail/ root@$NEW:/home/vmail/mail/"
+t=$(now)
+echo "$OLD $t4 $t $t" >> ${BENCH:-.}/peers/step4.txt
+fi
+if [ $PHASE = cut ] || [ $PHASE = all ]; then
 t3=$(now)
 # 3
 scripts/cmdeploy run --disable-mail --ssh-host $OLD

@@ -224,26 +224,105 @@ fn send_both_ways(c: &mut Clients, ledger: &mut Ledger, pairs: &[(&User, &User)]
     }
 }
 
-/// Waits until every listed account holds what it should, flushing the relays' queues;
-/// false if something is still missing at the deadline (the judge then names it).
+/// Waits until every listed account holds what it should, flushing the relays' queues.
+/// Prints how long that took. At the deadline answers false, and if `explain` (the
+/// caller fails on it) first prints what is still missing, how each missing message
+/// stands at its sender, and each relay's queue and journal.
 fn wait_all(
     c: &mut Clients,
     lab: &ChatmailLab,
     users: &[&User],
     expected: &Expected,
     limit: Duration,
+    what: &str,
+    explain: bool,
 ) -> bool {
-    let deadline = Instant::now() + limit;
+    let start = Instant::now();
+    let deadline = start + limit;
     for u in users {
         let texts = expected.get(&u.name).cloned().unwrap_or_default();
         while !c.wait(&u.name, &texts, 5).is_empty() {
             if Instant::now() >= deadline {
+                eprintln!("{what}: not every message arrived in {} s", limit.as_secs());
+                if explain {
+                    eprintln!("{}", why_missing(c, lab, users, expected));
+                }
                 return false;
             }
             flush_queues(lab);
         }
     }
+    eprintln!(
+        "{what}: every message arrived after {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     true
+}
+
+/// What is missing where, how each missing message stands in its sender's view, and
+/// each relay host's mail queue and the tail of its journal.
+fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &Expected) -> String {
+    let mut out = String::new();
+    let mut senders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in users {
+        let texts = expected.get(&u.name).cloned().unwrap_or_default();
+        let missing = c.wait(&u.name, &texts, 0);
+        for t in &missing {
+            out.push_str(&format!("  {} lacks {t:?}\n", u.name));
+            if let Some((_, from, _)) = parse_text(t) {
+                senders.entry(from.to_string()).or_default().push(t.clone());
+            }
+        }
+        if missing.is_empty() {
+            continue;
+        }
+        // What it shows instead: a message it could not decrypt has another text.
+        let view = c.view(&u.name);
+        for chat in view["chats"].as_array().into_iter().flatten() {
+            for m in chat["messages"].as_array().into_iter().flatten() {
+                let text = m["text"].as_str().unwrap_or("");
+                if !texts.iter().any(|t| t == text) {
+                    out.push_str(&format!(
+                        "  {} shows {:?} (info {}, state {}, error {})\n",
+                        u.name, text, m["info"], m["state"], m["error"]
+                    ));
+                }
+            }
+        }
+    }
+    for (from, texts) in &senders {
+        let view = c.view(from);
+        for chat in view["chats"].as_array().into_iter().flatten() {
+            for m in chat["messages"].as_array().into_iter().flatten() {
+                if m["text"]
+                    .as_str()
+                    .is_some_and(|t| texts.iter().any(|x| x == t))
+                {
+                    out.push_str(&format!(
+                        "  at its sender {from}: {} state {} error {}\n",
+                        m["text"], m["state"], m["error"]
+                    ));
+                }
+            }
+        }
+    }
+    for h in lab.hosts.hosts() {
+        let report = ssh_to(
+            lab,
+            &h.addr.to_string(),
+            "systemctl is-active --quiet postfix || exit 0; postqueue -p | tail -n 20; \
+             journalctl --no-pager -q --since=-5min | tail -n 60",
+        )
+        .output();
+        let text = report.map_or_else(
+            |e| format!("ssh: {e}"),
+            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+        );
+        if !text.trim().is_empty() {
+            out.push_str(&format!("--- {} ({}):\n{text}", h.name, h.addr));
+        }
+    }
+    out
 }
 
 /// The problems in one account's view: every expected text exactly once, nothing read
@@ -490,7 +569,9 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
             &lab,
             &all,
             &ledger.expected,
-            Duration::from_secs(180)
+            Duration::from_secs(180),
+            "before the night",
+            true
         ),
         "before the night, messages did not arrive"
     );
@@ -544,7 +625,9 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
             &lab,
             &online,
             &ledger.expected,
-            Duration::from_secs(180)
+            Duration::from_secs(180),
+            "between the pre-stage and the cutover",
+            true
         ),
         "between the pre-stage and the cutover, messages did not arrive"
     );
@@ -589,6 +672,8 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         &all,
         &ledger.expected,
         Duration::from_secs(limit),
+        "after the night",
+        mutations.is_empty(),
     );
     eprintln!("every message arrived: {complete}");
 
