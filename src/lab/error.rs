@@ -65,10 +65,23 @@ pub enum LabError {
     #[error("invalid lab options: {0}")]
     Options(String),
     /// The lab directory holds something that is not a lab: we never delete it.
-    #[error("{dir} exists and is not a lab directory (no lab.json in it) (hint: pick another --dir or remove it yourself)")]
+    #[error("{dir} exists and is not a lab directory (no {file} in it) (hint: pick another --dir or remove it yourself)")]
     NotALabDir {
         /// The directory.
         dir: PathBuf,
+        /// The record a lab of the kind asked for keeps there.
+        file: &'static str,
+    },
+    /// The lab directory holds a lab of another kind: its `down` is another one's, so
+    /// it is not replaced silently.
+    #[error("{dir} holds a {kind} ({file} in it), not the kind asked for (hint: `cmfleet lab down --purge --dir {dir}` takes it down and removes it, or pick another --dir)", dir = dir.display())]
+    OtherKindOfLab {
+        /// The directory.
+        dir: PathBuf,
+        /// What kind of lab it holds.
+        kind: &'static str,
+        /// Its record.
+        file: &'static str,
     },
     /// There is a running lab in that directory already.
     #[error("a lab is already running in {dir} (hint: `cmfleet lab down --dir {dir}` first)", dir = dir.display())]

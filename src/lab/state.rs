@@ -75,12 +75,20 @@ pub(crate) fn save_record<T: serde::Serialize>(dir: &Path, file: &str, record: &
         .map_err(LabError::io(format!("write {}", path.display())))
 }
 
+/// Every kind of lab by the record it keeps in its directory: `lab up` into one kind's
+/// directory names the other kind instead of calling it "not a lab".
+const LAB_KINDS: [(&str, &str); 3] = [
+    (STATE_FILE, "loopback lab"),
+    (super::real::STATE_FILE, "real lab"),
+    (super::real::fleet::STATE_FILE, "real-chatmail lab"),
+];
+
 /// Empties `dir` for a new lab whose record is `state_file`: a stopped lab there is
 /// taken `down` and replaced; a running one (`running`), or a directory that holds
 /// something else, is refused.
 pub(crate) fn clear_lab_dir<D>(
     dir: &Path,
-    state_file: &str,
+    state_file: &'static str,
     running: impl FnOnce(&Path) -> bool,
     down: impl FnOnce(&Path) -> Result<D>,
 ) -> Result<()> {
@@ -96,6 +104,16 @@ pub(crate) fn clear_lab_dir<D>(
             dir.display()
         )))?;
     } else if dir.exists() {
+        if let Some((file, kind)) = LAB_KINDS
+            .iter()
+            .find(|(file, _)| *file != state_file && dir.join(file).exists())
+        {
+            return Err(LabError::OtherKindOfLab {
+                dir: dir.to_path_buf(),
+                kind,
+                file,
+            });
+        }
         let empty = fs::read_dir(dir)
             .map_err(LabError::io(format!("list {}", dir.display())))?
             .next()
@@ -103,8 +121,42 @@ pub(crate) fn clear_lab_dir<D>(
         if !empty {
             return Err(LabError::NotALabDir {
                 dir: dir.to_path_buf(),
+                file: state_file,
             });
         }
     }
     fs::create_dir_all(dir).map_err(LabError::io(format!("create {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_another_kind_of_lab_is_named_not_called_not_a_lab() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("lab");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join(super::super::real::fleet::STATE_FILE), "{}").unwrap();
+        let err = clear_lab_dir(&dir, STATE_FILE, |_| false, |_| Ok(())).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("holds a real-chatmail lab (chatmail-lab.json in it)")
+                && text.contains("cmfleet lab down --purge --dir"),
+            "{text}"
+        );
+        assert!(dir.join("chatmail-lab.json").exists(), "nothing is removed");
+
+        fs::remove_file(dir.join("chatmail-lab.json")).unwrap();
+        fs::write(dir.join("notes"), "mine").unwrap();
+        let text = clear_lab_dir(
+            &dir,
+            super::super::real::fleet::STATE_FILE,
+            |_| false,
+            |_| Ok(()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("no chatmail-lab.json in it"), "{text}");
+    }
 }
