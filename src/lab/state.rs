@@ -14,6 +14,13 @@ use super::users::LabUsers;
 /// The state file's name inside the lab directory.
 pub const STATE_FILE: &str = "lab.json";
 
+/// A real lab's record (`lab::real`), named here beside the others so that each kind's
+/// `lab up` can tell the other kinds' directories.
+pub const REAL_STATE_FILE: &str = "real-lab.json";
+
+/// A real-chatmail lab's record (`lab::real::fleet`).
+pub const CHATMAIL_STATE_FILE: &str = "chatmail-lab.json";
+
 /// Everything the lab needs to find again.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LabState {
@@ -79,8 +86,8 @@ pub(crate) fn save_record<T: serde::Serialize>(dir: &Path, file: &str, record: &
 /// directory names the other kind instead of calling it "not a lab".
 const LAB_KINDS: [(&str, &str); 3] = [
     (STATE_FILE, "loopback lab"),
-    (super::real::STATE_FILE, "real lab"),
-    (super::real::fleet::STATE_FILE, "real-chatmail lab"),
+    (REAL_STATE_FILE, "real lab"),
+    (CHATMAIL_STATE_FILE, "real-chatmail lab"),
 ];
 
 /// Empties `dir` for a new lab whose record is `state_file`: a stopped lab there is
@@ -137,7 +144,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("lab");
         fs::create_dir(&dir).unwrap();
-        fs::write(dir.join(super::super::real::fleet::STATE_FILE), "{}").unwrap();
+        fs::write(dir.join(CHATMAIL_STATE_FILE), "{}").unwrap();
         let err = clear_lab_dir(&dir, STATE_FILE, |_| false, |_| Ok(())).unwrap_err();
         let text = err.to_string();
         assert!(
@@ -149,14 +156,9 @@ mod tests {
 
         fs::remove_file(dir.join("chatmail-lab.json")).unwrap();
         fs::write(dir.join("notes"), "mine").unwrap();
-        let text = clear_lab_dir(
-            &dir,
-            super::super::real::fleet::STATE_FILE,
-            |_| false,
-            |_| Ok(()),
-        )
-        .unwrap_err()
-        .to_string();
+        let text = clear_lab_dir(&dir, CHATMAIL_STATE_FILE, |_| false, |_| Ok(()))
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("no chatmail-lab.json in it"), "{text}");
     }
 }

@@ -31,7 +31,7 @@ use crate::lab::error::{LabError, Result};
 use crate::lab::process::{stop_all, ProcRecord, Stopped};
 
 /// What this part of the lab records (the containers record themselves in `real/`).
-pub const STATE_FILE: &str = "chatmail-lab.json";
+pub const STATE_FILE: &str = crate::lab::state::CHATMAIL_STATE_FILE;
 
 /// OLD deploys that run at once: each is a full chatmail install (apt, pip, builds).
 const DEPLOYS_AT_ONCE: usize = 2;

@@ -12,7 +12,7 @@ use super::net::RealNet;
 
 /// The state file's name inside the lab directory (not the loopback lab's `lab.json`:
 /// the two kinds of lab never read each other's record).
-pub const STATE_FILE: &str = "real-lab.json";
+pub const STATE_FILE: &str = crate::lab::state::REAL_STATE_FILE;
 
 /// Everything a real lab needs to find again.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
