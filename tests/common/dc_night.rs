@@ -278,31 +278,27 @@ fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &E
         }
         // What it shows instead: a message it could not decrypt has another text.
         let view = c.view(&u.name);
-        for chat in view["chats"].as_array().into_iter().flatten() {
-            for m in chat["messages"].as_array().into_iter().flatten() {
-                let text = m["text"].as_str().unwrap_or("");
-                if !texts.iter().any(|t| t == text) {
-                    out.push_str(&format!(
-                        "  {} shows {:?} (info {}, state {}, error {})\n",
-                        u.name, text, m["info"], m["state"], m["error"]
-                    ));
-                }
+        for m in messages(&view) {
+            let text = m["text"].as_str().unwrap_or("");
+            if !texts.iter().any(|t| t == text) {
+                out.push_str(&format!(
+                    "  {} shows {:?} (info {}, state {}, error {})\n",
+                    u.name, text, m["info"], m["state"], m["error"]
+                ));
             }
         }
     }
     for (from, texts) in &senders {
         let view = c.view(from);
-        for chat in view["chats"].as_array().into_iter().flatten() {
-            for m in chat["messages"].as_array().into_iter().flatten() {
-                if m["text"]
-                    .as_str()
-                    .is_some_and(|t| texts.iter().any(|x| x == t))
-                {
-                    out.push_str(&format!(
-                        "  at its sender {from}: {} state {} error {}\n",
-                        m["text"], m["state"], m["error"]
-                    ));
-                }
+        for m in messages(&view) {
+            if m["text"]
+                .as_str()
+                .is_some_and(|t| texts.iter().any(|x| x == t))
+            {
+                out.push_str(&format!(
+                    "  at its sender {from}: {} state {} error {}\n",
+                    m["text"], m["state"], m["error"]
+                ));
             }
         }
     }
@@ -325,6 +321,15 @@ fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &E
     out
 }
 
+/// Every message of every chat in a view from [`Clients::view`].
+fn messages(view: &Value) -> impl Iterator<Item = &Value> {
+    view["chats"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|chat| chat["messages"].as_array().into_iter().flatten())
+}
+
 /// The problems in one account's view: every expected text exactly once, nothing read
 /// before unread again, the padlock on every message and no error, contacts' keys as
 /// before.
@@ -342,28 +347,26 @@ pub fn judge(
     };
     let mut problems = Vec::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for chat in view["chats"].as_array().into_iter().flatten() {
-        for m in chat["messages"].as_array().into_iter().flatten() {
-            if m["info"].as_bool() == Some(true) {
-                continue;
-            }
-            let text = m["text"].as_str().unwrap_or("").to_string();
-            if m["padlock"].as_bool() != Some(true) {
-                problems.push(problem(&text, Kind::NoPadlock));
-            }
-            match &m["error"] {
-                Value::Null => {}
-                Value::String(e) => problems.push(problem(&text, Kind::Error(e.clone()))),
-                other => problems.push(problem(&text, Kind::Error(other.to_string()))),
-            }
-            // InFresh (10) or InNoticed (13): shown as new again.
-            if let Some(s) = m["state"].as_u64().filter(|s| *s < 16) {
-                if read_before.contains(&text) {
-                    problems.push(problem(&text, Kind::UnreadAgain(s)));
-                }
-            }
-            *counts.entry(text).or_default() += 1;
+    for m in messages(view) {
+        if m["info"].as_bool() == Some(true) {
+            continue;
         }
+        let text = m["text"].as_str().unwrap_or("").to_string();
+        if m["padlock"].as_bool() != Some(true) {
+            problems.push(problem(&text, Kind::NoPadlock));
+        }
+        match &m["error"] {
+            Value::Null => {}
+            Value::String(e) => problems.push(problem(&text, Kind::Error(e.clone()))),
+            other => problems.push(problem(&text, Kind::Error(other.to_string()))),
+        }
+        // InFresh (10) or InNoticed (13): shown as new again.
+        if let Some(s) = m["state"].as_u64().filter(|s| *s < 16) {
+            if read_before.contains(&text) {
+                problems.push(problem(&text, Kind::UnreadAgain(s)));
+            }
+        }
+        *counts.entry(text).or_default() += 1;
     }
     for t in expected {
         match counts.get(t).copied().unwrap_or(0) {
