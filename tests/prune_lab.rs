@@ -1,12 +1,15 @@
-//! Step 4's prune on the lab's real hosts: NEW's proof listing removes what OLD
-//! does not have (from OLD's listing, handed over through the copy's ssh) instead
-//! of the mailboxes' rsync's `--delete`, and the proof then passes at once.
+//! Step 4's prune on the lab's real hosts: NEW removes what OLD does not have (from
+//! OLD's listing, handed over through the copy's ssh) instead of the mailboxes'
+//! rsync's `--delete`, while the copy runs (the early prune, from NEW's paths
+//! listed before the downtime) or in its proof listing, and the proof then passes
+//! at once.
 
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use cmfleet::host::proof::NEW_PATHS;
 use cmfleet::model::inventory::Inventory;
 use cmfleet::model::step::Step;
 use common::lab::TestLab;
@@ -127,8 +130,15 @@ fn new_loses_what_old_does_not_have_and_the_first_proof_passes() {
     // 2 x 5 stale names, the mailbox (itself, cur, new, tmp, its message and its
     // uidlist), the expunged message and the flagged one's old name.
     assert!(
-        log.contains("removed 18 entries of /home/vmail/mail that the old host does not have"),
-        "NEW's listing removed them:\n{log}"
+        log.contains(
+            "removed 18 entries of /home/vmail/mail that the old host does not have, while the copy ran"
+        ),
+        "the early prune removed them:\n{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("cmfleet listing on ") && l.contains("removed")),
+        "NEW's listing after the copy removed nothing more:\n{log}"
     );
     assert!(
         log.contains("records identical on old and new (by their digests"),
@@ -199,4 +209,77 @@ fn without_old_paths_the_second_final_sync_mirrors() {
         "the second pass mirrors: {:?}",
         passes[1]
     );
+}
+
+/// A file of vmail's at the top of NEW's mailboxes, which OLD does not have.
+fn stale_on_new(lab: &TestLab, name: &str) -> std::path::PathBuf {
+    let users = lab.users();
+    let path = lab
+        .relay(1)
+        .expect("relay")
+        .new
+        .path("/home/vmail/mail")
+        .join(name);
+    write(&path, b"stale\n", (users.vmail_uid, users.vmail_gid));
+    path
+}
+
+/// Steps 1 to 3, then `between` on the lab: the relay's log of steps 4 to 6.
+fn around_step_3(between: impl FnOnce(&TestLab)) -> String {
+    let (lab, inv) = prestaged();
+    {
+        // The journal (and its lock) goes with this scope.
+        let (outcome, journal, _) = run(&inv, Step::DisableOld);
+        assert_eq!(outcome.done.len(), 1, "{:#?}", journal.data);
+    }
+    between(&lab);
+    cut_over(&lab, &inv)
+}
+
+/// NEW gets a stale file after step 3's preflight listed its paths: the early
+/// prune removes what its list names, NEW's listing after the copy does not look
+/// again, so the proof names the late file and the second final sync mirrors it
+/// away.
+#[test]
+fn what_new_got_after_its_paths_were_listed_goes_at_the_second_final_sync() {
+    let mut paths = None;
+    let log = around_step_3(|lab| {
+        let listed = lab.relay(1).expect("relay").new.path(NEW_PATHS);
+        assert!(listed.exists(), "step 3's preflight listed NEW's paths");
+        paths = Some((stale_on_new(lab, "late"), listed));
+    });
+    let (late, listed) = paths.expect("ran");
+    assert!(!late.exists());
+    assert!(
+        log.contains(
+            "removed 0 entries of /home/vmail/mail that the old host does not have, while the copy ran"
+        ),
+        "the early prune ran:\n{log}"
+    );
+    assert!(log.contains("one more final sync"), "a second pass:\n{log}");
+    assert!(!listed.exists(), "the list is used once");
+}
+
+/// Without the list of NEW's paths (a run resumed after its step 4 used it), NEW's
+/// listing after the copy removes what OLD does not have, and the first proof passes.
+#[test]
+fn without_new_paths_the_listing_after_the_copy_prunes() {
+    let mut stale = None;
+    let log = around_step_3(|lab| {
+        let relay = lab.relay(1).expect("relay");
+        std::fs::remove_file(relay.new.path(NEW_PATHS)).expect("rm list");
+        stale = Some(stale_on_new(lab, "stale"));
+    });
+    assert!(!stale.expect("ran").exists());
+    assert!(
+        log.lines().any(|l| l.starts_with("cmfleet prune on ")
+            && l.contains("no list of this host's mailbox paths")),
+        "the early prune says why it did not run:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.starts_with("cmfleet listing on ")
+            && l.contains("removed 1 entries of /home/vmail/mail")),
+        "NEW's listing pruned:\n{log}"
+    );
+    assert!(!log.contains("one more final sync"), "one pass:\n{log}");
 }

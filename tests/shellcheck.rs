@@ -185,7 +185,12 @@ fn remote_programs(relay: &Relay, inv: &Inventory) -> Vec<Program> {
             Sh,
             inspect::proof_old_script(relay),
         ),
-        program("proof preflight on new", Sh, inspect::proof_new_script()),
+        program(
+            "proof preflight on new",
+            Sh,
+            inspect::proof_new_script(relay),
+        ),
+        program("early prune on new", Sh, proof::early_prune(&handoff)),
         program(
             "old reaches new",
             Sh,

@@ -160,7 +160,7 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
                             nonce: "NONCE".into(),
                         },
                     ),
-                    "then the listing above, made for new: it first removes what old's paths do not hold",
+                    "then the listing above, made for new: it first removes what old's paths do not hold, unless the early prune above did",
                 ),
                 TransferMode::Staged => (
                     Site::Old,
@@ -172,6 +172,19 @@ pub fn actions(fleet: &Fleet, r: &Relay, step: Step) -> Vec<Action> {
                 site,
                 format!("{listing}   # while the sync below runs; its digest must match new's"),
             ));
+            if r.settings.transfer == TransferMode::Direct {
+                let handoff = proof::Handoff {
+                    to_new: catalogue::to_new(r),
+                    nonce: "NONCE".into(),
+                };
+                a.push(act(
+                    Site::New,
+                    format!(
+                        "{}   # once old's digest is here, while the sync below runs: removes what old's paths do not hold from the list step 3's preflight made",
+                        proof::early_prune(&handoff)
+                    ),
+                ));
+            }
             a.extend(sync_actions(fleet, r, true));
             a.push(act(
                 Site::New,

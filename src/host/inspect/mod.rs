@@ -103,7 +103,7 @@ pub async fn cutover_preflight(
     if let (Some(old), Some(new)) = (old, new) {
         let (o, n, disk) = tokio::join!(
             proof::old_finding(ssh, relay, &old, sink),
-            proof::new_finding(ssh, &new, sink),
+            proof::new_finding(ssh, relay, &new, sink),
             relay::disk_at_cutover(ssh, &old, &new, sink)
         );
         findings.extend([o, n, disk]);

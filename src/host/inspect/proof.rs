@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use super::report::Finding;
 use crate::host::catalogue::{required_state, MAIL_DIR, STATE_DIRS};
 use crate::host::remote::{CommandKind, HostConn, LineSink, SshPool, Stdout};
-use crate::model::inventory::Relay;
+use crate::model::inventory::{Relay, TransferMode};
 use crate::model::step::ErrorKind;
 
 /// Examples named in a finding.
@@ -117,18 +117,24 @@ pub async fn old_finding(ssh: &SshPool, relay: &Relay, old: &HostConn, sink: &Li
     .await
 }
 
-/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4, and say it.
-pub fn new_script() -> String {
+/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4, and, for a
+/// direct copy, NEW's mailbox paths for step 4's early prune
+/// ([`proof::record_paths`](crate::host::proof::record_paths)); say both.
+pub fn new_script(relay: &Relay) -> String {
+    let paths = match relay.settings.transfer {
+        TransferMode::Direct => crate::host::proof::record_paths(),
+        TransferMode::Staged => "paths=".to_string(),
+    };
     format!(
-        "{} && echo \"dkim owner $(cat {})\"",
+        "{} || exit $?\n{paths}\necho \"dkim owner $(cat {})$paths\"",
         crate::host::catalogue::record_dkim_owner(),
         crate::host::catalogue::DKIM_OWNER_FILE
     )
 }
 
-/// On NEW right before step 3: record /etc/dkimkeys' owner for step 4.
-pub async fn new_finding(ssh: &SshPool, new: &HostConn, sink: &LineSink) -> Finding {
-    run_finding(ssh, new, &new_script(), CHECK_NEW, sink, |out| {
+/// On NEW right before step 3: record what step 4 reads there ([`new_script`]).
+pub async fn new_finding(ssh: &SshPool, relay: &Relay, new: &HostConn, sink: &LineSink) -> Finding {
+    run_finding(ssh, new, &new_script(relay), CHECK_NEW, sink, |out| {
         Finding::pass(CHECK_NEW, out.trim())
     })
     .await

@@ -9,17 +9,20 @@
 
 mod compare;
 mod cutover;
+mod early;
 mod listing;
 mod prune;
 mod read;
+mod remove;
 
 pub use compare::{compare, Differences};
 pub use cutover::{
     cutover_path, Cutover, CutoverError, Discard, Entry, Keep, Mailbox, Queued, Reader, Uids,
     Writer,
 };
+pub use early::{early_prune, record_paths, PRUNED};
 pub use listing::{listing, pruning_listing, settle_new, verify_listing, Role, QUEUES, SPOOL};
-pub use prune::Handoff;
+pub use prune::{Handoff, NEW_PATHS};
 pub use read::{Digest, Incomplete, Listing, Owners, Record, Side};
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! The mailboxes' prune: at step 4's first final sync, NEW drops what OLD does not
-//! have by comparing the two proof listings, instead of rsync's `--delete`.
+//! have by comparing the two proof listings, instead of rsync's `--delete`. The
+//! early prune ([`early`](super::early)) does it while the copy runs, from a list of
+//! NEW's paths made before the downtime; this one, in NEW's listing after the
+//! copy, when the early one did not (no list, or it failed).
 //!
 //! The handoff file, `/root/.ssh/cmfleet_old_paths.NONCE` on NEW (root's only, beside
 //! cmfleet's other files there; a lab host has its own /root/.ssh): OLD's mailbox paths
@@ -22,13 +25,15 @@
 //!
 //! What is removed is only ever a path NEW's own `find` listed under
 //! /home/vmail/mail that OLD, frozen since step 3, does not have: exactly what
-//! `--delete` removes. `rm -rf` of a directory takes its entries, which are on the
-//! list too (`-f`: already gone is fine).
+//! `--delete` removes ([`remove`](super::remove) removes it).
 
 /// Where the handoff files live on NEW: root's only, and each lab host's own.
-const HANDOFF_DIR: &str = "/root/.ssh";
+pub(super) const HANDOFF_DIR: &str = "/root/.ssh";
 /// Their names, before the nonce.
-const HANDOFF_NAME: &str = "cmfleet_old_paths";
+pub(super) const HANDOFF_NAME: &str = "cmfleet_old_paths";
+/// The list of NEW's mailbox paths made before the downtime, for the early prune
+/// (`early`); removed with the handoff files.
+pub const NEW_PATHS: &str = "/root/.ssh/cmfleet_new_paths";
 
 /// OLD's mailbox paths for NEW's listing at one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,23 +105,14 @@ BEGIN { RS = ORS = "\0"; FS = "\t"; next_old() }
   print p > x }
 END { if (bad) exit bad }"#;
 
-/// Run by `perl -0n` over the paths to remove: each parent directory once, with its
-/// access and modification times (`DIR\0ATIME\0MTIME\0`). rsync set them to OLD's;
-/// a removal in a directory makes its mtime now, which `--delete` (removing before
-/// rsync sets the times) does not, and Dovecot reads a maildir's times to know
-/// whether to rescan it. perl: Debian's perl-base is essential, on every relay.
-const KEEP_TIMES: &str = r#"chomp; s{/[^/]*\z}{} or $_ = "."; next if $seen{$_}++; my @s = lstat or next; print "$_\0$s[8]\0$s[9]\0""#;
-/// Run by `perl` over [`KEEP_TIMES`]' output once the removal is done: each parent
-/// directory still there gets its times back.
-const RESTORE_TIMES: &str = r#"$/ = "\0"; while (defined(my $d = <STDIN>)) { my $a = <STDIN>; my $m = <STDIN>; chomp($d, $a, $m); next unless -d $d; utime($a, $m, $d) or die "cannot set the times of $d: $!\n" }"#;
-
 /// On NEW, in its proof listing in /home/vmail/mail once `$t/m` is sorted: remove
 /// what OLD does not have, if OLD's paths for this pass are there (module doc).
-/// The removal runs while the listing goes on (nothing after the walk reads what
-/// it removes), and gives the directories it removed from their times back
-/// ([`KEEP_TIMES`]); [`pruned`] waits for it before the digest.
+/// The removal ([`remove`](super::remove)) runs while the listing goes on
+/// (nothing after the walk reads what it removes); [`pruned`] waits for it before
+/// the digest. Run only when the early prune ([`early`](super::early)) did not.
 pub(super) fn prune(h: &Handoff) -> String {
     let file = h.file();
+    let remove = super::remove::remove_listed(r#""$t/x""#);
     format!(
         r#"rmp=
 if [ -f {file} ]; then
@@ -132,12 +128,12 @@ if [ -f {file} ]; then
   mv "$t/m2" "$t/m" || die "cannot write a temp file"
   mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
   if [ -s "$t/x" ]; then
-    # shellcheck disable=SC2016 # perl's programs: their $ are perl's
-    {{ perl -0ne '{KEEP_TIMES}' "$t/x" > "$t/dirs" && xargs -0 rm -rf -- < "$t/x" && perl -e '{RESTORE_TIMES}' < "$t/dirs"; }} & rmp=$!
+    # shellcheck disable=SC2016 # perl's program: its $ are perl's
+    {remove} & rmp=$!
     echo "cmfleet listing on $(hostname): removed $(tr -cd '\0' < "$t/x" | wc -c) entries of /home/vmail/mail that the old host does not have" >&2
   fi
 fi
-rm -f {HANDOFF_DIR}/{HANDOFF_NAME}.*
+rm -f {HANDOFF_DIR}/{HANDOFF_NAME}.* {NEW_PATHS}
 "#
     )
 }

@@ -725,8 +725,9 @@ impl Executor {
     /// complete is a transient error. The relay's log gets the parts' times.
     ///
     /// With a `handoff`, OLD's listing hands its mailbox paths to NEW before its
-    /// digest, NEW's listing starts only once that digest is here and removes what
-    /// OLD does not have, and the mailboxes' rsync runs without `--delete`.
+    /// digest, the mailboxes' rsync runs without `--delete`, and once that digest is
+    /// here NEW removes what OLD does not have while the copy runs (the early prune)
+    /// or, when that did not happen, in its listing after the copy.
     async fn sync_and_prove(
         &self,
         relay: &Relay,
@@ -738,15 +739,9 @@ impl Executor {
         let started = tokio::time::Instant::now();
         let old = self.connect(relay, &relay.old).await?;
         let acme = catalogue::acme_required(relay);
-        let (on_old, on_new) = match &handoff {
-            Some(h) => (
-                proof::pruning_listing(proof::Role::Old, h),
-                proof::settle_new(relay.settings.transfer, acme, Some(h)),
-            ),
-            None => (
-                proof::listing(proof::Role::Old),
-                proof::settle_new(relay.settings.transfer, acme, None),
-            ),
+        let on_old = match &handoff {
+            Some(h) => proof::pruning_listing(proof::Role::Old, h),
+            None => proof::listing(proof::Role::Old),
         };
         let mirror = handoff.is_none();
         let (mut old_listing, old_tx, old_asked) = proof::Side::channel(LISTING_RECORDS_IN_FLIGHT);
@@ -774,14 +769,29 @@ impl Executor {
         });
         let synced = std::sync::OnceLock::new();
         let new_side = Box::pin(async {
-            self.sync(relay, Pass::Final { vmail, mirror }, sink)
-                .await?;
-            let _ = synced.set(started.elapsed());
-            if !mirror {
-                // Unfired (OLD's listing failed), NEW's lists without pruning and
-                // the step fails on OLD's listing anyway.
-                let _ = old_digested.await;
-            }
+            let copy = async {
+                self.sync(relay, Pass::Final { vmail, mirror }, sink)
+                    .await?;
+                let _ = synced.set(started.elapsed());
+                Ok::<_, StepError>(())
+            };
+            // With a handoff, NEW prunes while the copy runs once OLD's paths are
+            // there (unfired: OLD's listing failed, and the step with it).
+            let early = async {
+                match &handoff {
+                    Some(h) if old_digested.await.is_ok() => {
+                        Ok(self.early_prune(relay, h, sink).await)
+                    }
+                    _ => Ok(false),
+                }
+            };
+            let ((), pruned) = tokio::try_join!(copy, early)?;
+            // NEW's listing prunes itself when the early prune did not.
+            let on_new = proof::settle_new(
+                relay.settings.transfer,
+                acme,
+                handoff.as_ref().filter(|_| !pruned),
+            );
             let new = self.connect(relay, &relay.new).await?;
             self.ssh
                 .run(
@@ -826,6 +836,37 @@ impl Executor {
             (false, _) => {}
         }
         Ok(differences)
+    }
+
+    /// The early prune on NEW, beside the copy (`proof::early_prune`): whether it
+    /// removed what it should. Not done is not a failure: NEW's listing after the
+    /// copy prunes instead, and the host said why on stderr, into the relay's log.
+    async fn early_prune(&self, relay: &Relay, h: &proof::Handoff, sink: &LineSink) -> bool {
+        let new = match self.connect(relay, &relay.new).await {
+            Ok(new) => new,
+            Err(e) => {
+                sink.log(&format!("early prune not run: {}", e.message));
+                return false;
+            }
+        };
+        match self
+            .ssh
+            .run(
+                &new,
+                &proof::early_prune(h),
+                false,
+                CommandKind::Plain,
+                sink,
+                Stdout::Capture,
+            )
+            .await
+        {
+            Ok(out) => out.stdout.unwrap_or_default().trim() == proof::PRUNED,
+            Err(e) => {
+                sink.log(&format!("early prune failed: {}", e.message));
+                false
+            }
+        }
     }
 
     /// One cmdeploy run in a borrowed workspace (also for rollback).
