@@ -42,13 +42,32 @@ pub fn run(inv: &Inventory, until: Step) -> (Outcome, Journal, Vec<Event>) {
     let (_tx, rx) = tokio::sync::watch::channel(Cancel::None);
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
-    let (outcome, journal) = rt
-        .block_on(migrate(inv, &relays, &options(until), rx, move |ev, _| {
-            if !matches!(ev, Event::Output { .. } | Event::Progress { .. }) {
-                seen.lock().expect("events").push(ev.clone());
+    // The journal's lock (`flock`) of the run before this one can outlive it for a
+    // moment: another test thread that forks a process between its fork and exec
+    // holds a copy of every open descriptor, the lock's too. A test binary runs its
+    // tests side by side; a `cmfleet` process runs one migrate.
+    let mut attempts = 0;
+    let (outcome, journal) = loop {
+        let seen = seen.clone();
+        match rt.block_on(migrate(
+            inv,
+            &relays,
+            &options(until),
+            rx.clone(),
+            move |ev, _| {
+                if !matches!(ev, Event::Output { .. } | Event::Progress { .. }) {
+                    seen.lock().expect("events").push(ev.clone());
+                }
+            },
+        )) {
+            Ok(done) => break done,
+            Err(e) if attempts < 50 && e.to_string().contains("holds the journal lock") => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
-        }))
-        .unwrap_or_else(|e| panic!("migrate failed to run: {e}"));
+            Err(e) => panic!("migrate failed to run: {e}"),
+        }
+    };
     let events = std::mem::take(&mut *events.lock().expect("events"));
     (outcome, journal, events)
 }

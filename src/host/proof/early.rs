@@ -14,7 +14,9 @@
 //! writes OLD's paths (rsync's temporary files get fresh names). A list older than
 //! NEW's tree (a run resumed days later) leaves out what NEW got since: the proof
 //! names it, and the second final sync mirrors with `--delete`. What the early
-//! prune removes, [`remove`](super::remove) removes inside the mailboxes only.
+//! prune removes, [`remove`](super::remove) removes inside the mailboxes only, and
+//! it gives the directories it removed from OLD's times, whether rsync set them
+//! before or after.
 //! The one thing the copy may do to the same paths at the same time: replace a
 //! directory of NEW that OLD has made a file or a symlink since the pre-stage
 //! (rsync's `--force` removes it whole). Both removing the same entries, rsync may
@@ -28,7 +30,7 @@
 //! still runs; NEW's listing after the copy only lists. Should the early prune not
 //! run or fail, that listing prunes as before.
 
-use super::prune::{Handoff, HANDOFF_DIR, HANDOFF_NAME, NEW_PATHS};
+use super::prune::{Handoff, DIR_TIMES, HANDOFF_DIR, HANDOFF_NAME, NEW_PATHS};
 use super::remove::remove_listed;
 use crate::host::catalogue::MAIL_DIR;
 
@@ -60,11 +62,11 @@ fi"#
 /// copy then prunes.
 pub fn early_prune(h: &Handoff) -> String {
     let (new, old) = (NEW_PATHS, h.file());
-    let remove = remove_listed(r#""$t/x""#);
+    let remove = remove_listed(r#""$t/x""#, &format!("{old}{DIR_TIMES}"));
     format!(
         r#"say() {{ echo "cmfleet prune on $(hostname): $1" >&2; }}
 if [ ! -f {new} ]; then say "no list of this host's mailbox paths from before the downtime; the listing after the copy removes what the old host does not have"; exit 0; fi
-if [ ! -f {old} ]; then say "the old host's mailbox paths are not here; the listing after the copy removes nothing"; exit 0; fi
+if [ ! -f {old} ] || [ ! -f {old}{DIR_TIMES} ]; then say "the old host's mailbox paths are not here; the listing after the copy removes nothing"; exit 0; fi
 t=$(mktemp -d) || exit 70; trap 'rm -rf "$t"' EXIT
 if ! LC_ALL=C comm -z -23 --check-order {new} {old} > "$t/x"; then say "the mailbox paths are not in order, so nothing was removed while the copy ran"; exit 0; fi
 cd {MAIL_DIR} || exit 70

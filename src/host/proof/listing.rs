@@ -128,10 +128,12 @@ pub fn pruning_listing(role: Role, handoff: &Handoff) -> String {
         Role::Old => Steps {
             after_walk: super::prune::hand_over(handoff),
             before_digest: "",
+            dir_times: true,
         },
         Role::New => Steps {
             after_walk: super::prune::prune(handoff),
             before_digest: super::prune::pruned(),
+            dir_times: false,
         },
     };
     listing_for(Purpose::Proof(role), &steps)
@@ -162,6 +164,9 @@ struct Steps {
     after_walk: String,
     /// Right before the digest.
     before_digest: &'static str,
+    /// The walk also writes each mailbox directory's mtime into `$t/dt`
+    /// (`MTIME\tPATH\0`, [`prune::DIR_TIMES`](super::prune::DIR_TIMES)).
+    dir_times: bool,
 }
 
 fn listing_for(purpose: Purpose, steps: &Steps) -> String {
@@ -187,7 +192,7 @@ mv "$t/k" "$t/m" || die "cannot write a temp file"
         ),
     };
     let owners = owners(purpose);
-    let walk = mail_walk();
+    let walk = mail_walk(steps.dir_times);
     let tail = match purpose {
         Purpose::Proof(role) => proof_tail(role, steps.before_digest),
         Purpose::Verify => verify_tail(),
@@ -235,7 +240,8 @@ wait "$up" || die "cannot read the uidlists in {MAIL_DIR}"
 /// every other one), each part into a file of its own and each exit status checked.
 /// After step 4's copy NEW's walk is the critical path, and a second core or disk
 /// queue does it in about half the time. `"$@"`: the owner test ([`owners`]).
-fn mail_walk() -> String {
+/// `dir_times`: each directory's mtime goes into `$t/dt` too (see [`Steps`]).
+fn mail_walk(dir_times: bool) -> String {
     // %P: the path below the start `.`; %p: the whole path, the start a depth-2
     // directory given relative to the mailboxes.
     let uidlists = |f: char, out: &str| {
@@ -247,6 +253,16 @@ fn mail_walk() -> String {
         )
     };
     let (top, half) = (records('P'), records('p'));
+    // Written beside the records, in the same `find`s: the directories' times cost
+    // one more `-fprintf` per directory, not another walk.
+    let times = |f: char, out: &str| {
+        if dir_times {
+            format!(r#"\( -type d -fprintf "$t/{out}" '%Ts\t%{f}\0' -o -true \) , "#)
+        } else {
+            String::new()
+        }
+    };
+    let (dta, dtb, dtc) = (times('P', "dta"), times('p', "dtb"), times('p', "dtc"));
     let (ula, ulb, ulc) = (
         uidlists('P', "ula"),
         uidlists('p', "ulb"),
@@ -255,17 +271,22 @@ fn mail_walk() -> String {
     format!(
         r#"# %Ts: whole seconds since the epoch (strftime's %s); TZ=UTC0 spares find a read of
 # /etc/localtime for every file.
-TZ=UTC0 find . -ignore_readdir_race -mindepth 1 -maxdepth 2 {ula} , \( -path './*/*' -type d -fprintf "$t/starts" '%P\0' -o -true \) , {top} > "$t/ma" || die "find failed in {MAIL_DIR}"
+TZ=UTC0 find . -ignore_readdir_race -mindepth 1 -maxdepth 2 {dta}{ula} , \( -path './*/*' -type d -fprintf "$t/starts" '%P\0' -o -true \) , {top} > "$t/ma" || die "find failed in {MAIL_DIR}"
 : > "$t/sa"; : > "$t/sb"
 awk 'BEGIN {{ RS = ORS = "\0" }} {{ print > (NR % 2 ? a : b) }}' a="$t/sa" b="$t/sb" "$t/starts" || die "cannot split the mailboxes in two"
 # shellcheck disable=SC2185 # the starting points are in the file -files0-from names
-TZ=UTC0 find -files0-from "$t/sa" -ignore_readdir_race -mindepth 1 {ulb} , {half} > "$t/mb" & wb=$!
+TZ=UTC0 find -files0-from "$t/sa" -ignore_readdir_race -mindepth 1 {dtb}{ulb} , {half} > "$t/mb" & wb=$!
 # shellcheck disable=SC2185 # the starting points are in the file -files0-from names
-TZ=UTC0 find -files0-from "$t/sb" -ignore_readdir_race -mindepth 1 {ulc} , {half} > "$t/mc" || die "find failed in {MAIL_DIR}"
+TZ=UTC0 find -files0-from "$t/sb" -ignore_readdir_race -mindepth 1 {dtc}{ulc} , {half} > "$t/mc" || die "find failed in {MAIL_DIR}"
 wait "$wb" || die "find failed in {MAIL_DIR}"
 cat "$t/ma" "$t/mb" "$t/mc" > "$t/m" || die "cannot write a temp file"
-cat "$t/ula" "$t/ulb" "$t/ulc" > "$t/ul" || die "cannot write a temp file"
-rm -f "$t/ma" "$t/mb" "$t/mc""#
+cat "$t/ula" "$t/ulb" "$t/ulc" > "$t/ul" || die "cannot write a temp file"{}
+rm -f "$t/ma" "$t/mb" "$t/mc""#,
+        if dir_times {
+            "\ncat \"$t/dta\" \"$t/dtb\" \"$t/dtc\" > \"$t/dt\" || die \"cannot write a temp file\""
+        } else {
+            ""
+        }
     )
 }
 

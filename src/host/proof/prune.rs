@@ -27,6 +27,8 @@
 //! /home/vmail/mail that OLD, frozen since step 3, does not have: exactly what
 //! `--delete` removes ([`remove`](super::remove) removes it).
 
+use crate::host::catalogue::MAIL_DIR;
+
 /// Where the handoff files live on NEW: root's only, and each lab host's own.
 pub(super) const HANDOFF_DIR: &str = "/root/.ssh";
 /// Their names, before the nonce.
@@ -62,27 +64,43 @@ impl Handoff {
     }
 }
 
-/// On OLD, in its proof listing once `$t/m` is sorted: hand the paths to NEW. A
-/// failure is only a warning: NEW then prunes nothing, and the proof's second pass
-/// mirrors with `--delete`.
+/// On OLD, in its proof listing once `$t/m` is sorted: hand its mailbox directories'
+/// times (`$t/dt`, [`DIR_TIMES`]) and then its paths to NEW. A failure is only a
+/// warning: NEW then prunes nothing, and the proof's second pass mirrors with
+/// `--delete`. The paths go last: their file being there says the times are too.
 pub(super) fn hand_over(h: &Handoff) -> String {
     let file = h.file();
-    // Renamed into place only whole: a connection cut short ends `cat` with EOF and
-    // status 0, so NEW checks the size OLD sent (the word between the two parts).
-    let (before, after) = (
-        format!("umask 077 && cat > {file}.part && [ \"$(wc -c < {file}.part)\" ="),
-        format!("] && mv {file}.part {file}"),
-    );
-    let quote = crate::infra::shell::quote;
     format!(
-        r#"cut -z -f6- "$t/m" > "$t/p" || die "cut failed"
-sz=$(wc -c < "$t/p") || die "cannot count the mailbox paths"
-if ! {} {} "$sz" {} < "$t/p"; then echo "cmfleet listing on $(hostname): the mailbox paths did not reach the new host whole; what the old host does not have stays there until the next final sync" >&2; fi
-rm -f "$t/p"
+        r#"printf '%s\t\0' "$(stat -c %Y .)" >> "$t/dt" || die "cannot read the times of {MAIL_DIR}"
+cut -z -f6- "$t/m" > "$t/p" || die "cut failed"
+if ! {{ {} && {}; }}; then echo "cmfleet listing on $(hostname): the mailbox paths did not reach the new host whole; what the old host does not have stays there until the next final sync" >&2; fi
+rm -f "$t/p" "$t/dt"
 "#,
+        send(h, r#""$t/dt""#, &format!("{file}{DIR_TIMES}")),
+        send(h, r#""$t/p""#, &file),
+    )
+}
+
+/// The handoff's second file on NEW, beside the paths (`FILE.dirs`): OLD's mailbox
+/// directories' mtimes, `MTIME\tPATH\0` (whole seconds; the path relative to
+/// /home/vmail/mail, empty for /home/vmail/mail itself), in no order. What the
+/// removal ([`remove`](super::remove)) gives a directory it removed from.
+pub const DIR_TIMES: &str = ".dirs";
+
+/// Shell on OLD: copy the local file `local` (quoted already) to `remote` on NEW,
+/// renamed into place only whole: a connection cut short ends `cat` with EOF and
+/// status 0, so NEW checks the size OLD sent (the word between the two parts).
+fn send(h: &Handoff, local: &str, remote: &str) -> String {
+    let quote = crate::infra::shell::quote;
+    let (before, after) = (
+        format!("umask 077 && cat > {remote}.part && [ \"$(wc -c < {remote}.part)\" ="),
+        format!("] && mv {remote}.part {remote}"),
+    );
+    format!(
+        r#"{} {} "$(wc -c < {local})" {} < {local}"#,
         h.to_new,
         quote(&before),
-        quote(&after),
+        quote(&after)
     )
 }
 
@@ -112,10 +130,10 @@ END { if (bad) exit bad }"#;
 /// the digest. Run only when the early prune ([`early`](super::early)) did not.
 pub(super) fn prune(h: &Handoff) -> String {
     let file = h.file();
-    let remove = super::remove::remove_listed(r#""$t/x""#);
+    let remove = super::remove::remove_listed(r#""$t/x""#, r#""$t/dt""#);
     format!(
         r#"rmp=
-if [ -f {file} ]; then
+if [ -f {file} ] && [ -f {file}{DIR_TIMES} ]; then
   : > "$t/x"; : > "$t/ul2"
   # shellcheck disable=SC2016 # awk's program: its $ are awk's fields
   LC_ALL=C awk -v old={file} -v x="$t/x" -v ul="$t/ul2" '{JOIN}' "$t/m" > "$t/m2"; jr=$?
@@ -128,6 +146,8 @@ if [ -f {file} ]; then
   mv "$t/m2" "$t/m" || die "cannot write a temp file"
   mv "$t/ul2" "$t/ul" || die "cannot write a temp file"
   if [ -s "$t/x" ]; then
+    # OLD's directory times: the handoff files go below, while the removal runs.
+    mv {file}{DIR_TIMES} "$t/dt" || die "cannot read the old host's directory times in {file}{DIR_TIMES}"
     # shellcheck disable=SC2016 # perl's program: its $ are perl's
     {remove} & rmp=$!
     echo "cmfleet listing on $(hostname): removed $(tr -cd '\0' < "$t/x" | wc -c) entries of /home/vmail/mail that the old host does not have" >&2

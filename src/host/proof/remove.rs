@@ -12,21 +12,26 @@
 //! directory, removed with `rm -rf` from inside its parent (rm does not follow
 //! symlinks below). A path already gone is fine (`-f`).
 //!
-//! Each directory something is removed from gets its access and modification times
-//! back once the list is done: rsync set them to OLD's, a removal makes the mtime
+//! Each directory something is removed from then gets OLD's mtime (its access time
+//! stays): rsync sets NEW's directories to OLD's times, a removal makes the mtime
 //! now, which `--delete` (removing before rsync sets the times) does not, and
-//! Dovecot reads a maildir's times to know whether to rescan it. While the copy
-//! runs, rsync may set a directory's times between the two: it then gets the times
-//! it had before, not OLD's, which Dovecot reads as changed as it does "now" (it
-//! compares for equality), and rescans. perl: Debian's perl-base is essential, on
-//! every relay; `chdir` to a handle is `fchdir`, `utime` on one `futimens`.
+//! Dovecot reads a maildir's times to know whether to rescan it. OLD's times, not
+//! the ones found before the removal: while the copy runs, rsync may set a
+//! directory between the two, and the older time put back would stay. With OLD's,
+//! whichever of rsync and the removal comes last leaves OLD's time (to the second:
+//! perl-base's `utime` sets whole seconds; rsync keeps nanoseconds when it is last).
+//! perl: Debian's perl-base is essential, on every relay; `chdir` to a handle is
+//! `fchdir`, `utime` on one `futimens`.
 
-/// The program, run as `perl -e REMOVE < LIST`; it dies with a sentence on an
-/// error that is not "already gone".
+/// The program, run as `perl -e REMOVE DIR_TIMES < LIST`; it dies with a sentence on
+/// an error that is not "already gone". `DIR_TIMES`: OLD's directories' mtimes
+/// (`MTIME\tPATH\0`, [`DIR_TIMES`](super::prune::DIR_TIMES)).
 pub(super) const REMOVE: &str = r#"use strict; use warnings; use Fcntl qw(O_RDONLY O_DIRECTORY O_NOFOLLOW);
 $/ = "\0";
+my $times = shift @ARGV;
+open(my $t, "<", $times) or die "cannot read the directory times of the old host in $times: $!\n";
 sysopen(my $root, ".", O_RDONLY | O_DIRECTORY) or die "cannot open the mailboxes: $!\n";
-my (%times, @dirs, $in, $h);
+my (%dirs, $in, $h);
 sub enter { my ($d) = @_; chdir($root) or die "cannot enter the mailboxes: $!\n"; my $at = $root;
   for my $c (split m{/}, $d) { sysopen(my $next, $c, O_RDONLY | O_DIRECTORY | O_NOFOLLOW) or return undef; chdir($next) or return undef; $at = $next }
   return $at }
@@ -35,21 +40,25 @@ while (defined(my $p = <STDIN>)) {
   die "not a path below the mailboxes: $p\n" if $p eq "" || grep { $_ eq "" || $_ eq "." || $_ eq ".." } split m{/}, $p, -1;
   my ($d, $name) = $p =~ m{\A(?:(.*)/)?([^/]+)\z}s;
   $d = "" unless defined $d;
-  if (!defined $in || $d ne $in) {
-    $in = $d; $h = enter($d);
-    if ($h && !exists $times{$d}) { my @s = stat($h) or die "cannot read the times of $d: $!\n"; $times{$d} = [@s[8, 9]]; push @dirs, $d }
-  }
+  if (!defined $in || $d ne $in) { $in = $d; $h = enter($d); $dirs{$d} = 1 if $h }
   next unless $h;
   lstat($name) or next;
   if (-d _) { system("rm", "-rf", "--", $name) == 0 or die "cannot remove $p\n" }
   else { unlink($name) or $!{ENOENT} or die "cannot remove $p: $!\n" }
 }
-for my $d (@dirs) { my $at = enter($d) or next; utime(@{$times{$d}}, $at) or die "cannot set the times of $d: $!\n" }"#;
+while (defined(my $r = <$t>)) {
+  chomp $r; my ($m, $d) = split /\t/, $r, 2;
+  next unless defined $d && delete $dirs{$d};
+  my $at = enter($d) or next; my @s = stat($at) or next;
+  utime($s[8], $m, $at) or die "cannot set the times of $d: $!\n";
+}
+close($t) or die "cannot read the directory times of the old host in $times: $!\n";"#;
 
-/// Shell: remove the paths listed in the file `list` (in /home/vmail/mail);
-/// its status is perl's.
-pub(super) fn remove_listed(list: &str) -> String {
-    format!("perl -e '{REMOVE}' < {list}")
+/// Shell: remove the paths listed in the file `list` (in /home/vmail/mail), giving
+/// the directories removed from OLD's times from the file `dir_times`; its status
+/// is perl's.
+pub(super) fn remove_listed(list: &str, dir_times: &str) -> String {
+    format!("perl -e '{REMOVE}' {dir_times} < {list}")
 }
 
 #[cfg(test)]
@@ -59,11 +68,19 @@ mod tests {
     use std::path::Path;
     use std::process::{Command, Stdio};
 
-    /// Runs [`super::REMOVE`] in `dir` over `paths`: its status and stderr.
-    fn remove(dir: &Path, paths: &[&[u8]]) -> (bool, String) {
+    /// Runs [`super::REMOVE`] in `dir` over `paths`, with OLD's directory `times`
+    /// (`(mtime, path)`): its status and stderr.
+    fn remove(dir: &Path, paths: &[&[u8]], times: &[(i64, &str)]) -> (bool, String) {
         use std::io::Write;
+        let file = dir.parent().expect("parent").join("dir-times");
+        let body: Vec<u8> = times
+            .iter()
+            .flat_map(|(m, p)| format!("{m}\t{p}\0").into_bytes())
+            .collect();
+        std::fs::write(&file, body).expect("write times");
         let mut child = Command::new("perl")
             .args(["-e", super::REMOVE])
+            .arg(&file)
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
@@ -82,13 +99,19 @@ mod tests {
         )
     }
 
+    /// The program goes to the shell between single quotes.
+    #[test]
+    fn the_program_has_no_single_quote() {
+        assert!(!super::REMOVE.contains('\''));
+    }
+
     fn file(path: &Path) {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, b"mail\n").expect("write");
     }
 
     #[test]
-    fn listed_paths_go_and_their_directories_keep_their_times() {
+    fn listed_paths_go_and_their_directories_get_old_s_times() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mail = tmp.path().join("mail");
         let odd = std::ffi::OsStr::from_bytes(b"-rf\n\xff\tx");
@@ -96,10 +119,11 @@ mod tests {
             file(&mail.join(p));
         }
         file(&mail.join("a/cur").join(odd));
-        let cur = mail.join("a/cur");
-        let before = std::fs::metadata(&cur).expect("cur").mtime();
-        // An mtime in the past, as rsync leaves OLD's.
-        let old = filetime_of(&cur, before - 1000);
+        let (cur, new) = (mail.join("a/cur"), mail.join("a/new"));
+        let new_before = std::fs::metadata(&new).expect("new").mtime();
+        // OLD's times, in the past as rsync would have set them; `a/new` is OLD's
+        // too, but nothing is removed from it.
+        let (old_cur, old_top) = (1_700_000_000, 1_700_000_100);
         let (ok, err) = remove(
             &mail,
             &[
@@ -110,6 +134,7 @@ mod tests {
                 b"gone/cur/4",
                 b"top",
             ],
+            &[(old_cur, "a/cur"), (1_600_000_000, "a/new"), (old_top, "")],
         );
         assert!(ok, "{err}");
         assert!(
@@ -121,10 +146,17 @@ mod tests {
         assert!(!mail.join("a/cur/2:2,").exists());
         assert!(!mail.join("gone").exists(), "a directory goes whole");
         assert!(!mail.join("top").exists());
+        let mtime = |p: &Path| std::fs::metadata(p).expect("stat").mtime();
         assert_eq!(
-            std::fs::metadata(&cur).expect("cur").mtime(),
-            old,
-            "the directory's mtime is the one it had"
+            mtime(&cur),
+            old_cur,
+            "a directory removed from has OLD's mtime"
+        );
+        assert_eq!(mtime(&mail), old_top, "the mailboxes' own directory too");
+        assert_eq!(
+            mtime(&new),
+            new_before,
+            "one nothing was removed from is left alone"
         );
     }
 
@@ -138,12 +170,12 @@ mod tests {
         file(&elsewhere.join("cur/1"));
         file(&mail.join("kept"));
         std::os::unix::fs::symlink(&elsewhere, mail.join("box")).expect("symlink");
-        let (ok, err) = remove(&mail, &[b"box/cur/1", b"box/cur/1/x"]);
+        let (ok, err) = remove(&mail, &[b"box/cur/1", b"box/cur/1/x"], &[]);
         assert!(ok, "{err}");
         assert!(elsewhere.join("cur/1").exists(), "the symlink was followed");
         assert!(mail.join("box").exists(), "the symlink is not listed");
         // A listed symlink itself goes, not what it points to.
-        let (ok, err) = remove(&mail, &[b"box"]);
+        let (ok, err) = remove(&mail, &[b"box"], &[]);
         assert!(ok, "{err}");
         assert!(!mail.join("box").exists() && elsewhere.join("cur/1").exists());
     }
@@ -162,24 +194,12 @@ mod tests {
             b"a//b",
             b".",
         ] {
-            let (ok, err) = remove(&mail, &[bad]);
+            let (ok, err) = remove(&mail, &[bad], &[]);
             assert!(
                 !ok && err.contains("not a path below the mailboxes"),
                 "{err}"
             );
         }
         assert!(tmp.path().join("outside").exists() && mail.join("a/b").exists());
-    }
-
-    /// Sets `path`'s times to `secs` with `touch`; returns `secs`.
-    fn filetime_of(path: &Path, secs: i64) -> i64 {
-        let status = Command::new("touch")
-            .arg("-d")
-            .arg(format!("@{secs}"))
-            .arg(path)
-            .status()
-            .expect("touch");
-        assert!(status.success());
-        secs
     }
 }
