@@ -241,6 +241,7 @@ fn wait_all(
     let deadline = start + limit;
     for u in users {
         let texts = expected.get(&u.name).cloned().unwrap_or_default();
+        let mut waited = Instant::now();
         while !c.wait(&u.name, &texts, 5).is_empty() {
             if Instant::now() >= deadline {
                 eprintln!("{what}: not every message arrived in {} s", limit.as_secs());
@@ -250,6 +251,11 @@ fn wait_all(
                 return false;
             }
             flush_queues(lab);
+            // Dovecot's hibernation can keep a delivery from an idle client: wake it as
+            // a push notification would (every nudge is in the night's record).
+            if waited.elapsed() >= NUDGE_EVERY && c.nudge(&u.name) {
+                waited = Instant::now();
+            }
         }
     }
     eprintln!(
@@ -264,6 +270,7 @@ fn wait_all(
 fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &Expected) -> String {
     let mut out = String::new();
     let mut senders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lacking: Vec<&str> = Vec::new();
     for u in users {
         let texts = expected.get(&u.name).cloned().unwrap_or_default();
         let missing = c.wait(&u.name, &texts, 0);
@@ -275,6 +282,13 @@ fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &E
         }
         if missing.is_empty() {
             continue;
+        }
+        lacking.push(&u.addr);
+        // What its core did: the last of its events (its IMAP loop says whether it
+        // was connected and idle, or waiting to reconnect).
+        let events = c.events(&u.name, 0.0);
+        for line in &events[events.len().saturating_sub(150)..] {
+            out.push_str(&format!("  {} core: {line}\n", u.name));
         }
         // What it shows instead: a message it could not decrypt has another text.
         let view = c.view(&u.name);
@@ -302,14 +316,26 @@ fn why_missing(c: &mut Clients, lab: &ChatmailLab, users: &[&User], expected: &E
             }
         }
     }
+    out + &relay_reports(lab, &lacking)
+}
+
+/// Each relay host's mail queue and the tail of its journal, and the journal's last
+/// lines about each of `addrs`.
+fn relay_reports(lab: &ChatmailLab, addrs: &[&str]) -> String {
+    let mut script = "systemctl is-active --quiet postfix || exit 0; postqueue -p | tail -n 20; \
+                      journalctl --no-pager -q --since=-5min | tail -n 60; \
+                      echo '--- IMAP sessions:'; doveadm who; ps -eo pid,comm | grep imap; \
+                      doveadm log errors | tail -n 20"
+        .to_string();
+    for a in addrs {
+        // Lab addresses hold no quote (dcNNNNNNN@ a lab domain).
+        script.push_str(&format!(
+            "; echo '--- about {a}:'; journalctl --no-pager -q --since=-10min | grep -F '{a}' | tail -n 40"
+        ));
+    }
+    let mut out = String::new();
     for h in lab.hosts.hosts() {
-        let report = ssh_to(
-            lab,
-            &h.addr.to_string(),
-            "systemctl is-active --quiet postfix || exit 0; postqueue -p | tail -n 20; \
-             journalctl --no-pager -q --since=-5min | tail -n 60",
-        )
-        .output();
+        let report = ssh_to(lab, &h.addr.to_string(), &script).output();
         let text = report.map_or_else(
             |e| format!("ssh: {e}"),
             |o| String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -397,6 +423,10 @@ fn keys(view: &Value) -> Value {
     }
     Value::Object(map)
 }
+
+/// How long an account waits for its messages before the night nudges the cores (as
+/// the client's joins do; see `nudge` in deltachat_client.py).
+const NUDGE_EVERY: Duration = Duration::from_secs(20);
 
 /// Core's connectivity at or above this is a working connection (3000 working, 4000
 /// connected); below it, not connected or still connecting.
@@ -562,7 +592,21 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         pairs.push((at(r, 0), at((r + 1) % relays, 1)));
     }
     for (x, y) in &pairs {
-        c.join(&x.name, &y.name);
+        let start = Instant::now();
+        if let Err(e) = c.join(&x.name, &y.name) {
+            panic!(
+                "{} did not join {}: {e}\n{}",
+                y.name,
+                x.name,
+                relay_reports(&lab, &[&x.addr, &y.addr])
+            );
+        }
+        eprintln!(
+            "{} joined {} in {:.1} s",
+            y.name,
+            x.name,
+            start.elapsed().as_secs_f64()
+        );
     }
     let mut ledger = Ledger::default();
     send_both_ways(&mut c, &mut ledger, &pairs, "before");
@@ -716,7 +760,18 @@ pub fn run_night(mutations: &[Mutation], record: &str) -> Night {
         .as_deref()
         .map(|d| applied(&lab, d))
         .unwrap_or_default();
+    // Every nudge, for the reader of the outages: the client nudges only while no
+    // online account is reconnecting, so none shortened an outage.
+    let nudges = c.nudges();
+    eprintln!(
+        "nudges (a waiting account's IMAP woken, as a push notification would): {}",
+        nudges.len()
+    );
+    for (at, who) in &nudges {
+        eprintln!("  {who} at {at} ms");
+    }
     let record_json = json!({
+        "nudges": nudges.iter().map(|(at, who)| json!({"at_ms": at, "account": who})).collect::<Vec<_>>(),
         "before": views_before,
         "after": views_after,
         "net": nets,

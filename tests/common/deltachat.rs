@@ -129,12 +129,19 @@ impl Clients {
 
     /// One request; its answer's `ok` part (panics on an error answer).
     pub fn ask(&mut self, request: Value) -> Value {
+        let r = request.to_string();
+        self.try_ask(request)
+            .unwrap_or_else(|e| panic!("Delta Chat, {r}: {e}"))
+    }
+
+    /// One request; its answer's `ok` part, or the client's error text.
+    fn try_ask(&mut self, request: Value) -> Result<Value, String> {
         writeln!(self.stdin, "{request}").expect("write to the client");
         self.stdin.flush().expect("flush");
         let answer = self.read();
         match answer.get("ok") {
-            Some(ok) => ok.clone(),
-            None => panic!("Delta Chat, {request}: {}", answer["error"]),
+            Some(ok) => Ok(ok.clone()),
+            None => Err(answer["error"].as_str().unwrap_or("?").to_string()),
         }
     }
 
@@ -142,8 +149,10 @@ impl Clients {
         self.ask(json!({"cmd": "add", "name": name, "addr": addr, "password": password}))
     }
 
-    pub fn join(&mut self, inviter: &str, joiner: &str) {
-        self.ask(json!({"cmd": "join", "inviter": inviter, "joiner": joiner}));
+    /// SecureJoin; at the client's deadline, its error with both cores' events.
+    pub fn join(&mut self, inviter: &str, joiner: &str) -> Result<(), String> {
+        self.try_ask(json!({"cmd": "join", "inviter": inviter, "joiner": joiner}))
+            .map(|_| ())
     }
 
     pub fn send(&mut self, from: &str, to: &str, text: &str) {
@@ -181,6 +190,34 @@ impl Clients {
 
     pub fn online(&mut self, name: &str) {
         self.ask(json!({"cmd": "online", "name": name}));
+    }
+
+    /// Wakes the cores' IMAP as a push notification wakes a phone, unless an online
+    /// account is not connected (see `nudge` in deltachat_client.py); whether it did.
+    pub fn nudge(&mut self, name: &str) -> bool {
+        self.ask(json!({"cmd": "nudge", "name": name}))["nudged"] == true
+    }
+
+    /// Every nudge so far: (unix time in ms, the account that waited).
+    pub fn nudges(&mut self) -> Vec<(u64, String)> {
+        let ok = self.ask(json!({"cmd": "nudges"}));
+        ok["nudges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| Some(((n[0].as_f64()? * 1000.0) as u64, n[1].as_str()?.to_string())))
+            .collect()
+    }
+
+    /// The account's core events since `since` (unix seconds), one line each.
+    pub fn events(&mut self, name: &str, since: f64) -> Vec<String> {
+        let ok = self.ask(json!({"cmd": "events", "name": name, "since": since}));
+        ok["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
     }
 
     /// Every change of the account's connectivity: (unix time in ms, core's value).
