@@ -140,8 +140,7 @@ def join(inviter, joiner):
     deadline = start + 120
     nudged = start
     while time.time() < deadline:
-        if time.time() - nudged >= NUDGE_EVERY:
-            nudge(joiner)
+        if time.time() - nudged >= NUDGE_EVERY and nudge(joiner)["nudged"]:
             nudged = time.time()
         contact = b.get_contact_by_addr(addrs[inviter])
         back = a.get_contact_by_addr(addrs[joiner])

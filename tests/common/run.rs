@@ -9,8 +9,8 @@ use cmfleet::lab::Manifest;
 use cmfleet::model::events::Event;
 use cmfleet::model::inventory::{self, Inventory};
 use cmfleet::model::step::Step;
-use cmfleet::pipeline::journal::{Journal, JournalData};
-use cmfleet::pipeline::migrate::{migrate, MigrateOptions};
+use cmfleet::pipeline::journal::{Journal, JournalData, JournalError};
+use cmfleet::pipeline::migrate::{migrate, MigrateError, MigrateOptions};
 use cmfleet::pipeline::scheduler::{Cancel, Outcome};
 
 use super::lab::TestLab;
@@ -61,7 +61,7 @@ pub fn run(inv: &Inventory, until: Step) -> (Outcome, Journal, Vec<Event>) {
             },
         )) {
             Ok(done) => break done,
-            Err(e) if attempts < 50 && e.to_string().contains("holds the journal lock") => {
+            Err(MigrateError::Journal(JournalError::Locked { .. })) if attempts < 50 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
